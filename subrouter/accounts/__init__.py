@@ -1,0 +1,3 @@
+"""
+The account store: the ``cx`` account files, their tokens and their refresh.
+"""

@@ -1,0 +1,410 @@
+# -*- test-case-name: tests.test_refresh -*-
+"""
+OAuth token refresh for Codex logins, shared by the daemon and ``cx``.
+
+Refresh tokens rotate on use, so a refresh must happen exactly once per
+expiry: one refresh at a time per account in this process (concurrent callers
+wait for the same one), and an exclusive lock on the account's lock file
+around "re-read, refresh, write back", so a concurrent ``cx`` command never
+burns the same refresh token or loses the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import treq
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from subrouter.accounts import tokens
+from subrouter.accounts.store import (
+    Account,
+    AccountFileError,
+    AccountStore,
+    BlockingRunner,
+    FileVersion,
+    parse_account,
+)
+from subrouter.files import atomic_write, dump_json, locked
+from subrouter.redact import fingerprint, scrub_text
+
+_log = Logger()
+
+CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
+
+#: refresh an access token that expires within this many seconds
+REFRESH_SKEW = 60.0
+#: how long an account is set aside after a refresh failure that may pass
+TRANSIENT_FAILURE_HOLD = 30.0
+#: how long a token endpoint call may take
+TOKEN_TIMEOUT = 30.0
+
+
+class RefreshFailed(Exception):
+    """
+    A token refresh that did not produce new tokens.
+
+    :ivar account_id: whose refresh failed.
+    :ivar reason: a message for people; it never holds a token.
+    :ivar terminal: True when only signing in again can fix it.
+    """
+
+    def __init__(self, account_id: str, reason: str, terminal: bool) -> None:
+        super().__init__(f"token refresh for {account_id} failed: {reason}")
+        self.account_id = account_id
+        self.reason = reason
+        self.terminal = terminal
+
+
+@attrs.frozen
+class _Failure:
+    reason: str
+    refresh_fp: str
+    until: float | None
+
+
+def rfc3339(seconds: float) -> str:
+    """
+    UTC time as the ``cx`` store writes it, e.g. ``2026-04-28T00:00:00Z``.
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def codex_auth_path(environ: dict[str, str] | None = None) -> str:
+    """
+    Where Codex keeps its active login: ``$CODEX_HOME/auth.json``, by default
+    ``~/.codex/auth.json``.
+    """
+    env = os.environ if environ is None else environ
+    home = env.get("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+    return os.path.join(home, "auth.json")
+
+
+def lock_path_for(account_file: str) -> str:
+    """
+    The ``cx`` lock file of an account file: ``.<lowercased name>.lock`` beside it.
+    """
+    directory, name = os.path.split(account_file)
+    return os.path.join(directory, f".{name.lower()}.lock")
+
+
+@attrs.define
+class _Held:
+    """
+    An account file read under its lock; the lock is held until released.
+    """
+
+    account: Account
+    document: dict[str, Any]
+    release: Callable[[], None]
+
+
+def _lock_and_read(path: str) -> _Held:
+    manager = locked(lock_path_for(path))
+    manager.__enter__()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        account = parse_account(raw, path)
+        document = json.loads(raw)
+    except BaseException:
+        manager.__exit__(None, None, None)
+        raise
+    return _Held(account, document, lambda: manager.__exit__(None, None, None))
+
+
+def apply_new_tokens(document: dict[str, Any], new: dict[str, str], now: float) -> None:
+    """
+    Put refreshed tokens into an auth-bearing document (an account file or
+    Codex's ``auth.json``), keeping every field it does not replace.
+    """
+    auth = document.get("auth")
+    target = auth if isinstance(auth, dict) else document
+    token_block = target.get("tokens")
+    if not isinstance(token_block, dict):
+        token_block = {}
+        target["tokens"] = token_block
+    token_block["access_token"] = new["access_token"]
+    token_block["refresh_token"] = new["refresh_token"]
+    token_block["id_token"] = new["id_token"]
+    target["last_refresh"] = rfc3339(now)
+
+
+def _write_account(path: str, document: dict[str, Any]) -> FileVersion:
+    atomic_write(path, dump_json(document))
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _mirror_into_codex_auth(auth_path: str, account_id: str, new: dict[str, str], now: float) -> bool:
+    """
+    Rewrite Codex's active ``auth.json`` with the new tokens when it holds the
+    same login. Blocking.
+
+    :return: whether the file was rewritten.
+    """
+    try:
+        with open(auth_path, "rb") as f:
+            active = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(active, dict):
+        return False
+    token_block = active.get("tokens")
+    if not isinstance(token_block, dict):
+        return False
+    email = tokens.email_from_id_token(token_block.get("id_token"))
+    if email is None or email.lower() != account_id.lower():
+        return False
+    apply_new_tokens(active, new, now)
+    atomic_write(auth_path, dump_json(active))
+    return True
+
+
+class TokenRefresher:
+    """
+    Keeps OAuth access tokens fresh.
+
+    :param store: the account store, told about every account rewritten.
+    :param http: a treq ``HTTPClient`` for the token endpoint.
+    :param token_url: the OAuth token endpoint.
+    :param clock: the source of time.
+    :param run_blocking: runs file work off the reactor thread.
+    :param codex_auth: the path of Codex's active ``auth.json``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: AccountStore,
+        http: Any,
+        token_url: str,
+        clock: IReactorTime,
+        run_blocking: BlockingRunner,
+        codex_auth: str,
+    ) -> None:
+        self._store = store
+        self._http = http
+        self._token_url = token_url
+        self._clock = clock
+        self._run_blocking = run_blocking
+        self._codex_auth = codex_auth
+        self._inflight: dict[str, list[Deferred[Account]]] = {}
+        self._failures: dict[str, _Failure] = {}
+        self.refresh_count = 0
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
+    def needs_refresh(self, account: Account) -> bool:
+        """
+        Whether the account's access token expires within :data:`REFRESH_SKEW`.
+        A token without a readable expiry is taken as fresh.
+        """
+        return (
+            account.is_oauth
+            and account.expires_at is not None
+            and account.expires_at - self._clock.seconds() < REFRESH_SKEW
+        )
+
+    def why_unusable(self, account: Account) -> str | None:
+        """
+        The reason a recent refresh failure keeps this account out of use, if
+        any. A terminal failure lasts until the login on disk changes.
+        """
+        failure = self._failures.get(account.id)
+        if failure is None:
+            return None
+        if failure.refresh_fp != fingerprint(account.refresh_token):
+            del self._failures[account.id]
+            return None
+        if failure.until is not None and self._clock.seconds() >= failure.until:
+            del self._failures[account.id]
+            return None
+        return failure.reason
+
+    def ensure_fresh(self, account: Account) -> Deferred[Account]:
+        """
+        The account with an access token that is not about to expire,
+        refreshing it first when needed.
+
+        :raises RefreshFailed: (as a failed Deferred) when the refresh fails.
+        """
+        if not self.needs_refresh(account):
+            return succeed(account)
+        return self._single_flight(account, force=False)
+
+    def refresh_rejected(self, account: Account) -> Deferred[Account]:
+        """
+        The upstream rejected ``account``'s access token: get a new one,
+        unless another refresh already replaced it.
+        """
+        current = self._store.get(account.id) or account
+        if current.secret != account.secret:
+            return succeed(current)
+        return self._single_flight(current, force=True)
+
+    def _single_flight(self, account: Account, force: bool) -> Deferred[Account]:
+        waiter: Deferred[Account] = Deferred()
+        waiting = self._inflight.get(account.id)
+        if waiting is not None:
+            waiting.append(waiter)
+            return waiter
+        waiting = self._inflight[account.id] = [waiter]
+
+        def deliver(result: Account | Failure) -> None:
+            del self._inflight[account.id]
+            for each in waiting:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        Deferred.fromCoroutine(self._refresh(account, force)).addBoth(deliver)
+        return waiter
+
+    async def _refresh(self, account: Account, force: bool) -> Account:
+        try:
+            held: _Held = await self._run_blocking(lambda: _lock_and_read(account.source))
+        except (OSError, AccountFileError) as e:
+            raise self._failed(account, f"cannot read its account file: {e}", terminal=False) from e
+        try:
+            current = held.account
+            if current.secret != account.secret and not self.needs_refresh(current):
+                # someone else (cx, or Codex via "sync active") refreshed it
+                self._store.replace(current)
+                return current
+            if not force and not self.needs_refresh(current):
+                return current
+            if not current.refresh_token:
+                raise self._failed(current, "the login has no refresh token", terminal=True)
+            new_tokens = await self._call_token_endpoint(current)
+            now = self._clock.seconds()
+            document = held.document
+            apply_new_tokens(document, new_tokens, now)
+            path = current.source
+            version = await self._run_blocking(lambda: _write_account(path, document))
+            refreshed = parse_account(dump_json(document), path)
+        finally:
+            held.release()
+        self._store.replace(refreshed, version)
+        self._failures.pop(account.id, None)
+        self.refresh_count += 1
+        _log.info(
+            "refreshed the access token of {account} (expires in {expires_in}s)",
+            account=refreshed.id,
+            expires_in=(
+                None if refreshed.expires_at is None else int(refreshed.expires_at - now)
+            ),
+        )
+        try:
+            mirrored = await self._run_blocking(
+                lambda: _mirror_into_codex_auth(self._codex_auth, refreshed.id, new_tokens, now)
+            )
+        except OSError as e:
+            _log.warn(
+                "could not update {path} with the new tokens of {account}: {error}",
+                path=self._codex_auth,
+                account=refreshed.id,
+                error=str(e),
+            )
+        else:
+            if mirrored:
+                _log.info("updated {path}, where {account} is active", path=self._codex_auth,
+                          account=refreshed.id)
+        return refreshed
+
+    async def _call_token_endpoint(self, account: Account) -> dict[str, str]:
+        body = json.dumps(
+            {
+                "client_id": CLIENT_ID,
+                "grant_type": "refresh_token",
+                "refresh_token": account.refresh_token,
+            }
+        ).encode()
+        try:
+            response = await self._http.request(
+                "POST",
+                self._token_url,
+                data=body,
+                headers={"Content-Type": ["application/json"], "Accept": ["application/json"]},
+                timeout=TOKEN_TIMEOUT,
+            )
+            raw = await treq.content(response)
+        except Exception as e:
+            raise self._failed(
+                account, f"the token endpoint could not be reached ({_describe(e)})", terminal=False
+            ) from e
+        if not 200 <= response.code < 300:
+            terminal = response.code in (400, 401, 403)
+            detail = _provider_error(raw)
+            advice = "; sign in again with `cx add`" if terminal else ""
+            raise self._failed(
+                account, f"the token endpoint answered HTTP {response.code}{detail}{advice}",
+                terminal=terminal,
+            )
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        new: dict[str, str] = {}
+        if isinstance(answer, dict):
+            for key in ("access_token", "refresh_token", "id_token"):
+                value = answer.get(key)
+                if isinstance(value, str) and value:
+                    new[key] = value
+        if len(new) != 3:
+            raise self._failed(
+                account, "the token endpoint's answer lacks access_token, refresh_token or id_token",
+                terminal=False,
+            )
+        return new
+
+    def _failed(self, account: Account, reason: str, terminal: bool) -> RefreshFailed:
+        until = None if terminal else self._clock.seconds() + TRANSIENT_FAILURE_HOLD
+        self._failures[account.id] = _Failure(
+            f"token refresh failed: {reason}", fingerprint(account.refresh_token), until
+        )
+        _log.warn(
+            "token refresh for {account} failed: {reason}", account=account.id, reason=reason
+        )
+        return RefreshFailed(account.id, reason, terminal)
+
+
+def _describe(error: BaseException) -> str:
+    from subrouter.proxy.errors import describe_failure_reason
+
+    return describe_failure_reason(error)
+
+
+def _provider_error(raw: bytes) -> str:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return ""
+    if not isinstance(answer, dict):
+        return ""
+    parts: list[str] = []
+    error = answer.get("error")
+    if isinstance(error, dict):
+        for key in ("code", "type", "message"):
+            value = error.get(key)
+            if isinstance(value, str) and value and value not in parts:
+                parts.append(value)
+    elif isinstance(error, str):
+        parts.append(error)
+    description = answer.get("error_description")
+    if isinstance(description, str) and description:
+        parts.append(description)
+    if not parts:
+        return ""
+    return ": " + scrub_text(": ".join(parts))[:300]

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The console scripts ``subrouter``, ``sr`` and ``cx``.
+
+One ``usage.Options`` tree serves them all: ``subrouter serve`` runs the
+daemon in the foreground (as ``twistd -n subrouter`` does), ``cx <command>``
+and ``subrouter cx <command>`` manage the account store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.python import usage
+
+import subrouter
+from subrouter.tap import Options as ServeOptions
+
+SubCommand = tuple[str, None, type[usage.Options], str]
+
+
+class ListOptions(usage.Options):
+    synopsis = "[--json]"
+    optFlags = [["json", None, "Print JSON for scripts."]]
+
+
+class CxOptions(usage.Options):
+    """
+    ``cx``: the account manager.
+    """
+
+    synopsis = "<command> [options]"
+    optParameters = [
+        ["accounts-dir", None, "~/.codex-accounts", "The cx account store."],
+    ]
+    subCommands: list[SubCommand] = [
+        ("list", None, ListOptions, "List the stored accounts."),
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a command; see --help")
+
+
+class SubrouterOptions(usage.Options):
+    """
+    ``subrouter`` / ``sr``.
+    """
+
+    synopsis = "<command> [options]"
+    subCommands: list[SubCommand] = [
+        ("serve", None, ServeOptions, "Run the proxy in the foreground."),
+        ("cx", None, CxOptions, "Manage Codex accounts (same as the cx command)."),
+    ]
+    optFlags = [["version", None, "Print the version and exit."]]
+    optParameters = [
+        ["log-format", None, "text", "Log format for serve: text or json."],
+    ]
+
+    def opt_version(self) -> None:
+        print(f"subrouter {subrouter.__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format: must be text or json")
+        if self.subCommand is None:
+            raise usage.UsageError("name a command; see --help")
+
+
+def run_cx(options: CxOptions, stdout: IO[str]) -> int:
+    """
+    Run one ``cx`` command; return its exit status.
+    """
+    from subrouter.accounts.store import AccountStore
+    from subrouter.options import expand_path
+
+    store = AccountStore(expand_path(options["accounts-dir"]), _no_blocking)
+    store.scan_now()
+    if options.subCommand == "list":
+        sub = options.subOptions
+        rows = [
+            {"id": a.id, "kind": a.kind.value, "plan": a.plan, "problem": a.problem}
+            for a in store.accounts()
+        ]
+        if sub["json"]:
+            import json
+
+            stdout.write(json.dumps(rows, indent=2) + "\n")
+        elif not rows:
+            stdout.write("no accounts yet: add one with `cx add`\n")
+        else:
+            for row in rows:
+                extra = f" [{row['plan']}]" if row["plan"] else ""
+                problem = f"  ({row['problem']})" if row["problem"] else ""
+                stdout.write(f"{row['id']}  {row['kind']}{extra}{problem}\n")
+        for path, error in sorted(store.skipped_files().items()):
+            sys.stderr.write(f"cx: skipped {path}: {error}\n")
+        return 0
+    raise usage.UsageError(f"unknown command {options.subCommand}")
+
+
+def _no_blocking(f: Any) -> Any:
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f)
+
+
+def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
+    from twisted.internet.defer import Deferred
+    from twisted.logger import globalLogBeginner
+
+    from subrouter.logs import json_observer, text_observer
+    from subrouter.tap import build_service
+
+    observer = json_observer() if log_format == "json" else text_observer()
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    service = build_service(options.config, reactor)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    return Deferred()  # runs until SIGINT/SIGTERM stops the reactor
+
+
+def _parse(options: usage.Options, argv: Sequence[str], prog: str) -> None:
+    try:
+        options.parseOptions(list(argv))
+    except usage.UsageError as e:
+        # print the usage of the deepest command reached
+        target: usage.Options = options
+        while getattr(target, "subOptions", None) is not None:
+            target = target.subOptions
+        sys.stderr.write(f"{target}\n{prog}: {e}\n")
+        raise SystemExit(2) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    ``subrouter`` and ``sr``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) or "subrouter"
+    options = SubrouterOptions()
+    _parse(options, args, prog)
+    if options.subCommand == "serve":
+        from twisted.internet import task
+
+        task.react(_serve, (options.subOptions, options["log-format"]))
+    elif options.subCommand == "cx":
+        raise SystemExit(run_cx(options.subOptions, sys.stdout))
+
+
+def cx_main(argv: Sequence[str] | None = None) -> None:
+    """
+    ``cx``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = CxOptions()
+    _parse(options, args, "cx")
+    raise SystemExit(run_cx(options, sys.stdout))

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_files -*-
+"""
+Durable, private file writes and advisory locks for credential files.
+
+Every file Subrouter writes that holds a credential or state goes through
+:func:`atomic_write`: a temporary sibling created ``0600`` with ``O_EXCL``,
+written, fsynced, renamed over the target, and the directory fsynced. A reader
+never sees a half-written file and a crash never leaves a world-readable one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """
+    Replace ``path`` with ``data`` atomically.
+
+    :param path: the file to replace; its directory must exist.
+    :param data: the new contents.
+    :param mode: the permission bits of the new file.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask must not widen or narrow it
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str) -> None:
+    """
+    Flush a directory entry change (a rename) to disk, where the OS allows it.
+    """
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename stands
+    finally:
+        os.close(dfd)
+
+
+def dump_json(value: Any) -> bytes:
+    """
+    Serialise ``value`` the way the ``cx`` store does: two-space indent and a
+    trailing newline.
+    """
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def ensure_private_directory(path: str) -> None:
+    """
+    Create ``path`` (and parents) with mode ``0700`` when missing.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+@contextlib.contextmanager
+def locked(lock_path: str) -> Iterator[None]:
+    """
+    Hold an exclusive ``flock`` on ``lock_path`` (created ``0600``) for the
+    duration of the block. This blocks: call it off the reactor thread.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        # closing the descriptor releases the lock
+        os.close(fd)

@@ -1,0 +1,3 @@
+"""
+The HTTP reverse proxy: routing, header policy, streaming relay, errors.
+"""

@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+JSON error answers, and plain-words descriptions of network failures.
+
+Every error Subrouter itself produces has the OpenAI error shape,
+``{"error": {"type": ..., "message": ...}}``, so agents show the message.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from subrouter.redact import scrub_text
+
+
+def error_body(kind: str, message: str) -> bytes:
+    """
+    The bytes of an error answer.
+    """
+    return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+
+def write_error(request: Request, status: int, kind: str, message: str) -> None:
+    """
+    Answer ``request`` with a JSON error, unless the client is gone or an
+    answer has already started.
+    """
+    if request._disconnected or request.finished or request.startedWriting:
+        return
+    body = error_body(kind, message)
+    request.setResponseCode(status)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"application/json"])
+    headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    headers.setRawHeaders(b"cache-control", [b"no-store"])
+    request.write(body)
+    request.finish()
+
+
+def describe_failure_reason(reason: BaseException | Failure) -> str:
+    """
+    A short, secret-free description of why a connection or request failed.
+    """
+    value = reason.value if isinstance(reason, Failure) else reason
+    inner = getattr(value, "reasons", None)
+    if inner:
+        # ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed
+        first = inner[0]
+        return describe_failure_reason(first)
+    if isinstance(value, neterror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(value, neterror.DNSLookupError):
+        return "DNS lookup failed"
+    if isinstance(value, neterror.TimeoutError | TimeoutError):
+        return "connection timed out"
+    if isinstance(value, neterror.ConnectionDone):
+        return "the upstream closed the connection"
+    if isinstance(value, neterror.ConnectionLost):
+        return "the connection to the upstream was lost"
+    if isinstance(value, CancelledError):
+        return "cancelled"
+    tls = _describe_tls(value)
+    if tls is not None:
+        return tls
+    text = str(value) or type(value).__name__
+    return scrub_text(f"{type(value).__name__}: {text}")[:300]
+
+
+def _describe_tls(value: BaseException) -> str | None:
+    try:
+        from OpenSSL import SSL
+        from service_identity.exceptions import VerificationError
+    except ImportError:  # pragma: no cover - twisted[tls] is a dependency
+        return None
+    if isinstance(value, VerificationError):
+        return f"TLS certificate does not match the upstream host ({value})"
+    if isinstance(value, SSL.Error):
+        details: list[str] = []
+        for entry in value.args[0] if value.args and isinstance(value.args[0], list) else []:
+            if isinstance(entry, tuple) and entry:
+                details.append(str(entry[-1]))
+        detail = ", ".join(d for d in details if d) or "handshake failed"
+        return f"TLS error: {detail}"
+    return None

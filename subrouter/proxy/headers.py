@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.test_headers -*-
+"""
+Which headers cross the proxy, in each direction. Pure functions, no I/O.
+
+Upstream requests carry every client header except the hop-by-hop ones (and
+those named in ``Connection``), Subrouter's own ``X-Subrouter-*`` controls,
+the client's credentials, and the few the HTTP client recomputes (``Host``,
+``Content-Length``, ``Accept-Encoding``). The chosen account's credentials are
+then set. Repeated headers stay repeated and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.web.http_headers import Headers
+
+from subrouter.accounts.store import Account
+
+#: RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: headers that steer Subrouter itself and never go upstream (besides every
+#: ``x-subrouter-*`` header)
+SUBROUTER_HEADERS = frozenset(
+    {
+        b"x-subrouter-session",
+        b"x-subrouter-agent",
+        b"x-subrouter-user-email",
+        b"x-subrouter-user",
+        b"x-user-email",
+        b"x-subrouter-account-id",
+        b"x-subrouter-account",
+    }
+)
+
+#: recomputed by the HTTP client, or replaced by the account's credentials
+_REQUEST_ONLY_DROPS = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"accept-encoding",
+        b"authorization",
+        b"chatgpt-account-id",
+    }
+)
+
+#: recomputed when the body is re-framed towards the client
+_RESPONSE_ONLY_DROPS = frozenset({b"content-length"})
+
+
+def connection_tokens(values: Iterable[bytes] | None) -> frozenset[bytes]:
+    """
+    The header names listed in ``Connection`` values, lower-cased.
+    """
+    if not values:
+        return frozenset()
+    names: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                names.add(token)
+    return frozenset(names)
+
+
+def is_subrouter_header(lower_name: bytes) -> bool:
+    return lower_name in SUBROUTER_HEADERS or lower_name.startswith(b"x-subrouter-")
+
+
+def upstream_request_headers(client: Headers, account: Account) -> Headers:
+    """
+    The headers to send upstream for a client request routed to ``account``.
+
+    :param client: the client's request headers.
+    :param account: the account whose credentials replace the client's.
+    """
+    dropped = connection_tokens(client.getRawHeaders(b"connection"))
+    out = Headers()
+    for name, values in client.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in _REQUEST_ONLY_DROPS
+            or lower in dropped
+            or is_subrouter_header(lower)
+        ):
+            continue
+        out.setRawHeaders(name, list(values))
+    out.setRawHeaders(b"authorization", [b"Bearer " + account.secret.encode("latin-1")])
+    if account.is_oauth and account.chatgpt_account_id:
+        out.setRawHeaders(b"chatgpt-account-id", [account.chatgpt_account_id.encode("latin-1")])
+    return out
+
+
+def client_response_headers(upstream: Headers, into: Headers) -> None:
+    """
+    Copy an upstream response's headers into the client response's headers,
+    replacing what Twisted put there by default (``Server``, ``Date``).
+
+    :param upstream: the upstream response's headers.
+    :param into: the client response's headers, changed in place.
+    """
+    dropped = connection_tokens(upstream.getRawHeaders(b"connection"))
+    for name, values in upstream.getAllRawHeaders():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _RESPONSE_ONLY_DROPS or lower in dropped:
+            continue
+        into.setRawHeaders(name, list(values))

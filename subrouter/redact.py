@@ -1,0 +1,65 @@
+# -*- test-case-name: tests.test_redact -*-
+"""
+Keeping secrets out of everything Subrouter prints, logs or serves.
+
+Tokens are referred to by :func:`fingerprint`; free text that might carry a
+secret (an upstream's error message, a traceback) goes through
+:func:`scrub_text` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_SECRET_PATTERNS = [
+    # Authorization-style values
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    # OpenAI-style keys: sk-..., sk-proj-..., sk-admin-...
+    re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
+    # JWTs (OAuth access and id tokens)
+    re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
+    # refresh tokens and other "name": "value" secrets in JSON or query text
+    re.compile(
+        r"(?i)(\"?(?:access_token|refresh_token|id_token|api_key|apikey|openai_api_key|"
+        r"client_secret|password|token)\"?\s*[:=]\s*\"?)[^\"&\s,}]+"
+    ),
+]
+
+REDACTED = "<redacted>"
+
+#: header names whose values are credentials, lower-case
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "openai-api-key",
+        "x-subrouter-admin-token",
+    }
+)
+
+
+def fingerprint(secret: str) -> str:
+    """
+    A short, stable, non-reversible name for a secret: the first 16 hex
+    characters of its SHA-256. The empty secret has the fingerprint ``""``.
+    """
+    if not secret:
+        return ""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+
+
+def scrub_text(text: str) -> str:
+    """
+    Replace anything in ``text`` that looks like a credential with
+    ``<redacted>``.
+    """
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        else:
+            text = pattern.sub(REDACTED, text)
+    return text

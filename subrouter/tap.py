@@ -1,0 +1,255 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: ``twistd -n subrouter --addr ...``.
+
+:class:`Options` parses the serve options (``subrouter serve`` uses the same
+class) into a typed :class:`Config`; :func:`build_service` assembles the
+daemon from a config and a reactor: the account store and its rescans, the
+HTTP connection pool, and the listening Site.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Any
+
+import attrs
+from twisted.application.service import IService, MultiService, Service
+from twisted.python import usage
+
+from subrouter import options as parse
+from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
+
+DEFAULT_ADDR = "127.0.0.1:31415"
+DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
+DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"
+DEFAULT_ACCOUNTS_DIR = "~/.codex-accounts"
+DEFAULT_IDLE_TIMEOUT = "5m"
+#: how often the account directory is checked for changes
+ACCOUNT_RESCAN_INTERVAL = 2.0
+
+
+@attrs.frozen
+class Config:
+    """
+    The daemon's settings, checked and typed.
+    """
+
+    endpoint: str
+    addr: str
+    expose: bool
+    accounts_dir: str
+    codex_upstream: str
+    openai_upstream: str
+    token_url: str
+    ca_bundles: tuple[str, ...]
+    idle_timeout: float
+    codex_auth: str
+    account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+
+
+class Options(usage.Options):
+    """
+    The serve options, shared by ``twistd subrouter`` and ``subrouter serve``.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the Subrouter proxy: point Codex at http://127.0.0.1:31415/v1 and every "
+        "request goes upstream with the credentials of an account from the cx store."
+    )
+
+    optFlags = [
+        ["expose", None, "Allow --addr on a non-loopback interface (anyone who can reach "
+         "it can use your accounts)."],
+    ]
+    optParameters = [
+        ["addr", None, DEFAULT_ADDR, "HOST:PORT to listen on (loopback unless --expose)."],
+        ["listen", None, None, "A Twisted server endpoint string to listen on instead of "
+         "--addr, e.g. systemd:domain=INET:index=0 for socket activation."],
+        ["accounts-dir", None, DEFAULT_ACCOUNTS_DIR, "The cx account store."],
+        ["codex-upstream", None, DEFAULT_CODEX_UPSTREAM,
+         "Base URL for ChatGPT (OAuth) logins."],
+        ["openai-upstream", None, DEFAULT_OPENAI_UPSTREAM, "Base URL for API-key accounts."],
+        ["token-url", None, DEFAULT_TOKEN_URL, "OAuth token endpoint for refreshes."],
+        ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
+         "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
+        ["codex-home", None, None,
+         "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
+    ]
+
+    #: where messages for the person at the terminal go; swapped in tests
+    stderr: IO[str] = sys.stderr
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["ca-bundle"] = []
+
+    def opt_ca_bundle(self, path: str) -> None:
+        """
+        A PEM file of extra CA certificates to trust for upstream TLS (repeatable).
+        """
+        self["ca-bundle"].append(path)
+
+    def postOptions(self) -> None:
+        self.config = config_from_options(self, self.stderr)
+
+
+def _checked(option: str, parser: Any, value: str) -> Any:
+    try:
+        return parser(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{option}: {e}") from None
+
+
+def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
+    """
+    Check every serve option and build the :class:`Config`.
+
+    :raises usage.UsageError: naming the first bad option.
+    """
+    host, port = _checked("addr", parse.parse_addr, opts["addr"])
+    listen = opts["listen"]
+    expose = bool(opts["expose"])
+    if listen is None:
+        if not parse.is_loopback(host):
+            if not expose:
+                raise usage.UsageError(
+                    f"--addr: {opts['addr']} is not a loopback address; anyone who can reach "
+                    "it could use your accounts. Add --expose if that is what you want."
+                )
+            stderr.write(
+                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
+                "reach it can use your accounts\n"
+            )
+        endpoint = parse.listen_endpoint(host, port)
+    else:
+        endpoint = listen
+    idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
+    if idle <= 0:
+        raise usage.UsageError("--idle-timeout: must be more than zero")
+    codex_home = opts["codex-home"]
+    return Config(
+        endpoint=endpoint,
+        addr=opts["addr"] if listen is None else listen,
+        expose=expose,
+        accounts_dir=parse.expand_path(opts["accounts-dir"]),
+        codex_upstream=_checked("codex-upstream", parse.parse_http_url, opts["codex-upstream"]),
+        openai_upstream=_checked(
+            "openai-upstream", parse.parse_http_url, opts["openai-upstream"]
+        ),
+        token_url=_checked("token-url", parse.parse_http_url, opts["token-url"]),
+        ca_bundles=tuple(
+            _checked("ca-bundle", parse.parse_pem_bundle, p) for p in opts["ca-bundle"]
+        ),
+        idle_timeout=idle,
+        codex_auth=(
+            os.path.join(parse.expand_path(codex_home), "auth.json")
+            if codex_home
+            else codex_auth_path()
+        ),
+    )
+
+
+class _StartupService(Service):
+    """
+    Scans the account store before the listener starts, and logs what the
+    daemon is about to serve.
+    """
+
+    def __init__(self, config: Config, store: Any) -> None:
+        self._config = config
+        self._store = store
+
+    def startService(self) -> None:
+        from twisted.logger import Logger
+
+        super().startService()
+        self._store.scan_now()
+        accounts = self._store.accounts()
+        Logger().info(
+            "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
+            "codex upstream {codex}, openai upstream {openai}",
+            version=_version(),
+            addr=self._config.addr,
+            count=len(accounts),
+            accounts_dir=self._config.accounts_dir,
+            codex=self._config.codex_upstream,
+            openai=self._config.openai_upstream,
+        )
+
+
+def _version() -> str:
+    import subrouter
+
+    return subrouter.__version__
+
+
+def build_service(config: Config, reactor: Any) -> MultiService:
+    """
+    Assemble the daemon.
+
+    :param config: the checked settings.
+    :param reactor: the reactor everything runs on.
+    """
+    from twisted.application.internet import StreamServerEndpointService, TimerService
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.threads import deferToThreadPool
+
+    from subrouter.accounts.pool import AccountPool
+    from subrouter.accounts.refresh import TokenRefresher
+    from subrouter.accounts.store import AccountStore
+    from subrouter.proxy.client import PoolService, make_http_client, make_pool
+    from subrouter.proxy.resource import ProxyResource
+    from subrouter.proxy.routing import Upstreams
+    from subrouter.web.admin import AdminResource
+    from subrouter.web.root import QuietSite, RootResource
+
+    def run_blocking(f: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    top = MultiService()
+    pool = make_pool(reactor)
+    http = make_http_client(reactor, pool, config.ca_bundles)
+    store = AccountStore(config.accounts_dir, run_blocking)
+    refresher = TokenRefresher(
+        store=store,
+        http=http,
+        token_url=config.token_url,
+        clock=reactor,
+        run_blocking=run_blocking,
+        codex_auth=config.codex_auth,
+    )
+    accounts = AccountPool(store, refresher)
+    proxy = ProxyResource(
+        pool=accounts,
+        refresher=refresher,
+        http=http,
+        upstreams=Upstreams.from_text(config.codex_upstream, config.openai_upstream),
+        clock=reactor,
+        idle_timeout=config.idle_timeout,
+    )
+    site = QuietSite(RootResource(proxy, AdminResource(accounts)), reactor=reactor)
+
+    _StartupService(config, store).setServiceParent(top)
+    rescan = TimerService(config.account_rescan_interval, store.rescan)
+    rescan.clock = reactor
+    rescan.setName("account-rescan")
+    rescan.setServiceParent(top)
+    PoolService(pool).setServiceParent(top)
+    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
+    # a port that cannot be bound stops the daemon instead of idling
+    listener._raiseSynchronously = True
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    return top
+
+
+def makeService(options: Options) -> IService:
+    """
+    The twistd entry point.
+    """
+    from twisted.internet import reactor
+
+    return build_service(options.config, reactor)

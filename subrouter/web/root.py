@@ -1,0 +1,53 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
+every other path to the proxy.
+"""
+
+from __future__ import annotations
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+_ADMIN = b"_subrouter"
+
+
+class RootResource(Resource):
+    """
+    Dispatches on the first path segment.
+
+    :param proxy: the leaf that proxies requests upstream.
+    :param admin: the ``/_subrouter/`` tree.
+    """
+
+    def __init__(self, proxy: Resource, admin: Resource) -> None:
+        super().__init__()
+        self._proxy = proxy
+        self._admin = admin
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if path == _ADMIN:
+            return self._admin
+        request.postpath.insert(0, request.prepath.pop())
+        return self._proxy
+
+    def render(self, request: Request) -> bytes | int:
+        # only reached for "/" itself
+        if request.method == b"HEAD":
+            # the base-URL probe clients send: answer without choosing an account
+            request.setResponseCode(204)
+            return b""
+        return self._proxy.render(request)  # type: ignore[no-any-return]
+
+
+class QuietSite(Site):
+    """
+    A Site without Twisted's access log: the proxy logs one structured line
+    per request itself, without the query string or any header.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
