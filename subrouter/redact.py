@@ -19,10 +19,14 @@ _SECRET_PATTERNS = [
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
     # JWTs (OAuth access and id tokens)
     re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
-    # refresh tokens and other "name": "value" secrets in JSON or query text
+    # "name": "value" secrets in JSON, and name=value in query or form text
     re.compile(
-        r"(?i)(\"?(?:access_token|refresh_token|id_token|api_key|apikey|openai_api_key|"
-        r"client_secret|password|token)\"?\s*[:=]\s*\"?)[^\"&\s,}]+"
+        r'(?i)("(?:access_token|refresh_token|id_token|api_key|openai_api_key|client_secret|'
+        r'password)"\s*:\s*")[^"]*'
+    ),
+    re.compile(
+        r"(?i)(\b(?:access_token|refresh_token|id_token|api_key|client_secret|password)=)"
+        r"[^&\s]+"
     ),
 ]
 

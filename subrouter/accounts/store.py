@@ -261,9 +261,9 @@ class AccountStore:
         d: Deferred[Any] = self._run_blocking(
             lambda: scan_directory(self.accounts_path, previous)
         )
+        self._scanning = d
         d.addErrback(failed)
         d.addCallback(done)
-        self._scanning = d
         return d
 
     def _apply(self, files: dict[str, ScannedFile]) -> None:

@@ -10,18 +10,20 @@ from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
-import treq
+from treq.client import HTTPClient
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
-from twisted.internet.ssl import IOpenSSLTrustRoot, platformTrust
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.ssl import platformTrust
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HostnameCachingHTTPSPolicy,
     HTTPConnectionPool,
 )
+from twisted.web.client import _HTTP11ClientFactory
 from zope.interface import implementer
 
 #: idle upstream connections kept per host; Codex opens many parallel turns
@@ -48,8 +50,20 @@ class PlatformTrustWithBundles:
             context.load_verify_locations(path)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """
+    The pool's connection factory, without a log line per new connection.
+    """
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 def make_pool(reactor: Any) -> HTTPConnectionPool:
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = _QuietPool(reactor, persistent=True)
     pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
     pool.cachedConnectionTimeout = CACHED_CONNECTION_TIMEOUT
     # a POST is never silently re-sent by the pool; the proxy decides
@@ -59,7 +73,7 @@ def make_pool(reactor: Any) -> HTTPConnectionPool:
 
 def make_http_client(
     reactor: Any, pool: HTTPConnectionPool, ca_bundles: Sequence[str] = ()
-) -> treq.HTTPClient:
+) -> HTTPClient:
     """
     A treq client for the upstreams, sharing ``pool``.
 
@@ -71,7 +85,7 @@ def make_http_client(
     # one client serves every account: it must never replay one account's
     # cookies on another's request
     jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-    return treq.HTTPClient(agent, cookiejar=jar)
+    return HTTPClient(agent, cookiejar=jar)
 
 
 class PoolService(Service):

@@ -119,4 +119,11 @@ def client_response_headers(upstream: Headers, into: Headers) -> None:
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _RESPONSE_ONLY_DROPS or lower in dropped:
             continue
-        into.setRawHeaders(name, list(values))
+        kept = list(values)
+        if lower == b"content-encoding":
+            # Twisted's gzip-decoding agent leaves an empty Content-Encoding
+            # behind on responses that had none
+            kept = [v for v in kept if v.strip()]
+            if not kept:
+                continue
+        into.setRawHeaders(name, kept)

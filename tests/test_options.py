@@ -1,0 +1,114 @@
+"""
+The serve options: defaults, checks, and errors that name the option.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from subrouter import options as parse
+from subrouter.tap import Options
+
+
+def _parse(*argv: str) -> Options:
+    opts = Options()
+    opts.stderr = io.StringIO()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CODEX_HOME", raising=False)
+    config = _parse().config
+    assert config.endpoint == "tcp:31415:interface=127.0.0.1"
+    assert config.accounts_dir == str(tmp_path / ".codex-accounts")
+    assert config.codex_upstream == "https://chatgpt.com/backend-api/codex"
+    assert config.openai_upstream == "https://api.openai.com"
+    assert config.token_url == "https://auth.openai.com/oauth/token"
+    assert config.ca_bundles == ()
+    assert config.idle_timeout == 300.0
+    assert config.codex_auth == str(tmp_path / ".codex" / "auth.json")
+
+
+def test_codex_home_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path / "ch"))
+    assert _parse().config.codex_auth == str(tmp_path / "ch" / "auth.json")
+
+
+def test_ipv6_loopback() -> None:
+    assert _parse("--addr", "[::1]:8000").config.endpoint == r"tcp:8000:interface=\:\:1"
+
+
+def test_localhost_is_loopback() -> None:
+    assert _parse("--addr", "localhost:9").config.endpoint == "tcp:9:interface=127.0.0.1"
+
+
+def test_non_loopback_is_refused_without_expose() -> None:
+    with pytest.raises(usage.UsageError, match="--addr.*--expose"):
+        _parse("--addr", "0.0.0.0:31415")
+
+
+def test_expose_allows_it_with_a_warning() -> None:
+    opts = _parse("--addr", "0.0.0.0:31415", "--expose")
+    assert opts.config.endpoint == "tcp:31415:interface=0.0.0.0"
+    assert "not loopback" in opts.stderr.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--addr", "31415"], "--addr"),
+        (["--addr", "127.0.0.1:99999"], "--addr"),
+        (["--addr", "::1:80"], "--addr"),
+        (["--idle-timeout", "soon"], "--idle-timeout"),
+        (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--codex-upstream", "ftp://x"], "--codex-upstream"),
+        (["--openai-upstream", "api.openai.com"], "--openai-upstream"),
+        (["--token-url", "https://x/?a=1"], "--token-url"),
+        (["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle"),
+    ],
+)
+def test_bad_values_name_the_option(argv: list[str], option: str) -> None:
+    with pytest.raises(usage.UsageError) as caught:
+        _parse(*argv)
+    assert str(caught.value).startswith(option + ":")
+
+
+def test_ca_bundle_must_hold_a_certificate(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(usage.UsageError, match="--ca-bundle: .*no PEM certificate"):
+        _parse("--ca-bundle", str(junk))
+
+
+def test_listen_overrides_addr() -> None:
+    config = _parse("--listen", "systemd:domain=INET:index=0").config
+    assert config.endpoint == "systemd:domain=INET:index=0"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("12", 12.0), ("1.5m", 90.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse.parse_duration(text) == seconds
+
+
+def test_upstream_urls_lose_their_trailing_slash() -> None:
+    config = _parse("--codex-upstream", "https://localhost:8443/backend-api/codex/").config
+    assert config.codex_upstream == "https://localhost:8443/backend-api/codex"
+
+
+def test_paths_expand_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = _parse("--accounts-dir", "~/acc", "--codex-home", "~/ch").config
+    assert config.accounts_dir == os.path.join(str(tmp_path), "acc")
+    assert config.codex_auth == os.path.join(str(tmp_path), "ch", "auth.json")

@@ -1,0 +1,70 @@
+"""
+Secrets never survive scrubbing; ordinary text does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.logger import Logger, LogPublisher
+
+from subrouter.logs import json_observer, text_observer
+from subrouter.redact import fingerprint, scrub_text
+
+JWT = "eyJhbGciOiJub25lIn0.eyJlbWFpbCI6ImFAYi5jIn0.c2ln"
+
+
+def test_bearer_keys_and_jwts_are_scrubbed() -> None:
+    text = f"Authorization: Bearer abcdefghijklmnop key sk-proj-ABCDEFGH123 token {JWT}"
+    out = scrub_text(text)
+    assert "abcdefghijklmnop" not in out
+    assert "sk-proj-ABCDEFGH123" not in out
+    assert JWT not in out
+    assert out.startswith("Authorization: Bearer <redacted>")
+
+
+def test_json_and_query_secrets_are_scrubbed() -> None:
+    out = scrub_text('{"refresh_token": "rt-secret-1", "x": 1} ?access_token=abc&b=2')
+    assert "rt-secret-1" not in out and "abc&" not in out
+    assert '"x": 1' in out and "b=2" in out
+
+
+def test_account_ids_and_plain_words_survive() -> None:
+    text = "POST /v1/responses 200 account=apikey:work user a@example.com"
+    assert scrub_text(text) == text
+
+
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-",
+               min_size=8, max_size=40))
+def test_any_api_key_is_scrubbed(body: str) -> None:
+    secret = "sk-" + body
+    assert secret not in scrub_text(f"failed with key {secret} today")
+
+
+def test_fingerprint_is_short_stable_and_not_the_secret() -> None:
+    assert fingerprint("sk-abc") == fingerprint("sk-abc")
+    assert len(fingerprint("sk-abc")) == 16
+    assert "sk-abc" not in fingerprint("sk-abc")
+    assert fingerprint("") == ""
+
+
+def test_log_observers_scrub_what_they_write() -> None:
+    for make in (text_observer, json_observer):
+        out = io.StringIO()
+        publisher = LogPublisher(make(out))
+        log = Logger(observer=publisher)
+        log.info("upstream said {text}", text="bad key sk-LEAKEDKEY12345")
+        written = out.getvalue()
+        assert "sk-LEAKEDKEY12345" not in written
+        assert "<redacted>" in written
+
+
+def test_json_log_lines_carry_named_fields() -> None:
+    out = io.StringIO()
+    log = Logger(observer=LogPublisher(json_observer(out)))
+    log.info("{method} {path}", method="POST", path="/v1/responses", status=200)
+    record = json.loads(out.getvalue().splitlines()[0])
+    assert record["method"] == "POST" and record["status"] == 200
