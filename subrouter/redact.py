@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 _SECRET_PATTERNS = [
     # Authorization-style values
@@ -56,11 +57,17 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
 
 
-def scrub_text(text: str) -> str:
+def scrub_text(text: str, known: Iterable[str] = ()) -> str:
     """
     Replace anything in ``text`` that looks like a credential with
     ``<redacted>``.
+
+    :param known: secrets to remove wherever they appear, whatever they look
+        like (an opaque refresh token matches no pattern).
     """
+    for secret in known:
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
     for pattern in _SECRET_PATTERNS:
         if pattern.groups:
             text = pattern.sub(lambda m: m.group(1) + REDACTED, text)

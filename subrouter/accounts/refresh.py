@@ -346,7 +346,7 @@ class TokenRefresher:
             ) from e
         if not 200 <= response.code < 300:
             terminal = response.code in (400, 401, 403)
-            detail = _provider_error(raw)
+            detail = _provider_error(raw, (account.refresh_token, account.secret))
             advice = "; sign in again with `cx add`" if terminal else ""
             raise self._failed(
                 account, f"the token endpoint answered HTTP {response.code}{detail}{advice}",
@@ -386,7 +386,7 @@ def _describe(error: BaseException) -> str:
     return describe_failure_reason(error)
 
 
-def _provider_error(raw: bytes) -> str:
+def _provider_error(raw: bytes, known: tuple[str, ...]) -> str:
     try:
         answer = json.loads(raw)
     except ValueError:
@@ -407,4 +407,4 @@ def _provider_error(raw: bytes) -> str:
         parts.append(description)
     if not parts:
         return ""
-    return ": " + scrub_text(": ".join(parts))[:300]
+    return ": " + scrub_text(": ".join(parts), known)[:300]
