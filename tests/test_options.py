@@ -52,7 +52,7 @@ def test_localhost_is_loopback() -> None:
 
 
 def test_non_loopback_is_refused_without_expose() -> None:
-    with pytest.raises(usage.UsageError, match="--addr.*--expose"):
+    with pytest.raises(usage.UsageError, match=r"--addr.*--expose"):
         _parse("--addr", "0.0.0.0:31415")
 
 
@@ -85,7 +85,7 @@ def test_bad_values_name_the_option(argv: list[str], option: str) -> None:
 def test_ca_bundle_must_hold_a_certificate(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    with pytest.raises(usage.UsageError, match="--ca-bundle: .*no PEM certificate"):
+    with pytest.raises(usage.UsageError, match=r"--ca-bundle: .*no PEM certificate"):
         _parse("--ca-bundle", str(junk))
 
 

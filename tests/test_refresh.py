@@ -94,7 +94,7 @@ def result_of(d: Deferred[Any]) -> Any:
 
 
 def test_a_token_expiring_within_a_minute_is_refreshed_and_written_back(setup: Any) -> None:
-    refresher, store, endpoint, http, tmp_path = setup
+    refresher, store, endpoint, _http, tmp_path = setup
     account = store.accounts()[0]
     assert refresher.needs_refresh(account)
     refreshed = result_of(refresher.ensure_fresh(account))
@@ -149,7 +149,7 @@ def test_rejected_token_already_replaced_is_not_refreshed_again(setup: Any) -> N
 
 
 def test_the_active_codex_login_follows_the_refresh(setup: Any) -> None:
-    refresher, store, endpoint, _, tmp_path = setup
+    refresher, store, _endpoint, _, tmp_path = setup
     auth = tmp_path / "codex" / "auth.json"
     auth.parent.mkdir()
     active = oauth_document("a@example.com")["auth"]

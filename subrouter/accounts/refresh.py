@@ -119,7 +119,10 @@ def _lock_and_read(path: str) -> _Held:
     except BaseException:
         manager.__exit__(None, None, None)
         raise
-    return _Held(account, document, lambda: manager.__exit__(None, None, None))
+    def release() -> None:
+        manager.__exit__(None, None, None)
+
+    return _Held(account, document, release)
 
 
 def apply_new_tokens(document: dict[str, Any], new: dict[str, str], now: float) -> None:
@@ -145,7 +148,9 @@ def _write_account(path: str, document: dict[str, Any]) -> FileVersion:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _mirror_into_codex_auth(auth_path: str, account_id: str, new: dict[str, str], now: float) -> bool:
+def _mirror_into_codex_auth(
+    auth_path: str, account_id: str, new: dict[str, str], now: float
+) -> bool:
     """
     Rewrite Codex's active ``auth.json`` with the new tokens when it holds the
     same login. Blocking.
@@ -364,7 +369,8 @@ class TokenRefresher:
                     new[key] = value
         if len(new) != 3:
             raise self._failed(
-                account, "the token endpoint's answer lacks access_token, refresh_token or id_token",
+                account,
+                "the token endpoint's answer lacks access_token, refresh_token or id_token",
                 terminal=False,
             )
         return new

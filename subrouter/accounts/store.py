@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import attrs
@@ -29,7 +29,7 @@ _log = Logger()
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._@-]")
 
 
-class AccountKind(str, Enum):
+class AccountKind(StrEnum):
     """
     The two kinds of Codex account ``cx`` stores.
     """
@@ -200,7 +200,8 @@ def scan_directory(
         try:
             with open(entry.path, "rb") as f:
                 raw = f.read()
-            found[entry.path] = ScannedFile(entry.path, version, parse_account(raw, entry.path), None)
+            account = parse_account(raw, entry.path)
+            found[entry.path] = ScannedFile(entry.path, version, account, None)
         except AccountFileError as e:
             found[entry.path] = ScannedFile(entry.path, version, None, str(e))
         except OSError as e:

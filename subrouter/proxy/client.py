@@ -10,20 +10,20 @@ from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
-from treq.client import HTTPClient
 from OpenSSL import SSL
+from treq.client import HTTPClient
 from twisted.application.service import Service
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.ssl import platformTrust
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     HostnameCachingHTTPSPolicy,
     HTTPConnectionPool,
+    _HTTP11ClientFactory,
 )
-from twisted.web.client import _HTTP11ClientFactory
 from zope.interface import implementer
 
 #: idle upstream connections kept per host; Codex opens many parallel turns
@@ -85,7 +85,7 @@ def make_http_client(
     # one client serves every account: it must never replay one account's
     # cookies on another's request
     jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar)
+    return HTTPClient(agent, cookiejar=jar)  # type: ignore[arg-type]
 
 
 class PoolService(Service):

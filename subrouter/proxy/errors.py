@@ -47,6 +47,8 @@ def describe_failure_reason(reason: BaseException | Failure) -> str:
     A short, secret-free description of why a connection or request failed.
     """
     value = reason.value if isinstance(reason, Failure) else reason
+    if value is None:
+        return "unknown error"
     inner = getattr(value, "reasons", None)
     if inner:
         # ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed

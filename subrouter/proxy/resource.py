@@ -14,10 +14,16 @@ connection, so the client never mistakes a cut stream for a whole one.
 from __future__ import annotations
 
 import io
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -312,7 +318,9 @@ class _Exchange:
 
     def relay_started(self, relay: _Relay) -> None:
         self.relay = relay
-        transport = relay.transport
+        transport = _producer_of(relay)
+        if transport is None:
+            return
         if self.gone:
             transport.stopProducing()
             return
@@ -365,8 +373,8 @@ class _Exchange:
         self.timed_out = True
         if self.pending is not None:
             self.pending.cancel()
-        elif self.relay is not None and self.relay.transport is not None:
-            self.relay.transport.stopProducing()
+        elif self.relay is not None:
+            _stop(self.relay)
 
     def _fail(self, status: int, kind: str, message: str) -> None:
         self._disarm_timer()
@@ -384,7 +392,7 @@ class _Exchange:
         else:
             self._fail(500, "internal_error", "Subrouter failed to proxy the request; see its log")
 
-    def _request_finished(self, result: None | Failure) -> None:
+    def _request_finished(self, result: Failure | None) -> None:
         if isinstance(result, Failure):
             # the client went away (or was aborted): stop all upstream work
             self.gone = True
@@ -393,9 +401,8 @@ class _Exchange:
             self._disarm_timer()
             if self.pending is not None:
                 self.pending.cancel()
-            relay = self.relay
-            if relay is not None and relay.transport is not None:
-                relay.transport.stopProducing()
+            if self.relay is not None:
+                _stop(self.relay)
         account = self.account
         _log.info(
             "{method} {path} {status} {outcome} account={account} {duration_ms}ms "
@@ -412,10 +419,25 @@ class _Exchange:
         )
 
 
+def _producer_of(relay: _Relay) -> IPushProducer | None:
+    """
+    The upstream body's transport: a producer that can pause, resume and stop
+    the upstream read.
+    """
+    return cast("IPushProducer | None", relay.transport)
+
+
+def _stop(relay: _Relay) -> None:
+    producer = _producer_of(relay)
+    if producer is not None:
+        producer.stopProducing()
+
+
 def _abort_client(request: Request) -> None:
-    transport = request.channel.transport if request.channel is not None else None
+    channel = request.channel
+    transport = channel.transport if channel is not None else None
     if transport is not None:
-        transport.abortConnection()
+        cast(ITCPTransport, transport).abortConnection()
 
 
 def _content_length(request: Request) -> int:
@@ -429,7 +451,7 @@ def _content_length(request: Request) -> int:
         content.seek(0, io.SEEK_END)
         size = content.tell()
         content.seek(position)
-        return size
+        return int(size)
     except (OSError, ValueError):
         return 0
 

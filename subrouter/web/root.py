@@ -6,6 +6,7 @@ every other path to the proxy.
 
 from __future__ import annotations
 
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -28,7 +29,7 @@ class RootResource(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if path == _ADMIN:
             return self._admin
-        request.postpath.insert(0, request.prepath.pop())
+        # the proxy reads request.uri itself; traversal state does not matter
         return self._proxy
 
     def render(self, request: Request) -> bytes | int:
@@ -49,5 +50,5 @@ class QuietSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
