@@ -11,17 +11,20 @@ message, a traceback). Under twistd, pick the JSON form with
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import IO
+from datetime import datetime, timezone
+from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    jsonFileLogObserver,
+    formatEvent,
     textFileLogObserver,
 )
+from zope.interface import implementer
 
 from subrouter.redact import scrub_text
 
@@ -56,12 +59,49 @@ def text_observer(
     return _filtered(textFileLogObserver(out), level)  # type: ignore[arg-type]
 
 
+_LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "failure", "why"})
+
+
+def event_as_json_line(event: dict[str, Any]) -> str:
+    """
+    One log event as a flat JSON object: ``time`` (ISO 8601, UTC), ``level``,
+    ``logger``, ``message`` (the formatted text), ``error`` (a traceback, for
+    failures), and every named field the event was logged with.
+    """
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), timezone.utc).isoformat(
+            timespec="milliseconds"
+        ),
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "logger": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["error"] = failure.getTraceback()
+    for key, value in event.items():
+        if key.startswith("log_") or key in _LEGACY_KEYS or key in record:
+            continue
+        record[key] = value
+    return json.dumps(record, default=repr) + "\n"
+
+
+@implementer(ILogObserver)
+class _JSONLinesObserver:
+    def __init__(self, stream: ScrubbingStream) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._stream.write(event_as_json_line(event))
+        self._stream.flush()
+
+
 def json_observer(
     stream: IO[str] | None = None, level: LogLevel = LogLevel.info
 ) -> ILogObserver:
     """
-    One JSON object per line, with every named field of each event, scrubbed.
+    One JSON object per line (see :func:`event_as_json_line`), scrubbed.
     Usable as ``twistd --logger subrouter.logs.json_observer``.
     """
     out = ScrubbingStream(stream if stream is not None else sys.stdout)
-    return _filtered(jsonFileLogObserver(out, recordSeparator=""), level)  # type: ignore[arg-type]
+    return _filtered(_JSONLinesObserver(out), level)
