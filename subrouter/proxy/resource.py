@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from typing import IO, Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -182,6 +182,7 @@ class _Exchange:
         self.account: Account | None = None
         self.status: int | None = None
         self.outcome = "ok"
+        self.bytes_in = _content_length(request)
         self.bytes_out = 0
         self.gone = False
         self.timed_out = False
@@ -258,7 +259,7 @@ class _Exchange:
             self._arm_timer()
             try:
                 return await d
-            except CancelledError:
+            except Exception as e:
                 if self.gone:
                     return None
                 if self.timed_out:
@@ -268,10 +269,6 @@ class _Exchange:
                         f"the upstream did not answer within {proxy.idle_timeout:g}s "
                         f"(account {account.id})",
                     )
-                    return None
-                raise
-            except Exception as e:
-                if self.gone:
                     return None
                 if attempt == 1 and _stale_connection(e):
                     # a pooled connection the upstream had already closed;
@@ -413,7 +410,7 @@ class _Exchange:
             outcome=self.outcome,
             account=account.id if account is not None else None,
             duration_ms=round((self.clock.seconds() - self.started) * 1000, 1),
-            bytes_in=_content_length(self.request),
+            bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             log_category="request",
         )

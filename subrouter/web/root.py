@@ -29,16 +29,26 @@ class RootResource(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if path == _ADMIN:
             return self._admin
+        if path == b"" and not request.postpath and request.method == b"HEAD":
+            return _PROBE
         # the proxy reads request.uri itself; traversal state does not matter
         return self._proxy
 
-    def render(self, request: Request) -> bytes | int:
-        # only reached for "/" itself
-        if request.method == b"HEAD":
-            # the base-URL probe clients send: answer without choosing an account
-            request.setResponseCode(204)
-            return b""
-        return self._proxy.render(request)  # type: ignore[no-any-return]
+
+class _BaseURLProbe(Resource):
+    """
+    ``HEAD /``: the base-URL probe some clients send, answered without
+    choosing an account or touching an upstream.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(204)
+        return b""
+
+
+_PROBE = _BaseURLProbe()
 
 
 class QuietSite(Site):

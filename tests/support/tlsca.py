@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 import pathlib
 from collections.abc import Sequence
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,14 +43,6 @@ def _subject_alternative_names(hostnames: Sequence[str]) -> x509.SubjectAlternat
         except ValueError:
             names.append(x509.DNSName(hostname))
     return x509.SubjectAlternativeName(names)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _cert_pem(certificate: x509.Certificate) -> bytes:
@@ -84,12 +77,8 @@ def _leaf(
     else:
         assert issuer_certificate is not None
         signing_key = issuer_key
-        authority_key_identifier = (
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                issuer_certificate.extensions.get_extension_for_class(
-                    x509.SubjectKeyIdentifier
-                ).value
-            )
+        authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            issuer_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         )
     certificate = (
         x509.CertificateBuilder()
@@ -114,17 +103,18 @@ def _leaf(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_subject_alternative_names(hostnames), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(authority_key_identifier, critical=False)
         .sign(signing_key, hashes.SHA256())
     )
-    private = ssl.PrivateCertificate.loadPEM(_key_pem(key) + _cert_pem(certificate))
-    options: ssl.CertificateOptions = private.options()
-    return options
+    # Twisted hands these straight to pyOpenSSL, which takes cryptography
+    # objects (and warns that its own X509/PKey wrappers are deprecated).
+    return ssl.CertificateOptions(
+        privateKey=cast(Any, key),
+        certificate=cast(Any, certificate),
+    )
 
 
 class TestCA:
@@ -169,9 +159,7 @@ class TestCA:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), False)
             .sign(self._key, hashes.SHA256())
         )
         self.ca_pem: bytes = _cert_pem(self._certificate)

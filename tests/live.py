@@ -1,0 +1,145 @@
+"""
+Helpers for tests that run the real daemon on a loopback port: start it from a
+config, talk to it with treq, and stop everything afterwards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from twisted.application.service import MultiService
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from subrouter.tap import Config, build_service
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream
+
+reactor: Any = _reactor
+
+
+@attrs.define
+class Daemon:
+    """
+    A running Subrouter service and a client for it.
+    """
+
+    service: MultiService
+    port: int
+    client: HTTPClient
+    pool: HTTPConnectionPool
+    accounts_dir: Path
+    codex_auth: Path
+    log: list[dict[str, Any]]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Deferred[Any]:
+        """
+        Send a request now; the Deferred fires with the (unbuffered) response.
+        """
+        kwargs.setdefault("unbuffered", True)
+        d: Deferred[Any] = self.client.request(method, self.url + path, **kwargs)
+        return d
+
+    async def get_json(self, path: str) -> Any:
+        response = await self.client.get(self.url + path)
+        return await response.json()
+
+    async def stop(self) -> None:
+        globalLogPublisher.removeObserver(self.log.append)
+        await self.pool.closeCachedConnections()
+        await self.service.stopService()
+        await _quiet(0.5)
+
+
+def make_config(
+    tmp_path: Path,
+    upstream: FakeUpstream | None,
+    ca: TestCA | None,
+    **overrides: Any,
+) -> Config:
+    settings: dict[str, Any] = {
+        "endpoint": "tcp:0:interface=127.0.0.1",
+        "addr": "127.0.0.1:0",
+        "expose": False,
+        "accounts_dir": str(tmp_path / "accounts-store"),
+        "codex_upstream": upstream.codex_url if upstream else "https://127.0.0.1:9/x",
+        "openai_upstream": upstream.openai_url if upstream else "https://127.0.0.1:9",
+        "token_url": upstream.token_url if upstream else "https://127.0.0.1:9/t",
+        "ca_bundles": (ca.ca_pem_path,) if ca else (),
+        "idle_timeout": 10.0,
+        "codex_auth": str(tmp_path / "codex-home" / "auth.json"),
+        "account_rescan_interval": 0.05,
+    }
+    settings.update(overrides)
+    return Config(**settings)
+
+
+async def start_daemon(config: Config) -> Daemon:
+    log: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(log.append)
+    service = build_service(config, reactor)
+    service.startService()
+    listener = service.getServiceNamed("listener")
+    port = await _listening_port(listener)
+    # one connection per request: nothing outlives the test
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    return Daemon(
+        service=service,
+        port=port,
+        client=client,
+        pool=pool,
+        accounts_dir=Path(config.accounts_dir),
+        codex_auth=Path(config.codex_auth),
+        log=log,
+    )
+
+
+async def _listening_port(listener: Any) -> int:
+    got: Deferred[Any] = Deferred()
+
+    def record(port: Any) -> Any:
+        got.callback(port)
+        return port  # the service stops listening with it later
+
+    listener._waitingForPort.addCallback(record)
+    port = await got
+    return int(port.getHost().port)
+
+
+async def _quiet(limit: float) -> None:
+    """
+    Wait (a little) until no connection timer of a test Site or client is
+    pending: closed connections finish closing on the next reactor turns.
+    """
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + limit
+    while reactor.seconds() < deadline:
+        pending = [
+            call for call in reactor.getDelayedCalls()
+            if "TimeoutMixin" in repr(call) or "_removeConnection" in repr(call)
+        ]
+        if not pending:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+async def read_all(response: Any) -> bytes:
+    return bytes(await treq.content(response))
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
