@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
@@ -69,7 +69,7 @@ def event_as_json_line(event: dict[str, Any]) -> str:
     failures), and every named field the event was logged with.
     """
     record: dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0.0), timezone.utc).isoformat(
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), UTC).isoformat(
             timespec="milliseconds"
         ),
         "level": getattr(event.get("log_level"), "name", "info"),

@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, read_all, reactor, sleep, start_daemon
+from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,
