@@ -1,0 +1,133 @@
+"""
+The daemon as users run it: ``twistd -n subrouter`` and ``subrouter serve`` as
+processes, proxying to a fake HTTPS backend trusted through ``--ca-bundle``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.live import read_all, reactor, sleep
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_account
+
+BIN = os.path.dirname(sys.executable)
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest_twisted.async_yield_fixture
+async def upstream(tmp_path: Path) -> AsyncIterator[tuple[FakeUpstream, TestCA]]:
+    (tmp_path / "ca").mkdir()
+    ca = TestCA(tmp_path / "ca")
+    fake = FakeUpstream(reactor, ca)
+    await fake.start()
+    yield fake, ca
+    await fake.stop()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "subrouter"],
+        [os.path.join(BIN, "subrouter"), "serve"],
+    ],
+    ids=["twistd", "subrouter-serve"],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_process_streams_through_to_the_backend(
+    tmp_path: Path, upstream: tuple[FakeUpstream, TestCA], command: list[str]
+) -> None:
+    fake, ca = upstream
+    accounts = tmp_path / "store"
+    write_oauth_account(accounts, "alice@example.com", exp=time.time() + 86400)
+    port = _free_port()
+    args = [
+        *command,
+        "--addr", f"127.0.0.1:{port}",
+        "--accounts-dir", str(accounts),
+        "--codex-upstream", fake.codex_url,
+        "--openai-upstream", fake.openai_url,
+        "--token-url", fake.token_url,
+        "--ca-bundle", ca.ca_pem_path,
+        "--codex-home", str(tmp_path / "codex"),
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = _Collect()
+    transport = reactor.spawnProcess(proc, args[0], args, env=env, path=str(tmp_path))
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = await client.get(base + "/_subrouter/health")
+                assert json.loads(await read_all(health))["ok"] is True
+                break
+            except ConnectionError:
+                pass
+            except Exception as e:
+                if "refused" not in repr(e).lower():
+                    raise
+            assert not proc.ended.called, proc.output.decode()
+            assert time.monotonic() < deadline, proc.output.decode()
+            await sleep(0.1)
+
+        fake.script(b"/backend-api/codex/responses", sse(["one", "two", "three"], gaps=0.05))
+        response = await client.request(
+            "POST", base + "/v1/responses", data=b'{"model":"m"}', unbuffered=True
+        )
+        assert response.code == 200
+        reader = StreamReader()
+        response.deliverBody(reader)
+        assert await reader.done is None
+        assert reader.received.count(b"data: ") == 3
+        seen = fake.requests[-1]
+        assert seen.path == b"/backend-api/codex/responses"
+        assert (seen.header(b"authorization") or b"").startswith(b"Bearer ey")
+    finally:
+        await pool.closeCachedConnections()
+        if not proc.ended.called:
+            transport.signalProcess(signal.SIGTERM)
+    code, killed_by = await proc.ended
+    # twistd re-raises the signal it stopped for; subrouter serve exits 0
+    assert code == 0 or killed_by == signal.SIGTERM, proc.output.decode()
+    output = proc.output.decode()
+    assert "listening on 127.0.0.1:" in output
+    assert "POST /v1/responses 200" in output
+    assert "Bearer" not in output
+    assert not (tmp_path / "twistd.pid").exists()
