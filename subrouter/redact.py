@@ -31,6 +31,11 @@ _SECRET_PATTERNS = [
     ),
 ]
 
+#: cheap first look: text without any of these holds nothing the patterns match
+_MAYBE_SECRET = re.compile(
+    r"(?i)bearer|basic|sk-|eyJ|access_token|refresh_token|id_token|api_key|client_secret|password"
+)
+
 REDACTED = "<redacted>"
 
 #: header names whose values are credentials, lower-case
@@ -68,6 +73,8 @@ def scrub_text(text: str, known: Iterable[str] = ()) -> str:
     for secret in known:
         if len(secret) >= 4:
             text = text.replace(secret, REDACTED)
+    if _MAYBE_SECRET.search(text) is None:
+        return text
     for pattern in _SECRET_PATTERNS:
         if pattern.groups:
             text = pattern.sub(lambda m: m.group(1) + REDACTED, text)

@@ -200,7 +200,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
-    from subrouter.proxy.client import PoolService, make_http_client, make_pool
+    from subrouter.proxy.client import PoolService, make_agent, make_http_client, make_pool
     from subrouter.proxy.resource import ProxyResource
     from subrouter.proxy.routing import Upstreams
     from subrouter.web.admin import AdminResource
@@ -211,7 +211,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
 
     top = MultiService()
     pool = make_pool(reactor)
-    http = make_http_client(reactor, pool, config.ca_bundles)
+    agent = make_agent(reactor, pool, config.ca_bundles)
+    http = make_http_client(agent)
     store = AccountStore(config.accounts_dir, run_blocking)
     refresher = TokenRefresher(
         store=store,
@@ -225,7 +226,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     proxy = ProxyResource(
         pool=accounts,
         refresher=refresher,
-        http=http,
+        agent=agent,
         upstreams=Upstreams.from_text(config.codex_upstream, config.openai_upstream),
         clock=reactor,
         idle_timeout=config.idle_timeout,

@@ -15,15 +15,19 @@ from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint
 from twisted.internet.ssl import platformTrust
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HostnameCachingHTTPSPolicy,
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 #: idle upstream connections kept per host; Codex opens many parallel turns
@@ -71,19 +75,57 @@ def make_pool(reactor: Any) -> HTTPConnectionPool:
     return pool
 
 
-def make_http_client(
-    reactor: Any, pool: HTTPConnectionPool, ca_bundles: Sequence[str] = ()
-) -> HTTPClient:
+@implementer(IAgentEndpointFactory)
+class CachedEndpoints:
     """
-    A treq client for the upstreams, sharing ``pool``.
+    One client endpoint per upstream (scheme, host, port), built once.
 
-    :param ca_bundles: extra PEM trust roots, added to the platform's.
+    Twisted's default factory builds a new endpoint (and encodes the host
+    name) for every request, even when the pool then hands out an idle
+    connection and the endpoint goes unused.
+    """
+
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._tls = tls
+        self._timeout = connect_timeout
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            self._cache[key] = endpoint
+        return endpoint
+
+
+def make_agent(reactor: Any, pool: HTTPConnectionPool, ca_bundles: Sequence[str] = ()) -> Agent:
+    """
+    The HTTP agent for the upstreams: certificates checked against the
+    platform's roots plus ``ca_bundles``, connections from ``pool``.
+
+    The proxy streams through this bare agent, so bytes pass unchanged: no
+    added ``Accept-Encoding``, no decoding, no cookie jar, no URL rewriting.
     """
     trust = PlatformTrustWithBundles(ca_bundles) if ca_bundles else platformTrust()
     policy = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trustRoot=trust))
-    agent = Agent(reactor, contextFactory=policy, pool=pool, connectTimeout=CONNECT_TIMEOUT)
-    # one client serves every account: it must never replay one account's
-    # cookies on another's request
+    endpoints = CachedEndpoints(reactor, policy, CONNECT_TIMEOUT)
+    agent: Agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    return agent
+
+
+def make_http_client(agent: Agent) -> HTTPClient:
+    """
+    A treq client over ``agent``, for Subrouter's own JSON calls (token
+    refresh, usage). It never keeps cookies: one client serves every account,
+    and must never replay one account's cookies on another's request.
+    """
     jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(agent, cookiejar=jar)  # type: ignore[arg-type]
 

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -133,7 +133,8 @@ class ProxyResource(Resource):
 
     :param pool: the accounts to choose from.
     :param refresher: keeps OAuth tokens fresh.
-    :param http: a treq ``HTTPClient`` for the upstreams.
+    :param agent: the HTTP agent for the upstreams (bare, so bytes pass
+        through unchanged).
     :param upstreams: the upstream base URLs.
     :param clock: the source of time, for timeouts and durations.
     :param idle_timeout: seconds without a byte from upstream (before or
@@ -147,7 +148,7 @@ class ProxyResource(Resource):
         *,
         pool: AccountPool,
         refresher: TokenRefresher,
-        http: Any,
+        agent: IAgent,
         upstreams: Upstreams,
         clock: IReactorTime,
         idle_timeout: float,
@@ -155,7 +156,7 @@ class ProxyResource(Resource):
         super().__init__()
         self.pool = pool
         self.refresher = refresher
-        self.http = http
+        self.agent = agent
         self.upstreams = upstreams
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -245,16 +246,8 @@ class _Exchange:
         proxy = self.proxy
         url = upstream_url(proxy.upstreams, account.kind, self.path, self.query)
         headers = upstream_request_headers(self.request.requestHeaders, account)
-        method = self.method.decode("ascii", "replace")
         for attempt in (1, 2):
-            d = proxy.http.request(
-                method,
-                url,
-                headers=headers,
-                data=request_body(self.request),
-                unbuffered=True,
-                allow_redirects=False,
-            )
+            d = proxy.agent.request(self.method, url, headers, request_body(self.request))
             self.pending = d
             self._arm_timer()
             try:
