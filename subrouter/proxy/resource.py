@@ -393,16 +393,21 @@ class _Exchange:
                 self.pending.cancel()
             if self.relay is not None:
                 _stop(self.relay)
-        account = self.account
+        account_id = self.account.id if self.account is not None else None
+        method = self.method.decode("ascii", "replace")
+        path = self.path.decode("ascii", "replace")
+        duration_ms = round((self.clock.seconds() - self.started) * 1000, 1)
+        # the text is built here once; the named fields are there for JSON logs
         _log.info(
-            "{method} {path} {status} {outcome} account={account} {duration_ms}ms "
-            "out={bytes_out}B",
-            method=self.method.decode("ascii", "replace"),
-            path=self.path.decode("ascii", "replace"),
+            "{request_line}",
+            request_line=f"{method} {path} {self.status} {self.outcome} account={account_id} "
+            f"{duration_ms}ms in={self.bytes_in}B out={self.bytes_out}B",
+            method=method,
+            path=path,
             status=self.status,
             outcome=self.outcome,
-            account=account.id if account is not None else None,
-            duration_ms=round((self.clock.seconds() - self.started) * 1000, 1),
+            account=account_id,
+            duration_ms=duration_ms,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             log_category="request",
