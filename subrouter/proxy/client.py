@@ -16,7 +16,12 @@ from twisted.application.service import Service
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorCore, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorCore,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import platformTrust
 from twisted.web.client import (
     URI,
@@ -75,6 +80,38 @@ def make_pool(reactor: Any) -> HTTPConnectionPool:
     return pool
 
 
+@implementer(IStreamClientEndpoint)
+class NoDelayEndpoint:
+    """
+    Connects through another endpoint and turns Nagle's algorithm off on the
+    new TCP connection: a relayed event is sent at once, not held back until
+    the previous one is acknowledged.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint) -> None:
+        self._inner = inner
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def no_delay(protocol: IProtocol) -> IProtocol:
+            set_no_delay(getattr(protocol, "transport", None))
+            return protocol
+
+        d: Deferred[IProtocol] = self._inner.connect(factory)
+        return d.addCallback(no_delay)
+
+
+def set_no_delay(transport: object) -> None:
+    """
+    Set ``TCP_NODELAY`` on a TCP transport; anything else is left alone.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except OSError:
+            pass  # not a TCP socket after all (e.g. a UNIX socket)
+
+
 @implementer(IAgentEndpointFactory)
 class CachedEndpoints:
     """
@@ -96,7 +133,9 @@ class CachedEndpoints:
         endpoint = self._cache.get(key)
         if endpoint is None:
             host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+            endpoint = NoDelayEndpoint(
+                HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+            )
             if uri.scheme == b"https":
                 endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
             elif uri.scheme != b"http":

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.proxy.client import set_no_delay
 from subrouter.proxy.errors import describe_failure_reason, write_error
 from subrouter.proxy.headers import client_response_headers, upstream_request_headers
 from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
@@ -164,6 +165,11 @@ class ProxyResource(Resource):
     def render(self, request: Request) -> object:
         # the upstream's Content-Type, or none: never Twisted's text/html
         request.defaultContentType = None
+        channel = request.channel
+        if channel is not None and not getattr(channel, "_subrouter_nodelay", False):
+            # relay each event as it comes, without waiting for acknowledgements
+            set_no_delay(request.transport)
+            setattr(channel, "_subrouter_nodelay", True)  # noqa: B010 - a foreign object
         _Exchange(self, request).start()
         return NOT_DONE_YET
 
