@@ -1,0 +1,350 @@
+# -*- test-case-name: tests.test_usage -*-
+"""
+What Subrouter knows of each account's rate limits, and where it learns it.
+
+Three sources feed one book: the usage endpoint (polled), the
+``x-codex-primary-*`` / ``x-codex-secondary-*`` headers of every proxied
+answer, and ``codex.rate_limits`` events inside streams. Usage-limit errors
+mark an account exhausted until its window resets. The parsers here are pure;
+:class:`UsageBook` holds the state and turns it into scheduler scores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+from twisted.web.http_headers import Headers
+
+from subrouter.sessions.scheduler import (
+    API_KEY,
+    EXHAUSTED,
+    UNKNOWN,
+    UNKNOWN_RISKY,
+    Score,
+    Window,
+    score_windows,
+)
+
+#: how long an exhaustion lasts when nothing says when the window resets
+DEFAULT_EXHAUSTED_FOR = 600.0
+#: never trust a reset further away than this
+MAX_EXHAUSTED_FOR = 8 * 86400.0
+
+_USAGE_LIMIT = re.compile(r"usage[ _-]limit", re.IGNORECASE)
+_LIMIT_VERB = re.compile(r"\b(reached|hit|exceeded)\b", re.IGNORECASE)
+
+
+def _usage_wording(text: str) -> bool:
+    return bool(_USAGE_LIMIT.search(text)) and bool(_LIMIT_VERB.search(text))
+_OVERLOAD_TYPES = frozenset({"server_is_overloaded", "server_error", "overloaded_error"})
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _window(name: str, raw: object, now: float, minutes_key: str = "") -> Window | None:
+    if not isinstance(raw, Mapping):
+        return None
+    used = _number(raw.get("used_percent"))
+    if used is None:
+        return None  # unknown is not 0%
+    seconds = _number(raw.get("limit_window_seconds"))
+    if seconds is None:
+        minutes = _number(raw.get("window_minutes"))
+        seconds = minutes * 60 if minutes is not None else 0.0
+    reset_after = _number(raw.get("reset_after_seconds"))
+    if reset_after is None:
+        reset_after = _number(raw.get("resets_in_seconds"))
+    reset_at = _number(raw.get("reset_at")) or _number(raw.get("resets_at"))
+    if reset_at is not None and reset_at > 0:
+        reset_after = max(reset_at - now, 0.0)
+    return Window(name, used, int(seconds), reset_after or 0.0)
+
+
+def windows_from_usage(document: object, now: float) -> tuple[list[Window], str | None]:
+    """
+    The windows in a ``wham/usage`` answer, and the plan it names.
+    ``limit_reached`` adds a full window, which makes the account exhausted.
+    """
+    if not isinstance(document, Mapping):
+        return [], None
+    plan = document.get("plan_type")
+    windows: list[Window] = []
+    limits = document.get("rate_limit")
+    if isinstance(limits, Mapping):
+        for name, key in (("primary", "primary_window"), ("secondary", "secondary_window")):
+            window = _window(name, limits.get(key), now)
+            if window is not None:
+                windows.append(window)
+        if limits.get("limit_reached") is True:
+            windows.append(Window("reached", 100.0))
+    return windows, plan if isinstance(plan, str) else None
+
+
+def windows_from_event(event: object, now: float) -> tuple[list[Window], str | None]:
+    """
+    The windows in a ``codex.rate_limits`` stream event.
+    """
+    if not isinstance(event, Mapping):
+        return [], None
+    limits = event.get("rate_limits")
+    windows: list[Window] = []
+    if isinstance(limits, Mapping):
+        for name in ("primary", "secondary"):
+            window = _window(name, limits.get(name), now)
+            if window is not None:
+                windows.append(window)
+    plan = event.get("plan_type")
+    return windows, plan if isinstance(plan, str) else None
+
+
+def windows_from_headers(headers: Headers, now: float) -> list[Window]:
+    """
+    The windows in a Codex answer's ``x-codex-primary-*`` and
+    ``x-codex-secondary-*`` headers.
+    """
+    windows = []
+    for name in ("primary", "secondary"):
+        prefix = f"x-codex-{name}-".encode()
+
+        def value(suffix: bytes, prefix: bytes = prefix) -> float | None:
+            raw = headers.getRawHeaders(prefix + suffix)
+            return _number(raw[0].strip()) if raw else None
+
+        used = value(b"used-percent")
+        if used is None:
+            continue
+        minutes = value(b"window-minutes")
+        reset_after = value(b"reset-after-seconds")
+        reset_at = value(b"reset-at")
+        if reset_at is not None and reset_at > 0:
+            reset_after = max(reset_at - now, 0.0)
+        windows.append(
+            Window(name, used, int(minutes * 60) if minutes else 0, reset_after or 0.0)
+        )
+    return windows
+
+
+def _signal_in(value: object, depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if isinstance(value, str):
+        return _usage_wording(value)
+    if not isinstance(value, Mapping):
+        return False
+    for key in ("type", "code"):
+        field = value.get(key)
+        if isinstance(field, str) and field.lower() == "usage_limit_reached":
+            return True
+    message = value.get("message")
+    if isinstance(message, str) and _usage_wording(message):
+        return True
+    for key in ("error", "response"):
+        if key in value and _signal_in(value[key], depth + 1):
+            return True
+    return False
+
+
+def is_usage_limit(document: object) -> bool:
+    """
+    Whether an error document says the account's usage limit is reached:
+    ``type``/``code`` ``usage_limit_reached``, or a message about a usage
+    limit being reached, hit or exceeded (looked for in ``error`` too).
+    """
+    return _signal_in(document)
+
+
+def usage_limit_in_body(body: bytes) -> bool:
+    """
+    :func:`is_usage_limit` over a JSON body, or over every ``data:`` line of
+    an SSE body.
+    """
+    if b"usage" not in body.lower():
+        return False
+    try:
+        return is_usage_limit(json.loads(body))
+    except ValueError:
+        pass
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:"):
+            try:
+                if is_usage_limit(json.loads(line[5:].strip())):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def retry_after(headers: Headers) -> float | None:
+    raw = headers.getRawHeaders(b"retry-after")
+    if not raw:
+        return None
+    return _number(raw[0].strip())
+
+
+@attrs.define
+class AccountUsage:
+    windows: list[Window] = attrs.Factory(list)
+    observed_at: float | None = None
+    source: str | None = None
+    plan: str | None = None
+    error: str | None = None
+    error_at: float | None = None
+    exhausted_until: float | None = None
+    exhausted_reason: str | None = None
+
+
+class UsageBook:
+    """
+    Per-account rate-limit knowledge, turned into scheduler scores.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: dict[str, AccountUsage] = {}
+
+    def get(self, account_id: str) -> AccountUsage:
+        usage = self._accounts.get(account_id)
+        if usage is None:
+            usage = self._accounts[account_id] = AccountUsage()
+        return usage
+
+    def record(
+        self, account_id: str, windows: list[Window], now: float, source: str,
+        plan: str | None = None,
+    ) -> None:
+        """
+        New windows for an account. Full windows extend an exhaustion mark to
+        their reset; windows with headroom clear it.
+        """
+        if not windows:
+            return
+        usage = self.get(account_id)
+        usage.windows = windows
+        usage.observed_at = now
+        usage.source = source
+        usage.error = None
+        if plan:
+            usage.plan = plan
+        score = score_windows(windows)
+        if score.exhausted:
+            resets = [w.reset_after for w in windows if w.used_percent >= 100 and w.reset_after > 0]
+            self.mark_exhausted(
+                account_id, now, min(resets) if resets else None, f"{source} shows no headroom"
+            )
+        elif usage.exhausted_until is not None:
+            usage.exhausted_until = None
+            usage.exhausted_reason = None
+
+    def record_failure(self, account_id: str, reason: str, now: float) -> None:
+        usage = self.get(account_id)
+        usage.error = reason
+        usage.error_at = now
+
+    def mark_exhausted(
+        self, account_id: str, now: float, for_seconds: float | None, reason: str
+    ) -> float:
+        """
+        Keep an account out of new placements until its window resets
+        (:data:`DEFAULT_EXHAUSTED_FOR` when unknown).
+
+        :return: when the mark expires.
+        """
+        seconds = DEFAULT_EXHAUSTED_FOR if not for_seconds or for_seconds <= 0 else for_seconds
+        until = now + min(seconds, MAX_EXHAUSTED_FOR)
+        usage = self.get(account_id)
+        if usage.exhausted_until is None or until > usage.exhausted_until:
+            usage.exhausted_until = until
+        usage.exhausted_reason = reason
+        return usage.exhausted_until
+
+    def exhausted_until(self, account_id: str, now: float) -> float | None:
+        usage = self._accounts.get(account_id)
+        if usage is None or usage.exhausted_until is None:
+            return None
+        if usage.exhausted_until <= now:
+            usage.exhausted_until = None
+            usage.exhausted_reason = None
+            return None
+        return usage.exhausted_until
+
+    def current_windows(self, account_id: str, now: float) -> list[Window]:
+        """
+        The last known windows, aged to ``now``: resets count down, and a
+        window whose reset has passed starts again at 0%.
+        """
+        usage = self._accounts.get(account_id)
+        if usage is None or usage.observed_at is None:
+            return []
+        elapsed = max(now - usage.observed_at, 0.0)
+        aged = []
+        for window in usage.windows:
+            if window.reset_after > 0 and elapsed >= window.reset_after:
+                aged.append(attrs.evolve(window, used_percent=0.0, reset_after=0.0))
+            else:
+                remaining = max(window.reset_after - elapsed, 0.0) if window.reset_after else 0.0
+                aged.append(attrs.evolve(window, reset_after=remaining))
+        return aged
+
+    def score(self, account_id: str, oauth: bool, now: float) -> Score:
+        if self.exhausted_until(account_id, now) is not None:
+            return EXHAUSTED
+        if not oauth:
+            return API_KEY
+        usage = self._accounts.get(account_id)
+        if usage is None or usage.observed_at is None:
+            if usage is not None and usage.error is not None:
+                return UNKNOWN_RISKY
+            return UNKNOWN
+        return score_windows(self.current_windows(account_id, now))
+
+    def age(self, account_id: str, now: float) -> float | None:
+        usage = self._accounts.get(account_id)
+        if usage is None or usage.observed_at is None:
+            return None
+        return now - usage.observed_at
+
+    def exhaustion_marks(self) -> dict[str, dict[str, Any]]:
+        return {
+            account_id: {"until": u.exhausted_until, "reason": u.exhausted_reason}
+            for account_id, u in self._accounts.items()
+            if u.exhausted_until is not None
+        }
+
+    def load_marks(self, marks: Mapping[str, Any], now: float) -> None:
+        for account_id, mark in marks.items():
+            if not isinstance(mark, Mapping):
+                continue
+            until = _number(mark.get("until"))
+            if until is not None and until > now:
+                usage = self.get(str(account_id))
+                usage.exhausted_until = until
+                reason = mark.get("reason")
+                usage.exhausted_reason = reason if isinstance(reason, str) else None
+
+    def ids(self) -> Iterable[str]:
+        return self._accounts.keys()
+
+
+def is_overload(status: int, body: bytes) -> bool:
+    """
+    Whether an error is the upstream being overloaded (never exhaustion).
+    """
+    if status >= 500:
+        return True
+    lowered = body.lower()
+    return b"at capacity" in lowered or any(t.encode() in lowered for t in _OVERLOAD_TYPES)

@@ -1,0 +1,74 @@
+"""
+Sticky assignments and live counts.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from subrouter.sessions.table import SessionTable
+
+
+def test_assign_touch_and_live_counts_expire_after_the_idle_ttl() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "t1", "a", now=0)
+    table.assign("codex", "t2", "a", now=10)
+    table.assign("codex", "t3", "b", now=20)
+    assert table.live_counts(20) == {"a": 2, "b": 1}
+    assert table.live_counts(65) == {"a": 1, "b": 1}
+    table.touch("codex", "t1", now=66)
+    assert table.live_counts(66) == {"a": 2, "b": 1}
+    assert table.live_counts(200) == {}
+    assert table.get("codex", "t1").account_id == "a"  # type: ignore[union-attr]
+
+
+def test_moving_a_session_moves_its_count() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "t", "a", now=0)
+    table.assign("codex", "t", "b", now=1)
+    assert table.live_counts(1) == {"b": 1}
+    assert table.get("codex", "t").requests == 2  # type: ignore[union-attr]
+
+
+def test_agents_do_not_share_keys() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "same", "a", now=0)
+    assert table.get("claude", "same") is None
+
+
+def test_email_is_inherited_and_replaced() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "t", "a", now=0, user_email="u@x.com")
+    table.touch("codex", "t", now=1)
+    assert table.get("codex", "t").user_email == "u@x.com"  # type: ignore[union-attr]
+    table.touch("codex", "t", now=2, user_email="v@x.com")
+    assert table.get("codex", "t").user_email == "v@x.com"  # type: ignore[union-attr]
+
+
+def test_dump_and_load_round_trip() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "t", "a", now=5, user_email="u@x.com", fallback=True)
+    other = SessionTable(idle_ttl=60)
+    other.load(table.dump() + [{"bogus": 1}])
+    restored = other.get("codex", "t")
+    assert restored is not None and restored.as_json() == table.get("codex", "t").as_json()  # type: ignore[union-attr]
+    assert other.live_counts(5) == {}  # restored sessions are not live until seen
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from("abc"), st.integers(0, 3)),
+                max_size=60))
+def test_live_counts_always_equal_a_full_recount(ops: list[tuple[int, str, int]]) -> None:
+    table = SessionTable(idle_ttl=10)
+    now = 0.0
+    for key, account, step in ops:
+        now += step
+        if table.get("codex", str(key)) is not None and step % 2:
+            table.touch("codex", str(key), now)
+        else:
+            table.assign("codex", str(key), account, now)
+        expected: dict[str, int] = {}
+        for a in table:
+            if a.last_seen > now - 10:
+                expected[a.account_id] = expected.get(a.account_id, 0) + 1
+        assert table.live_counts(now) == expected
