@@ -50,7 +50,7 @@ def test_dump_and_load_round_trip() -> None:
     table = SessionTable(idle_ttl=60)
     table.assign("codex", "t", "a", now=5, user_email="u@x.com", fallback=True)
     other = SessionTable(idle_ttl=60)
-    other.load(table.dump() + [{"bogus": 1}])
+    other.load([*table.dump(), {"bogus": 1}])
     restored = other.get("codex", "t")
     assert restored is not None and restored.as_json() == table.get("codex", "t").as_json()  # type: ignore[union-attr]
     assert other.live_counts(5) == {}  # restored sessions are not live until seen

@@ -44,11 +44,20 @@ SESSION_HEADERS: tuple[bytes, ...] = (
     b"google-conversation-id",
 )
 QUERY_KEYS: tuple[bytes, ...] = (b"session_id", b"conversation_id", b"thread_id")
-BODY_KEYS: tuple[bytes, ...] = (b"session_id", b"conversation_id", b"thread_id", b"prompt_cache_key")
+BODY_KEYS: tuple[bytes, ...] = (
+    b"session_id",
+    b"conversation_id",
+    b"thread_id",
+    b"prompt_cache_key",
+)
 MAX_BODY_SCAN = 1 << 20
 MAX_KEY_LENGTH = 256
 
-_CLAUDE_HEADERS = (b"x-claude-session-id", b"x-claude-code-session-id", b"anthropic-conversation-id")
+_CLAUDE_HEADERS = (
+    b"x-claude-session-id",
+    b"x-claude-code-session-id",
+    b"anthropic-conversation-id",
+)
 _GEMINI_HEADERS = (b"x-gemini-session-id", b"x-gemini-conversation-id", b"google-conversation-id")
 _CODEX_HEADERS = (
     b"x-codex-window-id",
