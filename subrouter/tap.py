@@ -26,6 +26,8 @@ DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
 DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"
 DEFAULT_ACCOUNTS_DIR = "~/.codex-accounts"
 DEFAULT_IDLE_TIMEOUT = "5m"
+DEFAULT_STATE_DIR = "~/.subrouter"
+DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 #: how often the account directory is checked for changes
 ACCOUNT_RESCAN_INTERVAL = 2.0
 
@@ -46,6 +48,12 @@ class Config:
     ca_bundles: tuple[str, ...]
     idle_timeout: float
     codex_auth: str
+    state_dir: str = ""
+    session_idle_ttl: float = 1800.0
+    usage_url: str = DEFAULT_USAGE_URL
+    usage_interval: float = 600.0
+    usage_score_ttl: float = 30.0
+    fetch_usage: bool = True
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
 
 
@@ -77,6 +85,15 @@ class Options(usage.Options):
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
         ["codex-home", None, None,
          "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
+        ["state-dir", None, DEFAULT_STATE_DIR,
+         "Where sticky sessions and exhaustion marks are kept across restarts."],
+        ["session-idle-ttl", None, "30m",
+         "A conversation unseen this long no longer counts as live on its account."],
+        ["usage-url", None, DEFAULT_USAGE_URL, "The ChatGPT usage endpoint."],
+        ["usage-interval", None, "10m", "How often every login's usage is polled."],
+        ["usage-score-ttl", None, "30s",
+         "Refresh usage older than this before placing a new conversation (0: never)."],
+        ["fetch-usage", None, "true", "Poll usage at all: true or false."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -130,6 +147,15 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
     codex_home = opts["codex-home"]
+    fetch = str(opts["fetch-usage"]).strip().lower()
+    if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise usage.UsageError("--fetch-usage: must be true or false")
+    durations = {}
+    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl"):
+        durations[name] = _checked(name, parse.parse_duration, opts[name])
+    for name in ("session-idle-ttl", "usage-interval"):
+        if durations[name] <= 0:
+            raise usage.UsageError(f"--{name}: must be more than zero")
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -149,6 +175,12 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             if codex_home
             else codex_auth_path()
         ),
+        state_dir=parse.expand_path(opts["state-dir"]),
+        session_idle_ttl=durations["session-idle-ttl"],
+        usage_url=_checked("usage-url", parse.parse_http_url, opts["usage-url"]),
+        usage_interval=durations["usage-interval"],
+        usage_score_ttl=durations["usage-score-ttl"],
+        fetch_usage=fetch in ("true", "1", "yes", "on"),
     )
 
 
@@ -203,6 +235,11 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.proxy.client import PoolService, make_agent, make_http_client, make_pool
     from subrouter.proxy.resource import ProxyResource
     from subrouter.proxy.routing import Upstreams
+    from subrouter.sessions.placement import Placement
+    from subrouter.sessions.poller import UsagePoller
+    from subrouter.sessions.state import StateSaver, load_state
+    from subrouter.sessions.table import SessionTable
+    from subrouter.sessions.usage import UsageBook
     from subrouter.web.admin import AdminResource
     from subrouter.web.root import QuietSite, RootResource
 
@@ -223,15 +260,25 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         codex_auth=config.codex_auth,
     )
     accounts = AccountPool(store, refresher)
+    table = SessionTable(config.session_idle_ttl)
+    book = UsageBook()
+    if config.state_dir:
+        load_state(config.state_dir, table, book, reactor.seconds())
+    placement = Placement(accounts, table, book, reactor)
+    poller = UsagePoller(
+        store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
+        clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
+    )
     proxy = ProxyResource(
-        pool=accounts,
+        placement=placement,
+        poller=poller if config.fetch_usage else None,
         refresher=refresher,
         agent=agent,
         upstreams=Upstreams.from_text(config.codex_upstream, config.openai_upstream),
         clock=reactor,
         idle_timeout=config.idle_timeout,
     )
-    site = QuietSite(RootResource(proxy, AdminResource(accounts)), reactor=reactor)
+    site = QuietSite(RootResource(proxy, AdminResource(accounts, placement)), reactor=reactor)
 
     _StartupService(config, store).setServiceParent(top)
     rescan = TimerService(config.account_rescan_interval, store.rescan)
@@ -239,6 +286,15 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     rescan.setName("account-rescan")
     rescan.setServiceParent(top)
     PoolService(pool).setServiceParent(top)
+    if config.state_dir:
+        saver = StateSaver(config.state_dir, table, book, run_blocking, reactor)
+        saver.service().setServiceParent(top)
+        reactor.addSystemEventTrigger("after", "shutdown", saver.save_now)
+    if config.fetch_usage:
+        polling = TimerService(config.usage_interval, poller.run_once)
+        polling.clock = reactor
+        polling.setName("usage-poller")
+        polling.setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
     # a port that cannot be bound stops the daemon instead of idling
     listener._raiseSynchronously = True

@@ -79,6 +79,12 @@ def make_config(
         "idle_timeout": 10.0,
         "codex_auth": str(tmp_path / "codex-home" / "auth.json"),
         "account_rescan_interval": 0.05,
+        # never the real endpoint: the fake upstream, and off unless a test wants it
+        "usage_url": (upstream.base_url if upstream else "https://127.0.0.1:9")
+        + "/backend-api/wham/usage",
+        "fetch_usage": False,
+        "usage_score_ttl": 0.0,
+        "state_dir": str(tmp_path / "state"),
     }
     settings.update(overrides)
     return Config(**settings)

@@ -230,7 +230,7 @@ async def test_the_upstream_sees_the_accounts_credentials_never_the_clients(
             b"ChatGPT-Account-ID": [b"client-ws"],
             b"X-Subrouter-Session": [b"s1"],
             b"X-Subrouter-User-Email": [b"u@example.com"],
-            b"X-Subrouter-Account-ID": [b"whatever"],
+            b"X-Subrouter-Account-ID": [EMAIL.upper().encode()],
             b"X-User-Email": [b"u@example.com"],
             b"originator": [b"codex_cli_rs"],
             b"OpenAI-Beta": [b"responses=experimental"],
@@ -299,19 +299,48 @@ async def test_upstream_errors_pass_through_with_their_bodies(
 ) -> None:
     oauth(daemon)
     await accounts_seen(daemon, 1)
-    body = {"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached"}}
+    body = {"error": {"type": "invalid_request_error", "message": "bad model"}}
     upstream.script(
-        b"/backend-api/codex/responses",
-        json_response(429, body, headers={b"retry-after": b"60"}),
+        b"/backend-api/codex/responses", json_response(400, body, headers={b"x-request-id": b"r1"})
     )
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
-    assert response.code == 429
-    assert response.headers.getRawHeaders(b"retry-after") == [b"60"]
+    assert response.code == 400
+    assert response.headers.getRawHeaders(b"x-request-id") == [b"r1"]
     assert json.loads(await read_all(response)) == body
     upstream.script(b"/backend-api/codex/responses", json_response(500, {"error": "boom"}))
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     assert response.code == 500
     assert json.loads(await read_all(response)) == {"error": "boom"}
+    # overload is not exhaustion: the account still takes requests
+    upstream.script(b"/backend-api/codex/responses", json_response(200, {"ok": 1}))
+    response = await daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 200
+    await read_all(response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_usage_limit_with_no_other_account_reaches_the_client(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    oauth(daemon)
+    await accounts_seen(daemon, 1)
+    body = {"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached"}}
+    upstream.script(
+        b"/backend-api/codex/responses",
+        json_response(429, body, headers={b"retry-after": b"120"}),
+    )
+    response = await daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 429
+    assert response.headers.getRawHeaders(b"retry-after") == [b"120"]
+    assert json.loads(await read_all(response)) == body
+    # until the window resets, new requests are told why at once
+    response = await daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 503
+    error = json.loads(await read_all(response))["error"]
+    assert error["type"] == "usage_limit_reached" and "resets in" in error["message"]
+    listing = await daemon.get_json("/_subrouter/accounts")
+    (row,) = listing["accounts"]
+    assert row["exhausted_until"] is not None and row["usable_for_new_sessions"] is False
 
 
 @pytest_twisted.ensureDeferred

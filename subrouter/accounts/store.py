@@ -233,6 +233,8 @@ class AccountStore:
         self._ordered: list[Account] = []
         self._skipped: dict[str, str] = {}
         self._scanning: Deferred[None] | None = None
+        #: bumped whenever the set of accounts or any account changes
+        self.version = 0
 
     def scan_now(self) -> None:
         """
@@ -297,6 +299,8 @@ class AccountStore:
                 added=sorted(added),
                 removed=sorted(removed),
             )
+        if by_id != self._by_id:
+            self.version += 1
         self._files = files
         self._skipped = skipped
         self._by_id = by_id
@@ -324,6 +328,7 @@ class AccountStore:
         """
         self._by_id[account.id] = account
         self._ordered = sorted(self._by_id.values(), key=lambda a: a.id)
+        self.version += 1
         if version is not None:
             self._files[account.source] = ScannedFile(account.source, version, account, None)
 

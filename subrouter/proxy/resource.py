@@ -14,6 +14,7 @@ connection, so the client never mistakes a cut stream for a whole one.
 from __future__ import annotations
 
 import io
+import json
 from typing import IO, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -34,18 +35,33 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.proxy.client import set_no_delay
 from subrouter.proxy.errors import describe_failure_reason, write_error
 from subrouter.proxy.headers import client_response_headers, upstream_request_headers
 from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
+from subrouter.sessions.keys import BadAccountSelector
+from subrouter.sessions.placement import Identity, NoAccount, Placement, identify
+from subrouter.sessions.poller import UsagePoller, bounded
+from subrouter.sessions.usage import (
+    is_overload,
+    retry_after,
+    usage_limit_in_body,
+    windows_from_event,
+    windows_from_headers,
+)
 
 _log = Logger()
 
 #: request bodies up to this size are sent in one write
 _SMALL_BODY = 1 << 20
+#: how much of an error answer is read to look for a usage-limit signal
+MAX_ERROR_SCAN = 1 << 20
+#: accounts one request may try when they turn out exhausted
+MAX_ACCOUNTS_PER_REQUEST = 4
+#: how long a new conversation waits for stale usage scores
+USAGE_WAIT_BOUND = 1.5
 #: methods that carry a body even when it is empty
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
@@ -109,6 +125,73 @@ class _Discard(Protocol):
         pass
 
 
+class _Bounded(Protocol):
+    """
+    Reads a response body up to a limit, then can hand the rest of the
+    stream over to another protocol.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[None] = Deferred()
+        self.complete = False
+        self._next: Protocol | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._next is not None:
+            self._next.dataReceived(data)
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size >= self.limit and not self.done.called:
+            producer = cast("IPushProducer | None", self.transport)
+            if producer is not None:
+                producer.pauseProducing()
+            self.done.callback(None)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if self._next is not None:
+            self._next.connectionLost(reason)
+            return
+        self.complete = True
+        self.reason = reason
+        if not self.done.called:
+            self.done.callback(None)
+
+    def hand_over(self, protocol: Protocol) -> None:
+        self._next = protocol
+        protocol.makeConnection(self.transport)
+        producer = cast("IPushProducer | None", self.transport)
+        if producer is not None:
+            producer.resumeProducing()
+
+
+class _Body:
+    def __init__(self, protocol: _Bounded) -> None:
+        self.protocol = protocol
+        self.data = b"".join(protocol.chunks)
+        self.complete = protocol.complete
+
+
+class _Held:
+    """
+    An upstream answer and the start of its body, read before deciding.
+    """
+
+    def __init__(self, response: Any, body: _Body) -> None:
+        self.response = response
+        self.body = body
+
+
+async def _read_bounded(response: Any, limit: int) -> _Body:
+    protocol = _Bounded(limit)
+    response.deliverBody(protocol)
+    await protocol.done
+    return _Body(protocol)
+
+
 class _Relay(Protocol):
     """
     Relays an upstream response body to the client, chunk by chunk.
@@ -132,7 +215,9 @@ class ProxyResource(Resource):
     Proxies every request it is given to an upstream, with a chosen account's
     credentials.
 
-    :param pool: the accounts to choose from.
+    :param placement: places requests on accounts.
+    :param poller: refreshes stale usage scores before a new conversation is
+        placed; None when usage polling is off.
     :param refresher: keeps OAuth tokens fresh.
     :param agent: the HTTP agent for the upstreams (bare, so bytes pass
         through unchanged).
@@ -147,7 +232,8 @@ class ProxyResource(Resource):
     def __init__(
         self,
         *,
-        pool: AccountPool,
+        placement: Placement,
+        poller: UsagePoller | None = None,
         refresher: TokenRefresher,
         agent: IAgent,
         upstreams: Upstreams,
@@ -155,7 +241,8 @@ class ProxyResource(Resource):
         idle_timeout: float,
     ) -> None:
         super().__init__()
-        self.pool = pool
+        self.placement = placement
+        self.poller = poller
         self.refresher = refresher
         self.agent = agent
         self.upstreams = upstreams
@@ -196,6 +283,10 @@ class _Exchange:
         self.pending: Deferred[Any] | None = None
         self.relay: _Relay | None = None
         self.timer: IDelayedCall | None = None
+        self.identity: Identity | None = None
+        self.committed: Deferred[bool] | None = None
+        self.pending_response: Any = None
+        self.first_chunk = False
         request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
@@ -205,20 +296,37 @@ class _Exchange:
 
     async def _run(self) -> None:
         proxy = self.proxy
+        placement = proxy.placement
+        try:
+            identity = identify(self.request, self.path, self.query)
+        except BadAccountSelector as e:
+            self._fail(400, "invalid_account_selector", str(e))
+            return
+        self.identity = identity
+        poller = proxy.poller
+        if poller is not None and identity.forced is None and not placement.knows(identity):
+            stale = poller.refresh_if_stale()
+            if stale is not None:
+                await bounded(stale, self.clock, USAGE_WAIT_BOUND)
+                if self.gone:
+                    return
         tried: list[str] = []
-        reasons: list[str] = []
         oauth_only = is_backend_path(self.path)
+        held: _Held | None = None  # an exhausted account's answer, kept for the client
         while True:
-            account = proxy.pool.choose(oauth_only=oauth_only, exclude=tried)
-            if account is None:
-                self._no_account(reasons, oauth_only)
+            try:
+                account = placement.choose(identity, oauth_only=oauth_only, exclude=tried)
+            except NoAccount as e:
+                if held is not None:
+                    self._answer_held(held)
+                else:
+                    self._fail(e.status, e.kind, e.message)
                 return
             tried.append(account.id)
             try:
                 account = await proxy.refresher.ensure_fresh(account)
-            except RefreshFailed as e:
-                reasons.append(f"{e.account_id}: {e.reason}")
-                continue
+            except RefreshFailed:
+                continue  # the account is now unusable, with the reason shown
             if self.gone:
                 return
             response = await self._send(account)
@@ -230,16 +338,75 @@ class _Exchange:
                 response.deliverBody(_Discard())
                 try:
                     account = await proxy.refresher.refresh_rejected(account)
-                except RefreshFailed as e:
-                    reasons.append(f"{e.account_id}: {e.reason}")
+                except RefreshFailed:
                     continue
                 if self.gone:
                     return
                 response = await self._send(account)
                 if response is None:
                     return
-            self._answer(response)
+            self._observe_headers(account, response)
+            if response.code >= 400:
+                body = await _read_bounded(response, MAX_ERROR_SCAN)
+                if self.gone:
+                    return
+                if self._exhausted_by(account, response, body.data):
+                    if not body.complete:
+                        _stop_transport(body.protocol)
+                    held = _Held(response, body)
+                    if identity.forced is None and len(tried) < MAX_ACCOUNTS_PER_REQUEST:
+                        continue  # replay on the next best account; the session moves
+                    self._answer_held(held)
+                    return
+                self._answer_held(_Held(response, body))
+                return
+            committed = await self._answer(response)
+            if committed or self.gone:
+                return
+            # the stream opened with a usage-limit error before any byte
+            # reached the client: mark the account and place the request anew
+            if identity.forced is not None or len(tried) >= MAX_ACCOUNTS_PER_REQUEST:
+                self._fail(
+                    429, "usage_limit_reached",
+                    f"account {account.id} has reached its usage limit",
+                )
+                return
+
+    def _exhausted_by(self, account: Account, response: Any, body: bytes) -> bool:
+        """
+        Whether an error answer says the account ran out; marks it if so.
+        Overload (5xx, "at capacity") is never exhaustion.
+        """
+        status = response.code
+        if status >= 500 or not (status == 429 or usage_limit_in_body(body)):
+            return False
+        if status == 429 and is_overload(status, body) and not usage_limit_in_body(body):
+            return False
+        self._mark_exhausted(account, retry_after(response.headers), f"HTTP {status}")
+        return True
+
+    def _mark_exhausted(self, account: Account, for_seconds: float | None, why: str) -> None:
+        usage = self.proxy.placement.usage
+        now = self.clock.seconds()
+        resets = [w.reset_after for w in usage.current_windows(account.id, now)
+                  if w.used_percent >= 100 and w.reset_after > 0]
+        until = usage.mark_exhausted(
+            account.id, now, for_seconds or (min(resets) if resets else None),
+            f"usage limit reached ({why})",
+        )
+        _log.warn(
+            "account {account} reached its usage limit ({why}); not placing new "
+            "conversations on it for {seconds}s",
+            account=account.id, why=why, seconds=int(until - now),
+        )
+
+    def _observe_headers(self, account: Account, response: Any) -> None:
+        if not account.is_oauth:
             return
+        now = self.clock.seconds()
+        windows = windows_from_headers(response.headers, now)
+        if windows:
+            self.proxy.placement.usage.record(account.id, windows, now, "headers")
 
     async def _send(self, account: Account) -> Any:
         """
@@ -284,33 +451,53 @@ class _Exchange:
                 self.pending = None
         raise AssertionError("unreachable")
 
-    def _no_account(self, reasons: list[str], oauth_only: bool) -> None:
-        unusable = [f"{a.id}: {why}" for a, why in self.proxy.pool.unusable()]
-        details = list(dict.fromkeys(reasons + unusable))
-        if not self.proxy.pool.store.accounts():
-            message = (
-                "no accounts are set up: run `cx add` to add a ChatGPT login "
-                "(or `cx add-key` for an API key)"
-            )
-        else:
-            kind = "ChatGPT login" if oauth_only else "account"
-            message = f"no usable {kind} right now; run `cx add` to add one"
-            if details:
-                message += " (" + "; ".join(details) + ")"
-        self._fail(503, "no_usable_account", message)
-
     # -- answering --------------------------------------------------------------
 
-    def _answer(self, response: Any) -> None:
+    def _answer(self, response: Any) -> Deferred[bool]:
+        """
+        Relay a response. The status line and headers go out with the first
+        chunk of the body, which is looked at first: a stream that opens with
+        a usage-limit error is not relayed (the Deferred fires False, nothing
+        has reached the client); otherwise it fires True.
+        """
+        self.committed = Deferred()
+        self.pending_response = response
+        self.first_chunk = True
+        self.status = response.code
+        self._arm_timer()
+        response.deliverBody(_Relay(self))
+        return self.committed
+
+    def _commit(self) -> None:
+        request = self.request
+        response = self.pending_response
+        request.setResponseCode(response.code, response.phrase or None)
+        client_response_headers(response.headers, request.responseHeaders)
+        request.write(b"")
+        committed, self.committed = self.committed, None
+        if committed is not None:
+            committed.callback(True)
+
+    def _answer_held(self, held: _Held) -> None:
+        """
+        Send an error answer whose body was read (up to the scan limit)
+        before deciding what to do with it, then the rest of it.
+        """
+        response, body = held.response, held.body
         request = self.request
         self.status = response.code
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
-        # send the status line and headers now: a streaming client sees the
-        # response start as soon as the upstream's does
-        request.write(b"")
+        request.write(body.data)
+        self.bytes_out += len(body.data)
+        if body.complete:
+            request.finish()
+            return
+        self.pending_response = response
+        self.first_chunk = False
+        self.committed = None
         self._arm_timer()
-        response.deliverBody(_Relay(self))
+        body.protocol.hand_over(_Relay(self))
 
     def relay_started(self, relay: _Relay) -> None:
         self.relay = relay
@@ -326,20 +513,72 @@ class _Exchange:
     def relay_chunk(self, data: bytes) -> None:
         if self.gone:
             return
-        self.bytes_out += len(data)
         timer = self.timer
         if timer is not None:
             timer.reset(self.proxy.idle_timeout)
+        if b"rate_limits" in data and self.account is not None:
+            self._observe_events(self.account, data)
+        if self.first_chunk:
+            self.first_chunk = False
+            if (
+                self.account is not None
+                and b"usage" in data
+                and usage_limit_in_body(data)
+            ):
+                self._mark_exhausted(self.account, None, "error event in the stream")
+                committed, self.committed = self.committed, None
+                self._stop_upstream()
+                if committed is not None:
+                    committed.callback(False)
+                return
+            self._commit()
+        self.bytes_out += len(data)
         self.request.write(data)
 
+    def _stop_upstream(self) -> None:
+        relay = self.relay
+        self.relay = None
+        if relay is not None:
+            self.request.unregisterProducer()
+            _stop(relay)
+
+    def _observe_events(self, account: Account, data: bytes) -> None:
+        now = self.clock.seconds()
+        for line in data.split(b"\n"):
+            if not line.startswith(b"data:") or b"codex.rate_limits" not in line:
+                continue
+            try:
+                event = json.loads(line[5:])
+            except ValueError:
+                continue
+            windows, plan = windows_from_event(event, now)
+            self.proxy.placement.usage.record(account.id, windows, now, "stream", plan)
+
     def relay_ended(self, reason: Failure) -> None:
+        if self.relay is None and self.committed is None and not self.first_chunk:
+            return  # a stream given up before it reached the client
         self._disarm_timer()
         if self.gone:
             return
         request = self.request
         request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
+            if self.first_chunk:
+                self.first_chunk = False
+                self._commit()  # an empty body: the headers still go out
             request.finish()
+            return
+        if self.first_chunk:
+            # died before a byte: an error the client can read
+            self.first_chunk = False
+            committed, self.committed = self.committed, None
+            if committed is not None:
+                committed.callback(True)
+            self._fail(
+                502, "upstream_error",
+                f"the upstream answer via account {self.account.id if self.account else None} "
+                f"broke off before its body: {describe_failure_reason(reason)}",
+            )
             return
         self.outcome = "upstream-died" if not self.timed_out else "upstream-idle"
         _log.warn(
@@ -426,6 +665,12 @@ def _producer_of(relay: _Relay) -> IPushProducer | None:
     the upstream read.
     """
     return cast("IPushProducer | None", relay.transport)
+
+
+def _stop_transport(protocol: Protocol) -> None:
+    producer = cast("IPushProducer | None", protocol.transport)
+    if producer is not None:
+        producer.stopProducing()
 
 
 def _stop(relay: _Relay) -> None:

@@ -216,6 +216,8 @@ class UsageBook:
 
     def __init__(self) -> None:
         self._accounts: dict[str, AccountUsage] = {}
+        #: bumped whenever a score may have changed
+        self.version = 0
 
     def get(self, account_id: str) -> AccountUsage:
         usage = self._accounts.get(account_id)
@@ -233,6 +235,7 @@ class UsageBook:
         """
         if not windows:
             return
+        self.version += 1
         usage = self.get(account_id)
         usage.windows = windows
         usage.observed_at = now
@@ -251,6 +254,7 @@ class UsageBook:
             usage.exhausted_reason = None
 
     def record_failure(self, account_id: str, reason: str, now: float) -> None:
+        self.version += 1
         usage = self.get(account_id)
         usage.error = reason
         usage.error_at = now
@@ -264,6 +268,7 @@ class UsageBook:
 
         :return: when the mark expires.
         """
+        self.version += 1
         seconds = DEFAULT_EXHAUSTED_FOR if not for_seconds or for_seconds <= 0 else for_seconds
         until = now + min(seconds, MAX_EXHAUSTED_FOR)
         usage = self.get(account_id)
@@ -279,6 +284,7 @@ class UsageBook:
         if usage.exhausted_until <= now:
             usage.exhausted_until = None
             usage.exhausted_reason = None
+            self.version += 1
             return None
         return usage.exhausted_until
 

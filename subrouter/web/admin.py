@@ -17,6 +17,7 @@ from twisted.web.server import Request
 import subrouter
 from subrouter.accounts.pool import AccountPool
 from subrouter.proxy.errors import error_body
+from subrouter.sessions.placement import Placement
 
 
 def json_answer(request: Request, value: Any, status: int = 200) -> bytes:
@@ -65,13 +66,14 @@ class AdminResource(Resource):
     The ``/_subrouter/`` tree.
     """
 
-    def __init__(self, pool: AccountPool) -> None:
+    def __init__(self, pool: AccountPool, placement: Placement) -> None:
         super().__init__()
         self.putChild(
             b"health",
             JSONEndpoint(lambda: {"ok": True, "version": subrouter.__version__}),
         )
-        self.putChild(b"accounts", JSONEndpoint(pool.describe))
+        self.putChild(b"accounts", JSONEndpoint(placement.describe_accounts))
+        self.putChild(b"sessions", JSONEndpoint(placement.describe_sessions))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NotFound()

@@ -1,0 +1,307 @@
+# -*- test-case-name: tests.test_placement -*-
+"""
+Placing requests on accounts: the sticky assignment of a known conversation,
+a forced account, or the scheduler's pick for a new conversation.
+
+Scores are cached and recomputed only when the rate-limit book or the store
+changed, or once a second as resets count down; the order of candidates is
+kept sorted, so placing a conversation walks a few entries, not every account.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.server import Request
+
+from subrouter.accounts.pool import AccountPool
+from subrouter.accounts.store import Account
+from subrouter.sessions import keys
+from subrouter.sessions.scheduler import Candidate, rank
+from subrouter.sessions.table import SessionTable
+from subrouter.sessions.usage import UsageBook
+
+#: seconds a cached ranking stays valid while nothing else changes
+RANKING_TTL = 1.0
+
+
+@attrs.frozen
+class Identity:
+    """
+    Who a request is: its conversation, its user, and a forced account.
+    """
+
+    session: keys.SessionKey
+    email: str | None = None
+    forced: str | None = None
+
+
+class NoAccount(Exception):
+    """
+    No account can take the request; carries the answer to give.
+    """
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+def identify(request: Request, path: bytes, query: bytes) -> Identity:
+    """
+    The identity of a request; the body is scanned only when no header or
+    query parameter names the conversation.
+
+    :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
+    """
+    headers = request.requestHeaders
+    agent = keys.agent_type(headers)
+    found = keys.key_from_headers(headers) or keys.key_from_query(query)
+    if found is None:
+        content = request.content
+        if isinstance(content, io.BytesIO):
+            ctype = headers.getRawHeaders(b"content-type")
+            found = keys.key_from_body(content.getvalue(), ctype[0] if ctype else None)
+    if found is None:
+        client = request.getClientAddress()
+        user_agent = (headers.getRawHeaders(b"user-agent") or [b""])[0]
+        found = (
+            keys.fallback_key(
+                str(getattr(client, "host", "")),
+                user_agent.decode("utf-8", "replace"),
+                request.method.decode("ascii", "replace"),
+                path.decode("ascii", "replace"),
+            ),
+            "fallback",
+        )
+    key, source = found
+    return Identity(
+        keys.SessionKey(agent, key, source), keys.user_email(headers), keys.forced_account(headers)
+    )
+
+
+class Placement:
+    """
+    :param pool: the accounts and their usability.
+    :param table: the sticky assignments.
+    :param usage: the rate-limit book.
+    :param clock: the source of time.
+    """
+
+    def __init__(
+        self, pool: AccountPool, table: SessionTable, usage: UsageBook, clock: IReactorTime
+    ) -> None:
+        self.pool = pool
+        self.table = table
+        self.usage = usage
+        self.clock = clock
+        self._ranked: list[Candidate] = []
+        self._ranked_key: tuple[int, int, float] | None = None
+
+    def ranking(self, now: float) -> list[Candidate]:
+        """
+        Every account, best first, ignoring live conversation counts.
+        """
+        store = self.pool.store
+        key = (self.usage.version, store.version, now)
+        cached = self._ranked_key
+        if (
+            cached is not None
+            and cached[0] == key[0]
+            and cached[1] == key[1]
+            and now - cached[2] < RANKING_TTL
+        ):
+            return self._ranked
+        self._ranked = rank(
+            Candidate(a.id, a.is_oauth, self.usage.score(a.id, a.is_oauth, now))
+            for a in store.accounts()
+        )
+        self._ranked_key = (self.usage.version, store.version, now)
+        return self._ranked
+
+    def describe_accounts(self) -> dict[str, Any]:
+        """
+        ``/_subrouter/accounts``: the pool's view plus usage, headroom, live
+        conversations and exhaustion per account. Never holds a secret.
+        """
+        now = self.clock.seconds()
+        listing = self.pool.describe()
+        counts = self.table.live_counts(now)
+        for row in listing["accounts"]:
+            account_id = row["id"]
+            oauth = row["kind"] == "oauth"
+            usage = self.usage.get(account_id) if account_id in self.usage.ids() else None
+            score = self.usage.score(account_id, oauth, now)
+            until = self.usage.exhausted_until(account_id, now)
+            row["windows"] = [
+                {
+                    "name": w.name,
+                    "used_percent": w.used_percent,
+                    "window_minutes": w.window_seconds // 60 if w.window_seconds else None,
+                    "resets_in": int(w.reset_after) if w.reset_after else None,
+                    "resets_at": int(now + w.reset_after) if w.reset_after else None,
+                }
+                for w in self.usage.current_windows(account_id, now)
+            ]
+            row["headroom"] = round(score.headroom, 4)
+            row["short_headroom"] = round(score.short_headroom, 4)
+            row["usable_for_new_sessions"] = bool(
+                row["usable"] and (score.usable or not oauth) and until is None
+            )
+            row["live_sessions"] = counts.get(account_id, 0)
+            row["exhausted_until"] = until
+            row["exhausted_reason"] = usage.exhausted_reason if usage and until else None
+            row["usage_source"] = usage.source if usage else None
+            row["usage_age"] = (
+                round(now - usage.observed_at, 1) if usage and usage.observed_at else None
+            )
+            row["usage_error"] = usage.error if usage else None
+            if usage and usage.plan and not row.get("plan"):
+                row["plan"] = usage.plan
+        return listing
+
+    def describe_sessions(self) -> list[dict[str, Any]]:
+        """
+        ``/_subrouter/sessions``: every sticky assignment, most recent first.
+        """
+        rows = []
+        for a in sorted(self.table, key=lambda a: a.last_seen, reverse=True):
+            rows.append(
+                {
+                    "agent": a.agent,
+                    "session": a.key,
+                    "account": a.account_id,
+                    "user_email": a.user_email,
+                    "first_seen": _iso(a.first_seen),
+                    "last_seen": _iso(a.last_seen),
+                    "requests": a.requests,
+                    "fallback": a.fallback,
+                }
+            )
+        return rows
+
+    def knows(self, identity: Identity) -> bool:
+        """
+        Whether the request's conversation already has an account.
+        """
+        session = identity.session
+        return self.table.get(session.agent, session.key) is not None
+
+    def choose(
+        self, identity: Identity, *, oauth_only: bool = False, exclude: Collection[str] = ()
+    ) -> Account:
+        """
+        The account for a request, recording the assignment.
+
+        :raises NoAccount: when none can take it.
+        """
+        now = self.clock.seconds()
+        session = identity.session
+        store = self.pool.store
+        if identity.forced is not None:
+            return self._forced(identity, now, exclude)
+        sticky = self.table.get(session.agent, session.key)
+        if sticky is not None and sticky.account_id not in exclude:
+            account = store.get(sticky.account_id)
+            if (
+                account is not None
+                and (account.is_oauth or not oauth_only)
+                and self.pool.why_unusable(account) is None
+                and self.usage.exhausted_until(account.id, now) is None
+            ):
+                self.table.touch(session.agent, session.key, now, user_email=identity.email)
+                return account
+        best = self._pick(now, oauth_only, exclude)
+        self.table.assign(
+            session.agent, session.key, best.id, now,
+            fallback=session.fallback, user_email=identity.email,
+        )
+        account = store.get(best.id)
+        assert account is not None
+        return account
+
+    def _pick(self, now: float, oauth_only: bool, exclude: Collection[str]) -> Candidate:
+        counts = self.table.live_counts(now)
+        store = self.pool.store
+        best: Candidate | None = None
+        best_order: tuple[Any, ...] | None = None
+        for candidate in self.ranking(now):
+            if candidate.id in exclude or (oauth_only and not candidate.oauth):
+                continue
+            account = store.get(candidate.id)
+            if account is None or self.pool.why_unusable(account) is not None:
+                continue
+            order = _order_without_sessions(candidate)
+            if best_order is not None and order != best_order:
+                break  # the ranking is sorted: nothing further can win
+            sessions = counts.get(candidate.id, 0)
+            if best is None or sessions < best.sessions:
+                best, best_order = attrs.evolve(candidate, sessions=sessions), order
+        if best is None:
+            raise self._nothing(oauth_only)
+        if best.oauth and best.score.exhausted:
+            soonest = min(
+                (u for u in (self.usage.exhausted_until(c, now) for c in store.ids()) if u),
+                default=None,
+            )
+            when = f" (the first resets in {int(soonest - now)}s)" if soonest else ""
+            raise NoAccount(
+                503, "usage_limit_reached",
+                f"every account has reached its usage limit{when}; add one with `cx add`",
+            )
+        return best
+
+    def _forced(self, identity: Identity, now: float, exclude: Collection[str]) -> Account:
+        store = self.pool.store
+        selector = identity.forced or ""
+        account_id = keys.match_account(selector, ((a.id, a.email) for a in store.accounts()))
+        if account_id is None:
+            raise NoAccount(503, "unknown_account", f'requested account "{selector}" not found')
+        account = store.get(account_id)
+        assert account is not None
+        if account_id in exclude:
+            raise NoAccount(
+                503, "account_unavailable", f"the requested account {account_id} failed"
+            )
+        why = self.pool.why_unusable(account)
+        if why is not None:
+            raise NoAccount(503, "account_unavailable", f"account {account_id}: {why}")
+        session = identity.session
+        self.table.assign(
+            session.agent, session.key, account_id, now,
+            fallback=session.fallback, user_email=identity.email,
+        )
+        return account
+
+    def _nothing(self, oauth_only: bool) -> NoAccount:
+        store = self.pool.store
+        if not store.accounts():
+            return NoAccount(
+                503, "no_usable_account",
+                "no accounts are set up: run `cx add` to add a ChatGPT login "
+                "(or `cx add-key` for an API key)",
+            )
+        details = [f"{a.id}: {why}" for a, why in self.pool.unusable()]
+        kind = "ChatGPT login" if oauth_only else "account"
+        message = f"no usable {kind} right now; run `cx add` to add one"
+        if details:
+            message += " (" + "; ".join(details) + ")"
+        return NoAccount(503, "no_usable_account", message)
+
+
+def _iso(seconds: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _order_without_sessions(candidate: Candidate) -> tuple[Any, ...]:
+    from subrouter.sessions.scheduler import _order
+
+    full = _order(candidate)
+    return full[:4]

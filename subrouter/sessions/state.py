@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_state -*-
+"""
+State that survives restarts: sticky assignments (with user emails) and
+exhaustion marks, in ``<state-dir>/state.json``.
+
+The file is loaded once at start. Changes are saved at most once a second,
+off the reactor thread, with the atomic private write every credential file
+gets. A file that cannot be read is moved aside (``state.json.corrupt-<time>``)
+with a log line, and the daemon starts with empty state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from subrouter.accounts.store import BlockingRunner
+from subrouter.files import atomic_write, ensure_private_directory
+from subrouter.sessions.table import SessionTable
+from subrouter.sessions.usage import UsageBook
+
+_log = Logger()
+
+STATE_FILE = "state.json"
+FORMAT = 1
+SAVE_INTERVAL = 1.0
+
+
+def load_state(state_dir: str, table: SessionTable, usage: UsageBook, now: float) -> None:
+    """
+    Restore saved state. Blocking; for start-up.
+    """
+    path = os.path.join(state_dir, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        _log.error("cannot read {path}: {error}; starting without saved sessions",
+                   path=path, error=e.strerror or str(e))
+        return
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValueError("not a Subrouter state file of a known format")
+        sessions = document.get("sessions", [])
+        marks = document.get("exhausted", {})
+        if not isinstance(sessions, list) or not isinstance(marks, dict):
+            raise ValueError("unexpected structure")
+    except ValueError as e:
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = "(could not move it)"
+        _log.error(
+            "the state file {path} is unreadable ({error}); moved it to {aside} and "
+            "started without saved sessions",
+            path=path, error=str(e), aside=aside,
+        )
+        return
+    table.load(sessions)
+    usage.load_marks(marks, now)
+    _log.info("restored {count} sticky sessions from {path}", count=len(table), path=path)
+
+
+class StateSaver:
+    """
+    Saves the state when it changed, off the reactor thread.
+    """
+
+    def __init__(
+        self,
+        state_dir: str,
+        table: SessionTable,
+        usage: UsageBook,
+        run_blocking: BlockingRunner,
+        clock: IReactorTime,
+    ) -> None:
+        self.path = os.path.join(state_dir, STATE_FILE)
+        self._dir = state_dir
+        self._table = table
+        self._usage = usage
+        self._run_blocking = run_blocking
+        self._clock = clock
+        self._saved: tuple[int, int] | None = None
+
+    def _snapshot(self) -> tuple[tuple[int, int], bytes]:
+        marker = (self._table.version, self._usage.version)
+        document: dict[str, Any] = {
+            "format": FORMAT,
+            "saved_at": self._clock.seconds(),
+            "sessions": self._table.dump(),
+            "exhausted": self._usage.exhaustion_marks(),
+        }
+        return marker, json.dumps(document, separators=(",", ":")).encode()
+
+    def save_if_changed(self) -> Deferred[None] | None:
+        """
+        Save when anything changed since the last save. Never fails: a
+        failed write is logged and tried again on the next tick.
+        """
+        marker = (self._table.version, self._usage.version)
+        if marker == self._saved:
+            return None
+        marker, data = self._snapshot()  # taken on the reactor thread
+
+        def write() -> None:
+            ensure_private_directory(self._dir)
+            atomic_write(self.path, data)
+
+        def saved(_: object) -> None:
+            self._saved = marker
+
+        def failed(failure: Any) -> None:
+            _log.error("saving {path} failed: {error}", path=self.path,
+                       error=str(failure.value))
+
+        d: Deferred[None] = self._run_blocking(write)
+        d.addCallbacks(saved, failed)
+        return d
+
+    def service(self) -> TimerService:
+        timer = TimerService(SAVE_INTERVAL, self.save_if_changed)
+        timer.clock = self._clock
+        timer.setName("state-saver")
+        return timer
+
+    def save_now(self) -> None:
+        """
+        Save synchronously (at shutdown).
+        """
+        if (self._table.version, self._usage.version) == self._saved:
+            return
+        _, data = self._snapshot()
+        try:
+            ensure_private_directory(self._dir)
+            atomic_write(self.path, data)
+        except OSError as e:
+            _log.error("saving {path} failed: {error}", path=self.path, error=str(e))
