@@ -289,7 +289,6 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         saver = StateSaver(config.state_dir, table, book, run_blocking, reactor)
         saver.service().setServiceParent(top)
-        reactor.addSystemEventTrigger("after", "shutdown", saver.save_now)
     if config.fetch_usage:
         polling = TimerService(config.usage_interval, poller.run_once)
         polling.clock = reactor

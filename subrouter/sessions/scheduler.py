@@ -13,11 +13,14 @@ Candidates are ordered by tier (usable logins, then API keys, then logins
 that are low but not exhausted, then exhausted ones), then usable first, then
 (among usable ones) the higher expiry pressure, which spends healthy quota that
 resets soonest, then the higher headroom, then the fewer live conversations,
-then the id.
+then the id. Headroom and resets are compared in small bands (1%, one minute)
+so near-identical accounts share new conversations instead of one of them
+taking all of them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -87,7 +90,7 @@ def score_windows(windows: Iterable[Window]) -> Score:
             short_reset = max(window.reset_after, 0.0)
     if short is None:
         short, short_reset = headroom, 0.0
-    pressure = headroom / short_reset if short_reset > 0 else 0.0
+    pressure = headroom / short_reset if short_reset >= 1.0 else 0.0
     return Score(headroom, short, short_reset, pressure)
 
 
@@ -119,14 +122,30 @@ def tier(candidate: Candidate) -> int:
     return 3 if score.exhausted else 2
 
 
+#: headroom is compared in steps of 1%, resets in steps of a minute: accounts
+#: that differ by less (two fresh logins polled a millisecond apart) tie, and
+#: their live conversation counts spread new conversations between them
+HEADROOM_STEP = 0.01
+RESET_STEP = 60.0
+
+
+def _banded(score: Score) -> tuple[float, float]:
+    headroom = round(score.headroom / HEADROOM_STEP) * HEADROOM_STEP
+    if score.short_reset_after < 1.0:
+        return headroom, 0.0
+    reset = math.ceil(score.short_reset_after / RESET_STEP) * RESET_STEP
+    return headroom, headroom / reset
+
+
 def _order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
     score = candidate.score
     usable = score.usable
+    headroom, pressure = _banded(score)
     return (
         tier(candidate),
         0 if usable else 1,
-        -score.pressure if usable else 0.0,
-        -score.headroom,
+        -pressure if usable else 0.0,
+        -headroom,
         candidate.sessions,
         candidate.id,
     )

@@ -72,6 +72,15 @@ def load_state(state_dir: str, table: SessionTable, usage: UsageBook, now: float
     _log.info("restored {count} sticky sessions from {path}", count=len(table), path=path)
 
 
+class _SavingTimer(TimerService):
+    saver: StateSaver
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = super().stopService()
+        d.addCallback(lambda _: self.saver.save_now())
+        return d
+
+
 class StateSaver:
     """
     Saves the state when it changed, off the reactor thread.
@@ -129,8 +138,13 @@ class StateSaver:
         return d
 
     def service(self) -> TimerService:
-        timer = TimerService(SAVE_INTERVAL, self.save_if_changed)
+        """
+        A service that saves every second when something changed, and once
+        more, synchronously, when it stops.
+        """
+        timer = _SavingTimer(SAVE_INTERVAL, self.save_if_changed)
         timer.clock = self._clock
+        timer.saver = self
         timer.setName("state-saver")
         return timer
 
