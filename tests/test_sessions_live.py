@@ -145,7 +145,7 @@ def workspace_of(body: bytes) -> str:
 async def test_conversations_spread_over_the_healthiest_accounts_and_stay_put(
     tmp_path: Path, upstream: FakeUpstream, ca: TestCA
 ) -> None:
-    backend = Backend(upstream)
+    Backend(upstream)
     daemon = await start(tmp_path, upstream, ca)
     try:
         placed: dict[str, str] = {}
@@ -275,7 +275,7 @@ async def test_live_rate_limit_headers_and_events_update_scores(
         assert fresh["usage_source"] == "stream"
         assert fresh["headroom"] == pytest.approx(0.05)
         # a new conversation now avoids it
-        code, body = await turn(daemon, "b")
+        _, body = await turn(daemon, "b")
         assert workspace_of(body) == "ws-spare"
     finally:
         await daemon.stop()
@@ -355,7 +355,7 @@ async def test_a_failed_usage_fetch_scores_the_account_unknown_risky(
 
             await sleep(0.02)
         assert accounts["fresh@example.com"]["headroom"] == 0.4
-        code, body = await turn(daemon, "x")
+        _, body = await turn(daemon, "x")
         assert workspace_of(body) == "ws-spare"  # known-healthy beats unknown-risky
     finally:
         await daemon.stop()
