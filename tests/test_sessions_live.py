@@ -268,6 +268,7 @@ async def test_live_rate_limit_headers_and_events_update_scores(
 
         upstream.script(RESPONSES, heavy)
         code, body = await turn(daemon, "a")
+        assert code == 200
         upstream.script(RESPONSES, backend.answer_turn)
         accounts = {row["id"]: row for row in
                     (await daemon.get_json("/_subrouter/accounts"))["accounts"]}
