@@ -235,8 +235,13 @@ class UsageBook:
         """
         if not windows:
             return
-        self.version += 1
         usage = self.get(account_id)
+        if [(w.name, w.used_percent, w.window_seconds) for w in windows] != [
+            (w.name, w.used_percent, w.window_seconds) for w in usage.windows
+        ] or usage.error is not None:
+            # the same numbers again (every answer repeats them) change no score
+            # beyond what the ranking's one-second ageing already covers
+            self.version += 1
         usage.windows = windows
         usage.observed_at = now
         usage.source = source
@@ -300,10 +305,12 @@ class UsageBook:
         aged = []
         for window in usage.windows:
             if window.reset_after > 0 and elapsed >= window.reset_after:
-                aged.append(attrs.evolve(window, used_percent=0.0, reset_after=0.0))
+                aged.append(Window(window.name, 0.0, window.window_seconds, 0.0))
+            elif window.reset_after:
+                aged.append(Window(window.name, window.used_percent, window.window_seconds,
+                                   window.reset_after - elapsed))
             else:
-                remaining = max(window.reset_after - elapsed, 0.0) if window.reset_after else 0.0
-                aged.append(attrs.evolve(window, reset_after=remaining))
+                aged.append(window)
         return aged
 
     def score(self, account_id: str, oauth: bool, now: float) -> Score:
