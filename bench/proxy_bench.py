@@ -1089,6 +1089,10 @@ class Processes:
             "--openai-upstream", upstream,
             # refreshes never happen here, but never touch ~/.codex either
             "--codex-home", os.path.join(folder, "codex-home"),
+            # everything stays on loopback and in the temporary folder
+            "--token-url", upstream + "/oauth/token",
+            "--usage-url", upstream + "/backend-api/wham/usage",
+            "--state-dir", os.path.join(folder, "state"),
         ]
         self.proxy = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder,

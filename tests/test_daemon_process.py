@@ -84,6 +84,8 @@ async def test_the_daemon_process_streams_through_to_the_backend(
         "--token-url", fake.token_url,
         "--ca-bundle", ca.ca_pem_path,
         "--codex-home", str(tmp_path / "codex"),
+        "--usage-url", fake.base_url + "/backend-api/wham/usage",
+        "--state-dir", str(tmp_path / "state"),
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = _Collect()

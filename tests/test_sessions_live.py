@@ -84,7 +84,13 @@ class Backend:
             )
             return
         self.served.append((session, workspace))
-        await sse([json.dumps({"type": "response.completed", "workspace": workspace})])(exchange)
+        h5, d7 = self.usage[workspace]
+        headers = {b"x-codex-primary-used-percent": str(h5).encode(),
+                   b"x-codex-primary-window-minutes": b"300",
+                   b"x-codex-secondary-used-percent": str(d7).encode(),
+                   b"x-codex-secondary-window-minutes": b"10080"}
+        await sse([json.dumps({"type": "response.completed", "workspace": workspace})],
+                  headers=headers)(exchange)
 
 
 @pytest.fixture
@@ -216,6 +222,11 @@ async def test_a_stream_opening_with_a_usage_limit_error_is_replayed_elsewhere(
     try:
         code, body = await turn(daemon, "s")
         first = workspace_of(body)
+        # its answers now say it is nearly spent (a live signal), so its next
+        # stream is looked at before anything is relayed
+        backend.usage[first] = (95.0, 10.0)
+        code, body = await turn(daemon, "s")
+        assert workspace_of(body) == first
         backend.stream_error.add(first)
         code, body = await turn(daemon, "s")
         assert code == 200

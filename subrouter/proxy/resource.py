@@ -287,6 +287,8 @@ class _Exchange:
         self.committed: Deferred[bool] | None = None
         self.pending_response: Any = None
         self.first_chunk = False
+        self.holding = False
+        self.headers_sent = False
         request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
@@ -455,20 +457,31 @@ class _Exchange:
 
     def _answer(self, response: Any) -> Deferred[bool]:
         """
-        Relay a response. The status line and headers go out with the first
-        chunk of the body, which is looked at first: a stream that opens with
-        a usage-limit error is not relayed (the Deferred fires False, nothing
-        has reached the client); otherwise it fires True.
+        Relay a response.
+
+        Normally the status line and headers go out at once. For an account
+        close to its limits they are held until the first chunk of the body,
+        which is looked at first: a stream that opens with a usage-limit error
+        is then not relayed (the Deferred fires False, nothing has reached the
+        client, and the request can be placed elsewhere). Otherwise the
+        Deferred fires True.
         """
         self.committed = Deferred()
         self.pending_response = response
         self.first_chunk = True
+        self.holding = self.account is not None and self.proxy.placement.at_risk(self.account)
         self.status = response.code
+        committed = self.committed
+        if not self.holding:
+            self._commit()
         self._arm_timer()
         response.deliverBody(_Relay(self))
-        return self.committed
+        return committed
 
     def _commit(self) -> None:
+        if self.headers_sent:
+            return
+        self.headers_sent = True
         request = self.request
         response = self.pending_response
         request.setResponseCode(response.code, response.phrase or None)
@@ -489,6 +502,7 @@ class _Exchange:
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(body.data)
+        self.headers_sent = True
         self.bytes_out += len(body.data)
         if body.complete:
             request.finish()
@@ -526,11 +540,12 @@ class _Exchange:
                 and usage_limit_in_body(data)
             ):
                 self._mark_exhausted(self.account, None, "error event in the stream")
-                committed, self.committed = self.committed, None
-                self._stop_upstream()
-                if committed is not None:
-                    committed.callback(False)
-                return
+                if not self.headers_sent:
+                    committed, self.committed = self.committed, None
+                    self._stop_upstream()
+                    if committed is not None:
+                        committed.callback(False)
+                    return
             self._commit()
         self.bytes_out += len(data)
         self.request.write(data)
@@ -568,7 +583,7 @@ class _Exchange:
                 self._commit()  # an empty body: the headers still go out
             request.finish()
             return
-        if self.first_chunk:
+        if self.first_chunk and not self.headers_sent:
             # died before a byte: an error the client can read
             self.first_chunk = False
             committed, self.committed = self.committed, None

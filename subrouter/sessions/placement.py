@@ -27,6 +27,8 @@ from subrouter.sessions.usage import UsageBook
 
 #: seconds a cached ranking stays valid while nothing else changes
 RANKING_TTL = 1.0
+#: below this headroom a login's streams are looked at before they are relayed
+AT_RISK_HEADROOM = 0.10
 
 
 @attrs.frozen
@@ -184,6 +186,24 @@ class Placement:
                 }
             )
         return rows
+
+    def at_risk(self, account: Account) -> bool:
+        """
+        Whether a login is close enough to its limits (under 10% headroom, or
+        its usage could not be read) that a stream should be looked at before
+        it is relayed, so a usage-limit error at its start can still move the
+        request to another account.
+        """
+        if not account.is_oauth:
+            return False
+        now = self.clock.seconds()
+        usage = self.usage.get(account.id) if account.id in self.usage.ids() else None
+        if usage is None:
+            return False
+        if usage.error is not None:
+            return True
+        score = self.usage.score(account.id, True, now)
+        return score.headroom < AT_RISK_HEADROOM or score.short_headroom < AT_RISK_HEADROOM
 
     def knows(self, identity: Identity) -> bool:
         """
