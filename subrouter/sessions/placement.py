@@ -189,19 +189,18 @@ class Placement:
 
     def at_risk(self, account: Account) -> bool:
         """
-        Whether a login is close enough to its limits (under 10% headroom, or
-        its usage could not be read) that a stream should be looked at before
-        it is relayed, so a usage-limit error at its start can still move the
-        request to another account.
+        Whether a login is known to be close enough to its limits (under 10%
+        headroom) that a stream should be looked at before it is relayed, so a
+        usage-limit error at its start can still move the request to another
+        account. Holding costs the time between the upstream's headers and its
+        first event, so it is not done on guesses.
         """
         if not account.is_oauth:
             return False
         now = self.clock.seconds()
         usage = self.usage.get(account.id) if account.id in self.usage.ids() else None
-        if usage is None:
+        if usage is None or usage.observed_at is None:
             return False
-        if usage.error is not None:
-            return True
         score = self.usage.score(account.id, True, now)
         return score.headroom < AT_RISK_HEADROOM or score.short_headroom < AT_RISK_HEADROOM
 
