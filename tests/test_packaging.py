@@ -35,6 +35,16 @@ def test_wheel_carries_the_dropin_and_nothing_else_under_twisted(wheel: Path) ->
     assert under_twisted == ["twisted/plugins/subrouter_plugin.py"]
 
 
+def test_wheel_carries_every_module_of_the_source_tree(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "subrouter").rglob("*.py")
+    }
+    assert sources, "no sources found"
+    assert sources - names == set()
+
+
 def test_wheel_carries_the_packages_and_scripts(wheel: Path) -> None:
     archive = zipfile.ZipFile(wheel)
     names = archive.namelist()
