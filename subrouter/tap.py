@@ -225,6 +225,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param config: the checked settings.
     :param reactor: the reactor everything runs on.
     """
+    from autobahn.twisted.resource import WebSocketResource
     from twisted.application.internet import StreamServerEndpointService, TimerService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
@@ -232,7 +233,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
-    from subrouter.proxy.client import PoolService, make_agent, make_http_client, make_pool
+    from subrouter.proxy.client import (
+        PoolService,
+        make_agent,
+        make_http_client,
+        make_pool,
+        make_tls_policy,
+    )
     from subrouter.proxy.resource import ProxyResource
     from subrouter.proxy.routing import Upstreams
     from subrouter.sessions.placement import Placement
@@ -242,13 +249,15 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.sessions.usage import UsageBook
     from subrouter.web.admin import AdminResource
     from subrouter.web.root import QuietSite, RootResource
+    from subrouter.ws.relay import RelayFactory
 
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
     top = MultiService()
     pool = make_pool(reactor)
-    agent = make_agent(reactor, pool, config.ca_bundles)
+    tls = make_tls_policy(config.ca_bundles)
+    agent = make_agent(reactor, pool, tls)
     http = make_http_client(agent)
     store = AccountStore(config.accounts_dir, run_blocking)
     refresher = TokenRefresher(
@@ -265,6 +274,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
+    upstreams = Upstreams.from_text(config.codex_upstream, config.openai_upstream)
     poller = UsagePoller(
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
@@ -274,11 +284,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         poller=poller if config.fetch_usage else None,
         refresher=refresher,
         agent=agent,
-        upstreams=Upstreams.from_text(config.codex_upstream, config.openai_upstream),
+        upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
     )
-    site = QuietSite(RootResource(proxy, AdminResource(accounts, placement)), reactor=reactor)
+    relay = RelayFactory(
+        placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor
+    )
+    site = QuietSite(
+        RootResource(proxy, AdminResource(accounts, placement), WebSocketResource(relay)),
+        reactor=reactor,
+    )
 
     _StartupService(config, store).setServiceParent(top)
     rescan = TimerService(config.account_rescan_interval, store.rescan)

@@ -144,16 +144,26 @@ class CachedEndpoints:
         return endpoint
 
 
-def make_agent(reactor: Any, pool: HTTPConnectionPool, ca_bundles: Sequence[str] = ()) -> Agent:
+def make_tls_policy(ca_bundles: Sequence[str] = ()) -> IPolicyForHTTPS:
     """
-    The HTTP agent for the upstreams: certificates checked against the
-    platform's roots plus ``ca_bundles``, connections from ``pool``.
+    Certificate checking for every upstream connection (HTTPS and WSS): the
+    platform's roots plus those in ``ca_bundles``.
+    """
+    trust = PlatformTrustWithBundles(ca_bundles) if ca_bundles else platformTrust()
+    policy: IPolicyForHTTPS = HostnameCachingHTTPSPolicy(
+        BrowserLikePolicyForHTTPS(trustRoot=trust)
+    )
+    return policy
+
+
+def make_agent(reactor: Any, pool: HTTPConnectionPool, policy: IPolicyForHTTPS) -> Agent:
+    """
+    The HTTP agent for the upstreams: certificates checked by ``policy``,
+    connections from ``pool``.
 
     The proxy streams through this bare agent, so bytes pass unchanged: no
     added ``Accept-Encoding``, no decoding, no cookie jar, no URL rewriting.
     """
-    trust = PlatformTrustWithBundles(ca_bundles) if ca_bundles else platformTrust()
-    policy = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trustRoot=trust))
     endpoints = CachedEndpoints(reactor, policy, CONNECT_TIMEOUT)
     agent: Agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     return agent

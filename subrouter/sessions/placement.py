@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from subrouter.accounts.pool import AccountPool
@@ -62,21 +63,43 @@ def identify(request: Request, path: bytes, query: bytes) -> Identity:
     :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
     """
     headers = request.requestHeaders
-    agent = keys.agent_type(headers)
-    found = keys.key_from_headers(headers) or keys.key_from_query(query)
-    if found is None:
+    body: bytes | None = None
+    if keys.key_from_headers(headers) is None and keys.key_from_query(query) is None:
         content = request.content
         if isinstance(content, io.BytesIO):
-            ctype = headers.getRawHeaders(b"content-type")
-            found = keys.key_from_body(content.getvalue(), ctype[0] if ctype else None)
+            body = content.getvalue()
+    client = request.getClientAddress()
+    return identify_headers(
+        headers, query, path, str(getattr(client, "host", "")), request.method, body
+    )
+
+
+def identify_headers(
+    headers: Headers,
+    query: bytes,
+    path: bytes,
+    remote: str,
+    method: bytes,
+    body: bytes | None = None,
+) -> Identity:
+    """
+    The identity of a request from its parts (an HTTP request, or the
+    handshake of a WebSocket).
+
+    :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
+    """
+    agent = keys.agent_type(headers)
+    found = keys.key_from_headers(headers) or keys.key_from_query(query)
+    if found is None and body is not None:
+        ctype = headers.getRawHeaders(b"content-type")
+        found = keys.key_from_body(body, ctype[0] if ctype else None)
     if found is None:
-        client = request.getClientAddress()
         user_agent = (headers.getRawHeaders(b"user-agent") or [b""])[0]
         found = (
             keys.fallback_key(
-                str(getattr(client, "host", "")),
+                remote,
                 user_agent.decode("utf-8", "replace"),
-                request.method.decode("ascii", "replace"),
+                method.decode("ascii", "replace"),
                 path.decode("ascii", "replace"),
             ),
             "fallback",

@@ -6,6 +6,8 @@ every other path to the proxy.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -21,18 +23,27 @@ class RootResource(Resource):
     :param admin: the ``/_subrouter/`` tree.
     """
 
-    def __init__(self, proxy: Resource, admin: Resource) -> None:
+    def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None) -> None:
         super().__init__()
         self._proxy = proxy
         self._admin = admin
+        self._websocket = websocket
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if path == _ADMIN:
             return self._admin
+        if self._websocket is not None and _is_upgrade(request):
+            # a WebSocket upgrade on any proxied path goes to the relay
+            return self._websocket  # type: ignore[no-any-return]
         if path == b"" and not request.postpath and request.method == b"HEAD":
             return _PROBE
         # the proxy reads request.uri itself; traversal state does not matter
         return self._proxy
+
+
+def _is_upgrade(request: Request) -> bool:
+    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    return bool(upgrade) and any(b"websocket" in v.lower() for v in upgrade or ())
 
 
 class _BaseURLProbe(Resource):

@@ -1,0 +1,3 @@
+"""
+The Responses WebSocket relay.
+"""

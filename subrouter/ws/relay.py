@@ -1,0 +1,503 @@
+# -*- test-case-name: tests.test_ws_relay -*-
+"""
+The Responses WebSocket relay, on the same port as the HTTP proxy.
+
+A WebSocket upgrade on any proxied path is routed like an HTTP request:
+session key and agent from the handshake headers, the conversation's sticky
+account (or a new placement), credentials replaced, ``X-Subrouter-*``
+stripped, the path rules of the account's kind. The upstream ``wss://``
+connection is opened first, with certificates checked; the client is accepted
+only once the upstream accepted, with the upstream's subprotocol and headers.
+If the upstream refuses the upgrade, the client gets the same status, so
+Codex falls back to HTTPS.
+
+Messages are relayed whole, in order, text and binary alike, each side's
+transport the other's producer. Upstream messages are looked at as they pass
+(never re-encoded): a usage-limit error marks the account exhausted, and the
+connection is closed after the response in progress so the client reconnects
+and is placed anew; ``codex.rate_limits`` events feed the usage book.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+
+from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
+from subrouter.accounts.store import Account
+from subrouter.proxy.client import set_no_delay
+from subrouter.proxy.headers import HOP_BY_HOP, connection_tokens, is_subrouter_header
+from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
+from subrouter.sessions.keys import BadAccountSelector
+from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
+from subrouter.sessions.usage import is_usage_limit, windows_from_event
+
+_log = Logger()
+
+#: the largest frame and message either side may send
+MAX_MESSAGE = 64 * 1024 * 1024
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 60.0
+#: the client handshake waits for the upstream one
+HANDSHAKE_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 30.0
+
+#: handshake headers that belong to one hop of the WebSocket
+_HANDSHAKE_HEADERS = frozenset(
+    {
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-accept",
+        b"sec-websocket-protocol",
+        b"host",
+        b"origin",
+        b"content-length",
+        b"authorization",
+        b"chatgpt-account-id",
+        b"accept-encoding",
+        b"user-agent",
+    }
+)
+_UPGRADE_FAILED = re.compile(r"upgrade failed \[(\d{3})\]")
+_RESPONSE_END = (b'"response.completed"', b'"response.failed"', b'"response.incomplete"',
+                 b'"error"')
+
+
+def handshake_headers(request: ConnectionRequest) -> Headers:
+    """
+    The client's handshake headers as Twisted ``Headers``.
+    """
+    headers = Headers()
+    for name, value in request.headers.items():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    return headers
+
+
+def upstream_handshake_headers(client: Headers, account: Account) -> dict[str, str]:
+    """
+    The headers of the upstream handshake: the client's, less the ones that
+    belong to one hop, Subrouter's own and the client's credentials; plus the
+    account's credentials.
+    """
+    dropped = connection_tokens(client.getRawHeaders(b"connection"))
+    out: dict[str, str] = {}
+    for name, values in client.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in _HANDSHAKE_HEADERS
+            or lower in dropped
+            or is_subrouter_header(lower)
+        ):
+            continue
+        out[name.decode("latin-1")] = ", ".join(v.decode("latin-1") for v in values)
+    out["Authorization"] = f"Bearer {account.secret}"
+    if account.is_oauth and account.chatgpt_account_id:
+        out["ChatGPT-Account-ID"] = account.chatgpt_account_id
+    return out
+
+
+def relayable_response_headers(headers: dict[str, str]) -> dict[str, str]:
+    """
+    The upstream's 101 headers worth passing to the client (``x-codex-*``,
+    ``x-models-etag``, ...).
+    """
+    skip = {"connection", "upgrade", "content-length", "date", "server", "transfer-encoding",
+            "keep-alive", "set-cookie"}
+    return {
+        name: value
+        for name, value in headers.items()
+        if name.lower() not in skip and not name.lower().startswith("sec-websocket-")
+    }
+
+
+def client_close_code(code: int | None) -> int:
+    """
+    A close code autobahn lets us send (1000 or 3000-4999) for the one the
+    other side sent: 1001-1015 become 4001-4015, nothing becomes 1000.
+    """
+    if code is None or code == 1000 or 3000 <= code <= 4999:
+        return code or 1000
+    if 1000 < code < 2000:
+        return 4000 + (code - 1000)
+    return 1000
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+def _accept_deflate_response(response: Any) -> Any:
+    if isinstance(response, PerMessageDeflateResponse):
+        return PerMessageDeflateResponseAccept(response)
+    return None
+
+
+class UpstreamRefused(Exception):
+    """
+    The upstream did not accept the upgrade (``status`` is its HTTP status,
+    or 502 when it could not be reached).
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class UpstreamProtocol(WebSocketClientProtocol):
+    """
+    The relay's connection to the upstream.
+    """
+
+    factory: UpstreamFactory
+    client: RelayServerProtocol | None = None
+    response: ConnectionResponse | None = None
+    opened = False
+
+    def onConnect(self, response: ConnectionResponse) -> None:
+        self.response = response
+
+    def onOpen(self) -> None:
+        self.opened = True
+        set_no_delay(_tcp(self.transport))
+        waiting = self.factory.waiting
+        if waiting is not None and not waiting.called:
+            waiting.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.client is not None:
+            self.client.from_upstream(payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        waiting = self.factory.waiting
+        if not self.opened:
+            status = 502
+            match = _UPGRADE_FAILED.search(reason or "")
+            if match:
+                status = int(match.group(1))
+            if waiting is not None and not waiting.called:
+                waiting.errback(UpstreamRefused(status, reason or "the upstream refused"))
+            return
+        if self.client is not None:
+            self.client.upstream_closed(code, reason)
+
+
+class UpstreamFactory(WebSocketClientFactory):
+    protocol = UpstreamProtocol  # type: ignore[assignment]
+    waiting: Deferred[UpstreamProtocol] | None = None
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        pass  # reported through the endpoint's Deferred
+
+
+class RelayServerProtocol(WebSocketServerProtocol):
+    """
+    One client WebSocket and its relay to the upstream.
+    """
+
+    factory: RelayFactory
+    upstream: UpstreamProtocol | None = None
+    account: Account | None = None
+    identity: Identity | None = None
+    closing_after_response = False
+
+    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._connect(request))
+
+    async def _connect(self, request: ConnectionRequest) -> Any:
+        try:
+            return await self._open_upstream(request)
+        except ConnectionDeny:
+            raise
+        except Exception:
+            _log.failure("opening the upstream WebSocket failed")
+            raise ConnectionDeny(500, "Subrouter failed to open the upstream WebSocket") from None
+
+    async def _open_upstream(self, request: ConnectionRequest) -> Any:
+        relay = self.factory
+        if request.origin not in (None, "", "null") or "origin" in request.headers:
+            # a browser page must never drive a credential-holding proxy
+            raise ConnectionDeny(403, "WebSocket connections from browser origins are refused")
+        headers = handshake_headers(request)
+        path, query = split_uri(self.http_request_uri.encode("latin-1"))
+        try:
+            identity = identify_headers(headers, query, path, request.peer, b"GET")
+        except BadAccountSelector as e:
+            raise ConnectionDeny(400, str(e)) from None
+        self.identity = identity
+        tried: list[str] = []
+        oauth_only = is_backend_path(path)
+        while True:
+            try:
+                account = relay.placement.choose(identity, oauth_only=oauth_only, exclude=tried)
+            except NoAccount as e:
+                raise ConnectionDeny(e.status, e.message) from None
+            tried.append(account.id)
+            try:
+                account = await relay.refresher.ensure_fresh(account)
+            except RefreshFailed:
+                continue
+            try:
+                upstream = await self._dial(account, headers, path, query, request.protocols)
+            except UpstreamRefused as refused:
+                if refused.status == 401 and account.is_oauth:
+                    try:
+                        account = await relay.refresher.refresh_rejected(account)
+                        upstream = await self._dial(
+                            account, headers, path, query, request.protocols
+                        )
+                    except RefreshFailed:
+                        continue
+                    except UpstreamRefused as again:
+                        refused = again
+                    else:
+                        return self._accepted(account, upstream)
+                if refused.status == 429 and identity.forced is None:
+                    self._mark_exhausted(account, "the upstream refused the WebSocket with 429")
+                    if len(tried) < 4:
+                        continue
+                _log.warn(
+                    "the upstream refused the WebSocket via account {account}: {status} {reason}",
+                    account=account.id, status=refused.status, reason=refused.reason,
+                )
+                raise ConnectionDeny(
+                    refused.status,
+                    f"the upstream refused the WebSocket via account {account.id}",
+                ) from None
+            return self._accepted(account, upstream)
+
+    def _accepted(self, account: Account, upstream: UpstreamProtocol) -> Any:
+        self.account = account
+        self.upstream = upstream
+        upstream.client = self
+        response = upstream.response
+        protocol = response.protocol if response is not None else None
+        headers = relayable_response_headers(dict(response.headers)) if response else {}
+        _log.info(
+            "WebSocket {path} opened via account {account}",
+            path=self.http_request_path, account=account.id,
+        )
+        return (protocol, headers)
+
+    async def _dial(
+        self, account: Account, client: Headers, path: bytes, query: bytes, protocols: list[str]
+    ) -> UpstreamProtocol:
+        relay = self.factory
+        url = upstream_url(relay.upstreams, account.kind, path, query).decode("ascii")
+        secure = url.startswith("https://")
+        url = ("wss://" if secure else "ws://") + url.split("://", 1)[1]
+        user_agent = client.getRawHeaders(b"user-agent")
+        factory = UpstreamFactory(
+            url,
+            headers=upstream_handshake_headers(client, account),
+            protocols=protocols or None,
+            useragent=user_agent[0].decode("latin-1") if user_agent else None,
+            reactor=relay.reactor,
+        )
+        factory.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoPingInterval=PING_INTERVAL,
+            autoPingTimeout=PING_TIMEOUT,
+            openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+            perMessageCompressionOffers=[PerMessageDeflateOffer()],
+            perMessageCompressionAccept=_accept_deflate_response,
+        )
+        waiting: Deferred[UpstreamProtocol] = Deferred()
+        factory.waiting = waiting
+        host = factory.host
+        endpoint: Any = HostnameEndpoint(relay.reactor, host, factory.port,
+                                         timeout=CONNECT_TIMEOUT)
+        if secure:
+            creator = relay.tls.creatorForNetloc(host.encode("idna"), factory.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        try:
+            await endpoint.connect(factory)
+        except Exception as e:
+            from subrouter.proxy.errors import describe_failure_reason
+
+            raise UpstreamRefused(502, describe_failure_reason(e)) from None
+        return await waiting
+
+    # -- relaying -------------------------------------------------------------
+
+    def onOpen(self) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            self.sendClose(1000)
+            return
+        set_no_delay(_tcp(self.transport))
+        # backpressure both ways: a full socket pauses the other side's reads
+        _couple(self.transport, upstream.transport)
+        _couple(upstream.transport, self.transport)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.opened and upstream.state == upstream.STATE_OPEN:
+            upstream.sendMessage(payload, isBinary)
+
+    def from_upstream(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        self.sendMessage(payload, isBinary)
+        if isBinary or self.account is None:
+            return
+        if b"rate_limits" in payload:
+            self._observe_rate_limits(payload)
+        if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
+            try:
+                if is_usage_limit(json.loads(payload)):
+                    self._mark_exhausted(self.account, "a usage-limit error on the WebSocket")
+                    self.closing_after_response = True
+            except ValueError:
+                pass
+        if any(marker in payload for marker in _RESPONSE_END) and _ends_response(payload):
+            now = self.factory.reactor.seconds()
+            if self.closing_after_response or (
+                self.factory.placement.usage.exhausted_until(self.account.id, now) is not None
+            ):
+                # between responses: the client reconnects and is placed anew
+                self.sendClose(1000, "subrouter: account reached its usage limit; reconnect")
+                self._close_upstream(1000, "client placed elsewhere")
+
+    def _observe_rate_limits(self, payload: bytes) -> None:
+        assert self.account is not None
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(event, dict) or event.get("type") != "codex.rate_limits":
+            return
+        now = self.factory.reactor.seconds()
+        windows, plan = windows_from_event(event, now)
+        self.factory.placement.usage.record(self.account.id, windows, now, "websocket", plan)
+
+    def _mark_exhausted(self, account: Account, why: str) -> None:
+        usage = self.factory.placement.usage
+        now = self.factory.reactor.seconds()
+        until = usage.mark_exhausted(account.id, now, None, f"usage limit reached ({why})")
+        _log.warn(
+            "account {account} reached its usage limit ({why}); not placing new "
+            "conversations on it for {seconds}s",
+            account=account.id, why=why, seconds=int(until - now),
+        )
+
+    def upstream_closed(self, code: int | None, reason: str | None) -> None:
+        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
+            self.sendClose(client_close_code(code), reason or None)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._close_upstream(client_close_code(code), reason)
+        if self.account is not None:
+            _log.info(
+                "WebSocket {path} via account {account} closed ({code})",
+                path=getattr(self, "http_request_path", "?"), account=self.account.id,
+                code=code,
+            )
+
+    def _close_upstream(self, code: int, reason: str | None) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        upstream.client = None
+        if upstream.state == upstream.STATE_OPEN:
+            upstream.sendClose(code, reason or None)
+        elif upstream.state != upstream.STATE_CLOSED and upstream.transport is not None:
+            upstream.transport.loseConnection()
+
+
+_END_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+
+
+def _ends_response(payload: bytes) -> bool:
+    """
+    Whether a message is the last event of a response (read only for the
+    few messages that might be).
+    """
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("type") in _END_TYPES
+
+
+def _tcp(transport: Any) -> Any:
+    # a TLS transport wraps the TCP one
+    inner = getattr(transport, "transport", None)
+    return inner if inner is not None else transport
+
+
+def _couple(consumer: Any, producer: Any) -> None:
+    if consumer is None or producer is None:
+        return
+    try:
+        if getattr(consumer, "producer", None) is not None:
+            consumer.unregisterProducer()
+        consumer.registerProducer(producer, True)
+    except RuntimeError:
+        pass  # the transport already has a producer; flow control stays TCP's own
+
+
+class RelayFactory(WebSocketServerFactory):
+    """
+    The server side of the relay.
+
+    :param placement: places the connection's conversation on an account.
+    :param refresher: keeps tokens fresh.
+    :param upstreams: the upstream base URLs.
+    :param tls: the HTTPS policy whose certificate checks the upstream
+        ``wss://`` connections get too.
+    """
+
+    protocol = RelayServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        *,
+        placement: Placement,
+        refresher: TokenRefresher,
+        upstreams: Upstreams,
+        tls: IPolicyForHTTPS,
+        reactor: Any,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.placement = placement
+        self.refresher = refresher
+        self.upstreams = upstreams
+        self.tls = tls
+        self.reactor = reactor
+        self.server = "Subrouter"
+        self.setProtocolOptions(
+            maxFramePayloadSize=MAX_MESSAGE,
+            maxMessagePayloadSize=MAX_MESSAGE,
+            autoPingInterval=PING_INTERVAL,
+            autoPingTimeout=PING_TIMEOUT,
+            openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+            perMessageCompressionAccept=_accept_deflate,
+            webStatus=False,
+        )

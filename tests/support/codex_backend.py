@@ -1,0 +1,684 @@
+"""
+A fake ChatGPT Codex backend that the real Codex CLI accepts, for end-to-end
+tests on 127.0.0.1.
+
+:class:`FakeCodexBackend` serves, on one port and under one base path (by
+default ``/backend-api/codex``, like the real backend), the two transports the
+CLI speaks for a model turn:
+
+- ``POST <base>/responses``: a Server-Sent Events stream of one complete
+  Responses turn (:func:`turn_events`);
+- ``GET <base>/responses`` with ``Upgrade: websocket``: the Responses
+  WebSocket, answering every ``response.create`` text message with the same
+  events as JSON text messages, any number of turns per connection.
+
+It can refuse the WebSocket upgrade (so the CLI falls back to SSE) and answer
+chosen credentials with a usage-limit error on either transport. Every request,
+every WebSocket message and every credential is recorded for the test to read
+back. The CLI's side requests (the model list, the usage endpoint, ...) get
+small plausible answers.
+
+:meth:`FakeCodexBackend.stop` aborts every open connection, HTTP and
+WebSocket, so a test leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from .tlsca import TestCA
+
+_log = Logger()
+
+DEFAULT_BASE_PATH = "/backend-api/codex"
+DEFAULT_REPLY = "hello from fake codex"
+#: The model named in the events when the request names none.
+DEFAULT_MODEL = "gpt-5-codex"
+USAGE_LIMIT_MESSAGE = "The usage limit has been reached"
+#: What the usage endpoint answers (``GET /backend-api/wham/usage``).
+USAGE_PATH = "/backend-api/wham/usage"
+
+
+# --------------------------------------------------------------------------
+# Event shapes
+
+
+def _message_item(item_id: str, text: str | None) -> dict[str, Any]:
+    done = text is not None
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": "completed" if done else "in_progress",
+        "role": "assistant",
+        "content": [_text_part(text)] if done else [],
+    }
+
+
+def _text_part(text: str | None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text or "", "annotations": [], "logprobs": []}
+
+
+def _response(
+    response_id: str,
+    model: str,
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": False,
+        "usage": usage,
+    }
+
+
+def usage_block(
+    *,
+    input_tokens: int = 12,
+    cached_tokens: int = 0,
+    output_tokens: int = 5,
+    reasoning_tokens: int = 0,
+) -> dict[str, Any]:
+    """
+    A ``response.usage`` object as ``response.completed`` carries it.
+
+    :param input_tokens: prompt tokens, cached ones included.
+    :param cached_tokens: how many of ``input_tokens`` came from the cache.
+    :param output_tokens: completion tokens, reasoning ones included.
+    :param reasoning_tokens: how many of ``output_tokens`` were reasoning.
+    """
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def turn_events(
+    reply_text: str = DEFAULT_REPLY,
+    *,
+    model: str = DEFAULT_MODEL,
+    response_id: str | None = None,
+    usage: dict[str, Any] | None = None,
+    deltas: int = 3,
+) -> list[dict[str, Any]]:
+    """
+    The events of one complete Responses turn whose output is one assistant
+    message, in order: ``response.created``, ``response.in_progress``,
+    ``response.output_item.added``, ``response.content_part.added``,
+    ``response.output_text.delta`` (``deltas`` pieces),
+    ``response.output_text.done``, ``response.content_part.done``,
+    ``response.output_item.done``, ``response.completed``.
+
+    :param reply_text: the assistant's text.
+    :param model: the model the response names.
+    :param response_id: the response id; a fresh ``resp_...`` if ``None``.
+    :param usage: ``response.usage`` for ``response.completed``; a small
+        :func:`usage_block` if ``None``.
+    :param deltas: into how many delta events the text is cut (at least one).
+    """
+    response_id = response_id or f"resp_{secrets.token_hex(12)}"
+    item_id = f"msg_{secrets.token_hex(12)}"
+    created_at = int(time.time())
+    usage = usage if usage is not None else usage_block()
+    step = max(1, -(-len(reply_text) // max(1, deltas)))
+    pieces = [reply_text[i : i + step] for i in range(0, len(reply_text), step)] or [""]
+
+    def response(status: str, output: list[dict[str, Any]], usage: Any) -> dict[str, Any]:
+        return _response(response_id, model, created_at, status, output, usage)
+
+    located = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("in_progress", [], None)},
+        {"type": "response.in_progress", "response": response("in_progress", [], None)},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": _message_item(item_id, None),
+        },
+        {"type": "response.content_part.added", **located, "part": _text_part("")},
+    ]
+    events += [
+        {"type": "response.output_text.delta", **located, "delta": piece, "logprobs": []}
+        for piece in pieces
+    ]
+    events += [
+        {"type": "response.output_text.done", **located, "text": reply_text, "logprobs": []},
+        {"type": "response.content_part.done", **located, "part": _text_part(reply_text)},
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": _message_item(item_id, reply_text),
+        },
+        {
+            "type": "response.completed",
+            "response": response("completed", [_message_item(item_id, reply_text)], usage),
+        },
+    ]
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events
+
+
+def usage_limit_body(resets_in_seconds: int = 600, plan_type: str = "plus") -> dict[str, Any]:
+    """
+    The JSON body of the backend's HTTP 429 for an exhausted plan.
+
+    :param resets_in_seconds: when the limit resets, from now.
+    :param plan_type: the ChatGPT plan the message names.
+    """
+    return {
+        "error": {
+            "type": "usage_limit_reached",
+            "message": USAGE_LIMIT_MESSAGE,
+            "plan_type": plan_type,
+            "resets_at": int(time.time()) + resets_in_seconds,
+            "resets_in_seconds": resets_in_seconds,
+        }
+    }
+
+
+def usage_limit_event(resets_in_seconds: int = 600, plan_type: str = "plus") -> dict[str, Any]:
+    """
+    The same error as a Responses WebSocket message: the CLI maps a
+    ``{"type": "error", "status": <HTTP status>, "error": {...}}`` message to
+    the HTTP error it stands for (one without ``status`` is ignored).
+
+    :param resets_in_seconds: when the limit resets, from now.
+    :param plan_type: the ChatGPT plan the message names.
+    """
+    return {
+        "type": "error",
+        "status": 429,
+        **usage_limit_body(resets_in_seconds, plan_type),
+        "headers": {
+            "x-codex-primary-used-percent": "100.0",
+            "x-codex-primary-window-minutes": "300",
+            "x-codex-primary-reset-after-seconds": str(resets_in_seconds),
+        },
+    }
+
+
+def sse_frame(event: dict[str, Any]) -> bytes:
+    """
+    One Server-Sent Event as the backend frames it: ``event: <type>`` and one
+    ``data:`` line of compact JSON.
+    """
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+
+
+# --------------------------------------------------------------------------
+# What arrived
+
+
+@attrs.define
+class BackendRequest:
+    """
+    One HTTP request, or one WebSocket connection, as the backend saw it.
+
+    :ivar transport: ``"http"`` or ``"websocket"``.
+    :ivar method: the request method (``"GET"`` for a WebSocket handshake).
+    :ivar path: the path, without the query.
+    :ivar query: the raw query string without ``?``; ``""`` if none.
+    :ivar headers: every header as ``(lower-cased name, value)``.
+    :ivar body: the HTTP request body (``b""`` for a WebSocket).
+    :ivar messages: for a WebSocket, every text message received, parsed as
+        JSON (the raw text if it was not JSON), in order.
+    :ivar answered: what the backend did: the HTTP status it answered with
+        (``101`` for an accepted WebSocket).
+    """
+
+    transport: str
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    messages: list[Any] = attrs.field(factory=list)
+    answered: int = 0
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or ``None``."""
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (any case)."""
+        wanted = name.lower()
+        return [value for key, value in self.headers if key == wanted]
+
+    def json(self) -> Any:
+        """The HTTP body parsed as JSON."""
+        return json.loads(self.body)
+
+    @property
+    def turns(self) -> list[dict[str, Any]]:
+        """
+        The ``response.create`` requests this request carried: the JSON body
+        of a ``POST .../responses``, or each ``response.create`` message of a
+        WebSocket.
+        """
+        if self.transport == "websocket":
+            return [
+                m
+                for m in self.messages
+                if isinstance(m, dict) and m.get("type") == "response.create"
+            ]
+        if self.method == "POST" and self.path.endswith("/responses"):
+            return [self.json()]
+        return []
+
+
+def _headers_of(request: Request) -> list[tuple[str, str]]:
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+# --------------------------------------------------------------------------
+# The WebSocket
+
+
+class _ResponsesSocket(WebSocketServerProtocol):
+    """
+    One Responses WebSocket: each ``response.create`` gets one turn's events
+    (or the usage-limit error), as text messages.
+    """
+
+    backend: FakeCodexBackend
+    record: BackendRequest
+    limited: bool
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        text = payload.decode("utf-8", "replace")
+        try:
+            message: Any = json.loads(text)
+        except ValueError:
+            message = text
+        self.record.messages.append(message)
+        self.backend.messages_received += 1
+        if not isinstance(message, dict) or message.get("type") != "response.create":
+            return  # e.g. the CLI's "response.processed" acknowledgements
+        if self.limited:
+            self._send(self.backend.usage_limit_event())
+            return
+        for event in self.backend.events_for(message):
+            self._send(event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(event, separators=(",", ":")).encode("utf-8"))
+
+
+class _SocketFactory(WebSocketServerFactory):
+    """
+    Builds :class:`_ResponsesSocket` protocols; the resource hands over the
+    handshake's record just before autobahn asks for the protocol.
+    """
+
+    protocol = _ResponsesSocket
+
+    def __init__(self, backend: FakeCodexBackend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.pending: tuple[BackendRequest, bool] | None = None
+
+    def buildProtocol(self, addr: Any) -> _ResponsesSocket:
+        protocol: _ResponsesSocket = super().buildProtocol(addr)
+        assert self.pending is not None
+        protocol.backend = self.backend
+        protocol.record, protocol.limited = self.pending
+        self.pending = None
+        return protocol
+
+
+# --------------------------------------------------------------------------
+# The HTTP side
+
+
+class _Root(Resource):
+    isLeaf = True
+
+    def __init__(self, backend: FakeCodexBackend) -> None:
+        super().__init__()
+        self._backend = backend
+
+    def render(self, request: Request) -> int | bytes:
+        return self._backend._dispatch(request)
+
+
+class _QuietSite(Site):
+    def log(self, request: http.Request) -> None:
+        pass  # no access log lines in test output
+
+
+class _TrackConnections(WrappingFactory):
+    """
+    Keeps every open connection (as ``WrappingFactory`` does) and says when
+    the last one has gone.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+
+class _TrackTLSConnections(_TrackConnections, TLSMemoryBIOFactory):
+    pass
+
+
+class FakeCodexBackend:
+    """
+    The Codex backend's Responses endpoint over HTTP/SSE and WebSocket, on
+    one listening port on 127.0.0.1.
+
+    Settings (plain attributes; change them at any time):
+
+    :ivar reply_text: the assistant's text in every turn.
+    :ivar refuse_websocket: answer WebSocket upgrades with
+        :attr:`refuse_status` instead of accepting them.
+    :ivar refuse_status: the status a refused upgrade gets (426 by default).
+    :ivar usage_limit_for: bearer tokens and ``ChatGPT-Account-ID`` values
+        whose turns get the usage-limit error (HTTP 429, or an ``error``
+        message on the WebSocket).
+    :ivar resets_in_seconds: when the usage-limit error says the limit resets.
+
+    Records:
+
+    :ivar requests: every HTTP request and WebSocket handshake, in order.
+    :ivar credentials: ``(Authorization, ChatGPT-Account-ID)`` of each, in
+        the same order (``None`` for a missing header).
+    :ivar websocket_connections: WebSocket upgrades seen (accepted or not).
+    :ivar http_posts: HTTP ``POST`` requests seen.
+    :ivar messages_received: WebSocket text messages received, all told.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        base_path: str = DEFAULT_BASE_PATH,
+        reply_text: str = DEFAULT_REPLY,
+        ca: TestCA | None = None,
+        refuse_websocket: bool = False,
+        refuse_status: int = 426,
+        usage_limit_for: Iterable[str] = (),
+    ) -> None:
+        """
+        :param reactor: a reactor providing ``IReactorTCP`` and ``IReactorTime``.
+        :param base_path: where the backend lives; ``/responses`` and
+            ``/models`` are under it.
+        :param reply_text: see :attr:`reply_text`.
+        :param ca: serve TLS (``https://``, ``wss://``) with a certificate from
+            this CA for ``localhost`` and ``127.0.0.1``; plain HTTP if ``None``.
+        :param refuse_websocket: see :attr:`refuse_websocket`.
+        :param refuse_status: see :attr:`refuse_status`.
+        :param usage_limit_for: see :attr:`usage_limit_for`.
+        """
+        self.reactor = reactor
+        self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+        self.reply_text = reply_text
+        self.refuse_websocket = refuse_websocket
+        self.refuse_status = refuse_status
+        self.usage_limit_for: set[str] = set(usage_limit_for)
+        self.resets_in_seconds = 600
+        self.requests: list[BackendRequest] = []
+        self.credentials: list[tuple[str | None, str | None]] = []
+        self.websocket_connections = 0
+        self.http_posts = 0
+        self.messages_received = 0
+        self.port = 0
+        self._ca = ca
+        self._socket_factory = _SocketFactory(self)
+        self._socket_resource = WebSocketResource(self._socket_factory)
+        self._listening: IListeningPort | None = None
+        self._factory: _TrackConnections | None = None
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Listen on a free port on 127.0.0.1."""
+        site = _QuietSite(_Root(self))
+        factory: _TrackConnections
+        if self._ca is not None:
+            factory = _TrackTLSConnections(self._ca.server_options(), False, site)
+        else:
+            factory = _TrackConnections(site)
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        self._listening = await endpoint.listen(factory)
+        self._factory = factory
+        self.port = self._listening.getHost().port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """
+        Stop listening and abort every open connection, HTTP or WebSocket;
+        returns once they are all closed.
+        """
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            stopped = listening.stopListening()
+            if stopped is not None:
+                await stopped
+        if self._factory is not None:
+            factory, self._factory = self._factory, None
+            for protocol in list(factory.protocols):
+                protocol.transport.abortConnection()
+            await factory.when_idle()
+            # connectionLost of the wrapped protocols runs just after the
+            # factory hears of it; let it finish cancelling its timers.
+            await deferLater(self.reactor, 0, lambda: None)
+
+    @property
+    def tls(self) -> bool:
+        return self._ca is not None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>`` (``https://`` with TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def codex_url(self) -> str:
+        """The base the CLI is pointed at: :attr:`base_url` + the base path."""
+        return self.base_url + self.base_path
+
+    @property
+    def ws_url(self) -> str:
+        """The Responses WebSocket: ``ws(s)://127.0.0.1:<port><base>/responses``."""
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}{self.base_path}/responses"
+
+    # -- reading the records
+
+    @property
+    def turns(self) -> list[tuple[str, dict[str, Any]]]:
+        """
+        Every turn asked for, in order, as ``(transport, request JSON)``.
+        """
+        return [(r.transport, turn) for r in self.requests for turn in r.turns]
+
+    def requests_to(self, path_suffix: str) -> list[BackendRequest]:
+        """The recorded requests whose path ends with ``path_suffix``."""
+        return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    # -- answers
+
+    def events_for(self, turn: dict[str, Any]) -> list[dict[str, Any]]:
+        """
+        The events answering one ``response.create`` (HTTP body or WebSocket
+        message): a complete turn with :attr:`reply_text`, naming the model
+        the request asked for.
+        """
+        model = turn.get("model")
+        return turn_events(
+            self.reply_text, model=model if isinstance(model, str) and model else DEFAULT_MODEL
+        )
+
+    def usage_limit_event(self) -> dict[str, Any]:
+        return usage_limit_event(self.resets_in_seconds)
+
+    def _limited(self, authorization: str | None, account_id: str | None) -> bool:
+        token = _bearer(authorization)
+        return bool(
+            (token is not None and token in self.usage_limit_for)
+            or (account_id is not None and account_id in self.usage_limit_for)
+        )
+
+    def _dispatch(self, request: Request) -> int | bytes:
+        assert request.content is not None
+        method = request.method.decode("ascii")
+        path = request.path.decode("latin-1")
+        headers = _headers_of(request)
+        upgrade = (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+        record = BackendRequest(
+            transport="websocket" if upgrade else "http",
+            method=method,
+            path=path,
+            query=request.uri.partition(b"?")[2].decode("latin-1"),
+            headers=headers,
+            body=b"" if upgrade else request.content.read(),
+        )
+        self.requests.append(record)
+        authorization = record.header("authorization")
+        account_id = record.header("chatgpt-account-id")
+        self.credentials.append((authorization, account_id))
+        limited = self._limited(authorization, account_id)
+        responses_path = self.base_path + "/responses"
+
+        if upgrade:
+            self.websocket_connections += 1
+            if path != responses_path:
+                return self._answer_json(request, record, 404, {"detail": "Not Found"})
+            if self.refuse_websocket:
+                return self._answer_json(
+                    request,
+                    record,
+                    self.refuse_status,
+                    {"error": {"type": "invalid_request_error", "message": "no websockets"}},
+                )
+            record.answered = 101
+            self._socket_factory.pending = (record, limited)
+            request.content.seek(0)
+            rendered: int = self._socket_resource.render(request)
+            # The WebSocket now owns the connection; the HTTP channel would
+            # otherwise keep its idle timer running forever.
+            request.channel.setTimeout(None)
+            return rendered
+
+        if method == "POST":
+            self.http_posts += 1
+        if path == responses_path and method == "POST":
+            if limited:
+                body = usage_limit_body(self.resets_in_seconds)
+                return self._answer_json(request, record, 429, body)
+            try:
+                turn = record.json()
+            except ValueError:
+                turn = {}
+            events = self.events_for(turn if isinstance(turn, dict) else {})
+            record.answered = 200
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.setHeader(b"cache-control", b"no-cache")
+            return b"".join(sse_frame(event) for event in events)
+        if path == self.base_path + "/models" and method == "GET":
+            return self._answer_json(request, record, 200, {"models": []})
+        if path == USAGE_PATH and method == "GET":
+            return self._answer_json(request, record, 200, _usage_document())
+        return self._answer_json(request, record, 404, {"detail": "Not Found"})
+
+    @staticmethod
+    def _answer_json(request: Request, record: BackendRequest, status: int, body: Any) -> bytes:
+        record.answered = status
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(body).encode("utf-8")
+
+
+def _usage_document() -> dict[str, Any]:
+    """A ``/wham/usage`` answer: a Plus plan with plenty left."""
+    return {
+        "plan_type": "plus",
+        "rate_limit": {
+            "allowed": True,
+            "limit_reached": False,
+            "primary_window": {
+                "used_percent": 1,
+                "limit_window_seconds": 18000,
+                "reset_after_seconds": 18000,
+                "reset_at": int(time.time()) + 18000,
+            },
+            "secondary_window": {
+                "used_percent": 1,
+                "limit_window_seconds": 604800,
+                "reset_after_seconds": 604800,
+                "reset_at": int(time.time()) + 604800,
+            },
+        },
+        "credits": {"has_credits": False, "unlimited": False, "balance": "0"},
+    }
+
+
+__all__: Sequence[str] = (
+    "DEFAULT_BASE_PATH",
+    "DEFAULT_MODEL",
+    "DEFAULT_REPLY",
+    "BackendRequest",
+    "FakeCodexBackend",
+    "sse_frame",
+    "turn_events",
+    "usage_block",
+    "usage_limit_body",
+    "usage_limit_event",
+)

@@ -1,0 +1,306 @@
+"""
+The WebSocket relay over real sockets: a client WebSocket to the daemon, a
+fake ``wss://`` upstream behind it trusted through the test CA.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapServerTLS
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from subrouter.ws.relay import client_close_code
+from tests.live import Daemon, make_config, reactor, sleep, start_daemon
+from tests.support.tlsca import TestCA
+from tests.support.upstream import write_oauth_account
+
+FAR = time.time() + 30 * 86400
+
+
+class FakeUpstreamWS(WebSocketServerProtocol):
+    def onConnect(self, request: ConnectionRequest) -> Any:
+        backend: WSBackend = self.factory.backend
+        backend.handshakes.append(dict(request.headers))
+        backend.connections.append(self)
+        protocol = request.protocols[0] if request.protocols else None
+        return (protocol, {"x-codex-turn-state": "turn-1", "x-models-etag": "e1"})
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        backend: WSBackend = self.factory.backend
+        backend.received.append((payload, isBinary))
+        if isBinary:
+            self.sendMessage(payload[::-1], True)
+            return
+        message = json.loads(payload)
+        account = self.http_headers.get("chatgpt-account-id", "")
+        if account in backend.exhausted:
+            self.sendMessage(json.dumps({"type": "error", "error": {
+                "type": "usage_limit_reached", "message": "The usage limit has been reached"}}
+            ).encode())
+            self.sendMessage(json.dumps({"type": "response.failed"}).encode())
+            return
+        if message.get("type") == "close-with":
+            self.sendClose(message["code"], "bye")
+            return
+        for i in range(3):
+            self.sendMessage(json.dumps({"type": "response.output_text.delta", "i": i,
+                                         "account": account}).encode())
+        self.sendMessage(json.dumps({"type": "response.completed", "account": account}).encode())
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.backend.closed.append(code)
+
+
+class Refuse(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(426)
+        return b"no websockets here"
+
+
+class WSBackend:
+    def __init__(self, ca: TestCA) -> None:
+        self.ca = ca
+        self.handshakes: list[dict[str, str]] = []
+        self.received: list[tuple[bytes, bool]] = []
+        self.connections: list[FakeUpstreamWS] = []
+        self.closed: list[int | None] = []
+        self.exhausted: set[str] = set()
+        self.refuse = False
+
+    async def start(self) -> None:
+        factory = WebSocketServerFactory(reactor=reactor)
+        factory.protocol = FakeUpstreamWS
+        factory.backend = self
+        factory.setProtocolOptions(
+            perMessageCompressionAccept=lambda offers: next(
+                (PerMessageDeflateOfferAccept(o) for o in offers
+                 if isinstance(o, PerMessageDeflateOffer)), None))
+        ws = WebSocketResource(factory)
+        backend = self
+
+        class Root(Resource):
+            def getChildWithDefault(self, name: bytes, request: Any) -> Any:
+                return Refuse() if backend.refuse else ws
+
+        endpoint = wrapServerTLS(self.ca.server_options(),
+                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+        self.port = await endpoint.listen(Site(Root()))
+
+    @property
+    def codex_url(self) -> str:
+        return f"https://localhost:{self.port.getHost().port}/backend-api/codex"
+
+    async def stop(self) -> None:
+        for connection in self.connections:
+            if connection.transport is not None and connection.state != connection.STATE_CLOSED:
+                connection.transport.abortConnection()
+        await self.port.stopListening()
+
+
+class Client(WebSocketClientProtocol):
+    def onConnect(self, response: Any) -> None:
+        self.factory.response = response
+
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.messages.append((payload, isBinary))
+        waiter = self.factory.waiter
+        if waiter is not None and not waiter.called:
+            waiter.callback(None)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.factory.opened.called:
+            self.factory.opened.errback(Exception(reason))
+        if not self.factory.closed.called:
+            self.factory.closed.callback((code, reason))
+
+
+async def connect(daemon: Daemon, headers: dict[str, str] | None = None,
+                  protocols: list[str] | None = None, deflate: bool = False) -> Any:
+    factory = WebSocketClientFactory(
+        f"ws://127.0.0.1:{daemon.port}/v1/responses", headers=headers or {},
+        protocols=protocols, reactor=reactor,
+    )
+    factory.protocol = Client
+    factory.opened = Deferred()
+    factory.closed = Deferred()
+    factory.messages = []
+    factory.waiter = None
+    if deflate:
+        factory.setProtocolOptions(
+            perMessageCompressionOffers=[PerMessageDeflateOffer()],
+            perMessageCompressionAccept=lambda r: PerMessageDeflateResponseAccept(r)
+            if isinstance(r, PerMessageDeflateResponse) else None,
+        )
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port).connect(factory)
+    client = await factory.opened
+    return client, factory
+
+
+async def messages(factory: Any, count: int) -> list[tuple[bytes, bool]]:
+    deadline = time.monotonic() + 5
+    while len(factory.messages) < count:
+        assert time.monotonic() < deadline, factory.messages
+        factory.waiter = Deferred()
+        await factory.waiter
+    return factory.messages[:count]
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    (tmp_path / "ca").mkdir()
+    return TestCA(tmp_path / "ca")
+
+
+@pytest_twisted.async_yield_fixture
+async def backend(ca: TestCA) -> AsyncIterator[WSBackend]:
+    fake = WSBackend(ca)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon(tmp_path: Path, backend: WSBackend, ca: TestCA) -> AsyncIterator[Daemon]:
+    config = make_config(tmp_path, None, ca, codex_upstream=backend.codex_url)
+    write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_oauth_account(tmp_path / "accounts-store", "b@example.com", exp=FAR, account_id="ws-b")
+    running = await start_daemon(config)
+    deadline = time.monotonic() + 5
+    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
+        assert time.monotonic() < deadline
+        await sleep(0.02)
+    yield running
+    await running.stop()
+
+
+def test_close_codes_are_mapped_to_ones_autobahn_may_send() -> None:
+    assert client_close_code(None) == 1000
+    assert client_close_code(1000) == 1000
+    assert client_close_code(4123) == 4123
+    assert client_close_code(1011) == 4011
+    assert client_close_code(1006) == 4006
+    assert client_close_code(2500) == 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_relay_both_ways_with_the_accounts_credentials(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    client, factory = await connect(
+        daemon,
+        headers={"session-id": "thread-1", "x-codex-window-id": "thread-1:0",
+                 "Authorization": "Bearer client-dummy", "OpenAI-Beta": "responses_websockets=2026",
+                 "X-Subrouter-User-Email": "dev@example.com", "originator": "codex_cli_rs"},
+        protocols=["responses"],
+    )
+    assert factory.response.protocol == "responses"
+    assert factory.response.headers.get("x-codex-turn-state") == "turn-1"
+    client.sendMessage(json.dumps({"type": "response.create", "input": []}).encode())
+    client.sendMessage(b"\x00\x01binary", True)
+    got = await messages(factory, 5)
+    assert [json.loads(p)["type"] for p, _ in got[:4]] == [
+        "response.output_text.delta"] * 3 + ["response.completed"]
+    assert got[4] == (b"yranib\x01\x00", True)
+    (handshake,) = backend.handshakes
+    assert handshake["authorization"].startswith("Bearer ey")
+    account = handshake["chatgpt-account-id"]
+    assert account in ("ws-a", "ws-b")
+    assert handshake["openai-beta"] == "responses_websockets=2026"
+    assert handshake["session-id"] == "thread-1"
+    assert not any(name.startswith("x-subrouter-") for name in handshake)
+    assert "origin" not in handshake
+    sessions = await daemon.get_json("/_subrouter/sessions")
+    assert sessions[0]["session"] == "thread-1" and sessions[0]["user_email"] == "dev@example.com"
+    client.sendClose(1000)
+    await factory.closed
+    deadline = time.monotonic() + 5
+    while not backend.closed:
+        assert time.monotonic() < deadline
+        await sleep(0.02)
+    assert backend.closed == [1000]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_upgrade_gives_the_client_the_same_status(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    backend.refuse = True
+    with pytest.raises(Exception, match="426"):
+        await connect(daemon, headers={"session-id": "t"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_browser_origins_are_refused(daemon: Daemon, backend: WSBackend) -> None:
+    with pytest.raises(Exception, match="403"):
+        await connect(daemon, headers={"session-id": "t", "Origin": "https://evil.example"})
+    assert backend.handshakes == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_close_codes_reach_the_client(daemon: Daemon, backend: WSBackend) -> None:
+    client, factory = await connect(daemon, headers={"session-id": "c1"})
+    client.sendMessage(json.dumps({"type": "close-with", "code": 4001}).encode())
+    code, reason = await factory.closed
+    assert code == 4001 and reason == "bye"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_usage_limit_closes_after_the_response_and_the_next_connection_moves(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    client, factory = await connect(daemon, headers={"session-id": "move-me"})
+    client.sendMessage(json.dumps({"type": "response.create"}).encode())
+    first = json.loads((await messages(factory, 4))[3][0])["account"]
+    backend.exhausted.add(first)
+    client.sendMessage(json.dumps({"type": "response.create"}).encode())
+    code, _ = await factory.closed
+    assert code == 1000
+    types = [json.loads(p).get("type") for p, _ in factory.messages[4:]]
+    assert types[0] == "error"  # the client sees why, then the connection ends
+    client2, factory2 = await connect(daemon, headers={"session-id": "move-me"})
+    client2.sendMessage(json.dumps({"type": "response.create"}).encode())
+    second = json.loads((await messages(factory2, 4))[3][0])["account"]
+    assert second != first
+    client2.sendClose(1000)
+    await factory2.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_is_negotiated_with_the_client(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    client, factory = await connect(daemon, headers={"session-id": "z"}, deflate=True)
+    assert "permessage-deflate" in factory.response.headers.get("sec-websocket-extensions", "")
+    client.sendMessage(json.dumps({"type": "response.create", "pad": "x" * 10000}).encode())
+    got = await messages(factory, 4)
+    assert json.loads(got[3][0])["type"] == "response.completed"
+    client.sendClose(1000)
+    await factory.closed
