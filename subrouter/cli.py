@@ -45,6 +45,16 @@ class CxOptions(usage.Options):
             raise usage.UsageError("name a command; see --help")
 
 
+class _CodexHelp(usage.Options):
+    synopsis = "[codex arguments...]"
+    longdesc = (
+        "Runs codex with -c openai_base_url pointing at Subrouter "
+        "($SUBROUTER_CODEX_BASE_URL, default http://127.0.0.1:31415/v1), or with a "
+        "custom provider carrying X-Subrouter-User-Email / X-Subrouter-Account-ID when "
+        "SUBROUTER_CODEX_USER_EMAIL or SUBROUTER_CODEX_ACCOUNT_ID is set."
+    )
+
+
 class SubrouterOptions(usage.Options):
     """
     ``subrouter`` / ``sr``.
@@ -54,6 +64,7 @@ class SubrouterOptions(usage.Options):
     subCommands: list[SubCommand] = [
         ("serve", None, ServeOptions, "Run the proxy in the foreground."),
         ("cx", None, CxOptions, "Manage Codex accounts (same as the cx command)."),
+        ("codex", None, _CodexHelp, "Run codex through Subrouter: subrouter codex [args...]."),
     ]
     optFlags = [["version", None, "Print the version and exit."]]
     optParameters = [
@@ -142,6 +153,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) or "subrouter"
+    if args[:1] == ["codex"]:
+        # everything after `codex` is Codex's own: never parse it here
+        from subrouter.codex import WrapperError, run
+
+        try:
+            run(args[1:])
+        except WrapperError as e:
+            sys.stderr.write(f"{prog} codex: {e}\n")
+            raise SystemExit(2) from None
+        return
     options = SubrouterOptions()
     _parse(options, args, prog)
     if options.subCommand == "serve":
