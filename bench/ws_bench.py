@@ -33,33 +33,41 @@ upstream answers at once with ``{"type":"response.completed","seq":N,"t":T}``;
   turns into queueing;
 - round trip over 1 connection with a 64 KB request, as Codex's
   ``response.create`` messages carry the conversation;
-- one-way burst: the client sends one trigger, the upstream answers with N
-  small ``response.output_text.delta`` messages as fast as its socket takes
-  them (with flow control), then a ``response.completed``; the rate is N over
-  the time from sending the trigger to the arrival of the last message.
+- one-way burst, over 1 and over 8 connections at once: the client sends one
+  trigger per connection, the upstream answers with N small
+  ``response.output_text.delta`` messages as fast as its socket takes them
+  (with flow control), then a ``response.completed``; the rate is all the
+  messages over the time from sending the first trigger to the arrival of the
+  last message.
 
 Each scenario runs in rounds. Direct and proxied rounds alternate, swapping
 which goes first each round, so machine noise falls on both alike; both paths
 are warmed up first. "added" is the proxied percentile minus the direct one.
 Every reply is checked (type, ``seq``, ``T`` echoed exactly; burst messages
 counted and in order), and so is each handshake (``Sec-WebSocket-Accept``,
-and the path, bearer token and account the upstream saw, which it echoes in
-``X-Bench-*`` headers of its ``101``); anything wrong, missing or late is
-counted and printed, as are the upstream's own counters, Subrouter's warnings
-and its CPU time per relayed message.
+and the path, bearer token, account and ``session_id`` the upstream saw,
+which it echoes in ``X-Bench-*`` headers of its ``101``); anything wrong,
+missing or late is counted and printed, as are the upstream's own counters,
+Subrouter's warnings (with the scenario they came in) and its CPU time per
+handshake, round trip and burst message.
 
 Running it
 ----------
 From the repository root, in the project's virtualenv::
 
     python bench/ws_bench.py                  # the full run, about a minute on 2 cores
-    python bench/ws_bench.py --quick          # a smoke run, about 15 s
+    python bench/ws_bench.py --quick          # a smoke run, 10 to 15 s
     python bench/ws_bench.py --json out.json  # also write the numbers as JSON
+    python bench/ws_bench.py --log sr.log     # keep Subrouter's log
 
-It prints a Markdown table on stdout (progress goes to stderr) and exits 0
-unless something crashed or went wrong (a problem listed under PROBLEMS makes
-it exit 2). Subprocesses and temporary folders are removed however the run
-ends, Ctrl-C included. No traffic leaves 127.0.0.1.
+``SUBROUTER_BENCH_PROFILE=FILE`` runs Subrouter under cProfile, as for
+``proxy_bench.py`` (whose process handling this file reuses).
+
+It prints Markdown tables on stdout (progress goes to stderr) and exits 0; 1
+when it could not run, 2 when anything listed under PROBLEMS went wrong (or
+Subrouter exited), 130 on Ctrl-C. Subprocesses and temporary folders are
+removed however the run ends, Ctrl-C and SIGTERM included. No traffic leaves
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -612,6 +620,11 @@ class HandshakeFailed(Exception):
     pass
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class Job:
     """
     What a connection is busy with; told of every message and of the end.
@@ -619,6 +632,8 @@ class Job:
 
     def __init__(self) -> None:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # a job abandoned on a time-out or an interrupt fails quietly
+        self.future.add_done_callback(_retrieve)
         self.problems: Counter[str] = Counter()
 
     def start(self, conn: WsClient) -> None:
@@ -894,7 +909,9 @@ class Results:
     bursts: dict[str, dict[str, Samples]] = field(default_factory=dict)
     warmup_problems: dict[str, Counter[str]] = field(default_factory=dict)
     #: Subrouter CPU seconds and relayed messages, by scenario
-    proxy_cpu: dict[str, tuple[float, int]] = field(default_factory=dict)
+    proxy_cpu: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+    #: what the upstream saw of the first proxied handshake (less the token)
+    upstream_saw: dict[str, str] = field(default_factory=dict)
     cut_short: list[str] = field(default_factory=list)
     connections: Counter[str] = field(default_factory=Counter)
     #: (wall-clock start, what): to tell during what a Subrouter log line came
@@ -923,7 +940,7 @@ class Bench:
 
     # -- connections
 
-    def _request(self, mode: str, key: bytes) -> bytes:
+    def _request(self, mode: str, key: bytes, session: str) -> bytes:
         port = self.ports[mode]
         if mode == DIRECT:
             # what Subrouter itself sends the upstream
@@ -935,17 +952,21 @@ class Bench:
             f"GET {PATHS[mode]} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode('ascii')}\r\nSec-WebSocket-Version: 13\r\n"
-            f"{credentials}originator: codex_cli_rs\r\nsession_id: {uuid.uuid4()}\r\n"
+            f"{credentials}originator: codex_cli_rs\r\nsession_id: {session}\r\n"
             "OpenAI-Beta: responses_websockets=2026-02-04\r\nUser-Agent: subrouter-ws-bench\r\n"
             "\r\n"
         ).encode("latin-1")
 
-    def _check_echo(self, headers: dict[str, str]) -> list[str]:
+    def _check_echo(self, mode: str, headers: dict[str, str], session: str) -> list[str]:
+        if mode == PROXIED and not self.results.upstream_saw:
+            self.results.upstream_saw = {k[8:]: v for k, v in headers.items()
+                                         if k.startswith("x-bench-") and k != "x-bench-auth"}
         problems = []
         expected = {
             "x-bench-path": UPSTREAM_PATH,
             "x-bench-auth": self.access_token[:TOKEN_ECHO],
             "x-bench-account": CHATGPT_ACCOUNT_ID,
+            "x-bench-session": session,
             "x-bench-origin": "-",
         }
         for name, value in expected.items():
@@ -960,7 +981,8 @@ class Bench:
         """
         loop = asyncio.get_running_loop()
         key = base64.b64encode(os.urandom(16))
-        request = self._request(mode, key)
+        session = str(uuid.uuid4())
+        request = self._request(mode, key, session)
         self.results.connections[mode] += 1
         started = time.monotonic()
         _, conn = await asyncio.wait_for(
@@ -975,7 +997,7 @@ class Bench:
             self._open.discard(conn)
             conn.abort()
             raise
-        return conn, opened - started, self._check_echo(headers)
+        return conn, opened - started, self._check_echo(mode, headers, session)
 
     async def close(self, conn: WsClient, problems: Counter[str]) -> None:
         """
@@ -1048,11 +1070,11 @@ class Bench:
         return process_cpu_seconds(self.proxy_pid)
 
     def _note_cpu(self, scenario: str, before: float | None, after: float | None,
-                  messages: int) -> None:
+                  count: int, per: str) -> None:
         if before is None or after is None:
             return
-        seconds, count = self.results.proxy_cpu.get(scenario, (0.0, 0))
-        self.results.proxy_cpu[scenario] = (seconds + after - before, count + messages)
+        seconds, total, _ = self.results.proxy_cpu.get(scenario, (0.0, 0, per))
+        self.results.proxy_cpu[scenario] = (seconds + after - before, total + count, per)
 
     async def run(self) -> Results:
         self.deadline = time.monotonic() + self.plan.deadline
@@ -1108,8 +1130,8 @@ class Bench:
                     into.problems.update(echo)
                     await self.close(conn, into.problems)
                 if mode == PROXIED:
-                    self._note_cpu("handshake (open+close)", before, self._cpu(),
-                                   plan.handshakes_per_round)
+                    self._note_cpu("handshake", before, self._cpu(),
+                                   plan.handshakes_per_round, "WebSocket opened and closed")
                 await asyncio.sleep(SETTLE)
 
     @staticmethod
@@ -1144,7 +1166,7 @@ class Bench:
                     ok = await self.run_jobs(lanes[mode], jobs, into.problems)
                     if mode == PROXIED:
                         self._note_cpu(scenario.name, before, self._cpu(),
-                                       sum(job.replies for job in jobs))
+                                       sum(job.replies for job in jobs), "round trip")
                     for job in jobs:
                         into.values += job.latencies
                     if not ok:
@@ -1180,7 +1202,7 @@ class Bench:
                     ok = await self.run_jobs(lanes[mode], jobs, into.problems)
                     if mode == PROXIED:
                         self._note_cpu(scenario.name, before, self._cpu(),
-                                       sum(job.received + 1 for job in jobs))
+                                       sum(job.received + 1 for job in jobs), "message")
                     rate = aggregate_rate(jobs)
                     if rate is not None and len(jobs) == scenario.lanes:
                         into.values.append(rate)
@@ -1354,11 +1376,11 @@ def build_report(results: Results, plan: Plan) -> dict[str, Any]:
             note(f"{name}, {mode}", samples.problems)
     for mode, counter in results.warmup_problems.items():
         note(f"warm-up, {mode}", counter)
-    cpu = {name: (seconds / count * 1e6 if count else float("nan"))
-           for name, (seconds, count) in results.proxy_cpu.items()}
+    cpu = {name: {"us": seconds / count * 1e6 if count else float("nan"), "per": per}
+           for name, (seconds, count, per) in results.proxy_cpu.items()}
     return {"rows": rows, "bursts": bursts, "problems": problems,
-            "proxy_cpu_us_per_message": cpu, "connections_opened": dict(results.connections),
-            "cut_short": results.cut_short}
+            "proxy_cpu_us": cpu, "upstream_saw": results.upstream_saw,
+            "connections_opened": dict(results.connections), "cut_short": results.cut_short}
 
 
 def _rate(value: float) -> str:
@@ -1400,11 +1422,19 @@ def render(report: dict[str, Any], machine: str) -> str:
                 f"| {direct['n']}/{proxied['n']} |"
             )
     out += ["", "times in ms; added = proxied minus direct, percentile by percentile"]
-    cpu = report["proxy_cpu_us_per_message"]
+    if report["bursts"]:
+        out.append("direct burst rates are the ceiling of this benchmark's own client and "
+                   "upstream (pure Python), not of loopback")
+    cpu = report["proxy_cpu_us"]
     if cpu:
-        out.append("Subrouter CPU per relayed exchange: " + ", ".join(
-            f"{name} {value:.0f} µs" for name, value in cpu.items()
-        ) + " (a round trip relays 2 messages; a handshake opens 2 WebSockets)")
+        out.append("Subrouter CPU time (its /proc/PID/stat, user+system, over the proxied "
+                   "rounds): " + "; ".join(
+                       f"{name} {value['us']:.0f} µs per {value['per']}"
+                       for name, value in cpu.items()))
+    if report["upstream_saw"]:
+        out.append("the upstream saw Subrouter's handshake as: " + ", ".join(
+            f"{k} {v!r}" for k, v in report["upstream_saw"].items())
+            + " (the bench upstream declines permessage-deflate)")
     out.append("client connections opened: "
                + ", ".join(f"{k} {v}" for k, v in report["connections_opened"].items()))
     upstream = report.get("upstream", {})
@@ -1416,8 +1446,10 @@ def render(report: dict[str, Any], machine: str) -> str:
                    f"{log.get('opened', 0)}, closed by code {log.get('closed', {})}; "
                    f"{log.get('factory_lines', 0)} 'Starting/Stopping factory' lines")
         for warning in log.get("warnings", [])[:10]:
+            expected = (" (expected: the bench upstream has no usage endpoint)"
+                        if "fetching the usage" in warning["text"] else "")
             out.append(f"  log warning x{warning['count']} (during "
-                       f"{', '.join(warning['during'])}): {warning['text']}")
+                       f"{', '.join(warning['during'])}): {warning['text']}{expected}")
     if report.get("proxy_exited_during_run") is not None:
         out.append(f"SUBROUTER EXITED during the run, status {report['proxy_exited_during_run']}")
     for note in report["cut_short"]:

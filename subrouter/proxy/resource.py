@@ -51,6 +51,8 @@ from subrouter.sessions.usage import (
     windows_from_event,
     windows_from_headers,
 )
+from subrouter.transcripts.events import redact_headers
+from subrouter.transcripts.recorder import Conversation, Recorder
 
 _log = Logger()
 
@@ -192,6 +194,63 @@ async def _read_bounded(response: Any, limit: int) -> _Body:
     return _Body(protocol)
 
 
+class _Tap:
+    """
+    What one exchange hands the transcript recorder: cheap calls only.
+    """
+
+    def __init__(self, recorder: Recorder, conversation: Conversation) -> None:
+        self.recorder = recorder
+        self.conversation = conversation
+        self.request_id = recorder.new_id("req")
+        self.response_stream: str | None = None
+        self.request_recorded = False
+
+    def meta(self, request: Request, account: Account, upstream: bytes) -> None:
+        self.conversation.account = account.id
+        self.recorder.event(self.conversation, self.request_id, "subrouter_meta", {
+            "transport": "http",
+            "user": self.conversation.user,
+            "account": account.id,
+            "method": request.method.decode("ascii", "replace"),
+            "path": request.uri.decode("ascii", "replace").partition("?")[0],
+            "upstream": upstream.decode("ascii", "replace"),
+            "headers": redact_headers(request.requestHeaders.getAllRawHeaders()),
+        })
+        if not self.request_recorded:
+            self.request_recorded = True
+            data = _body_bytes(request, self.recorder.max_body)
+            stream = self.recorder.new_id("body")
+            self.recorder.body(self.conversation, self.request_id, stream,
+                               "client_to_upstream", data)
+            self.recorder.body_end(self.conversation, self.request_id, stream)
+
+    def response(self, data: bytes, status: int | None) -> None:
+        if self.response_stream is None:
+            self.response_stream = self.recorder.new_id("body")
+        self.recorder.body(self.conversation, self.request_id, self.response_stream,
+                           "upstream_to_client", data, status)
+
+    def response_end(self, status: int | None) -> None:
+        if self.response_stream is None:
+            self.response(b"", status)
+        assert self.response_stream is not None
+        self.recorder.body_end(self.conversation, self.request_id, self.response_stream)
+
+
+def _body_bytes(request: Request, limit: int) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    if isinstance(content, io.BytesIO):
+        return content.getvalue()[:limit]
+    position = content.tell()
+    content.seek(0)
+    data = content.read(limit)
+    content.seek(position)
+    return bytes(data)
+
+
 class _Relay(Protocol):
     """
     Relays an upstream response body to the client, chunk by chunk.
@@ -239,8 +298,10 @@ class ProxyResource(Resource):
         upstreams: Upstreams,
         clock: IReactorTime,
         idle_timeout: float,
+        recorder: Recorder | None = None,
     ) -> None:
         super().__init__()
+        self.recorder = recorder
         self.placement = placement
         self.poller = poller
         self.refresher = refresher
@@ -289,6 +350,7 @@ class _Exchange:
         self.first_chunk = False
         self.holding = False
         self.headers_sent = False
+        self.tap: _Tap | None = None
         request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
@@ -305,6 +367,10 @@ class _Exchange:
             self._fail(400, "invalid_account_selector", str(e))
             return
         self.identity = identity
+        recorder = proxy.recorder
+        if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
+            session = identity.session
+            self.tap = _Tap(recorder, Conversation(session.agent, session.key, identity.email))
         poller = proxy.poller
         if poller is not None and identity.forced is None and not placement.knows(identity):
             stale = poller.refresh_if_stale()
@@ -421,6 +487,8 @@ class _Exchange:
         proxy = self.proxy
         url = upstream_url(proxy.upstreams, account.kind, self.path, self.query)
         headers = upstream_request_headers(self.request.requestHeaders, account)
+        if self.tap is not None:
+            self.tap.meta(self.request, account, url.partition(b"?")[0])
         for attempt in (1, 2):
             d = proxy.agent.request(self.method, url, headers, request_body(self.request))
             self.pending = d
@@ -504,7 +572,11 @@ class _Exchange:
         request.write(body.data)
         self.headers_sent = True
         self.bytes_out += len(body.data)
+        if self.tap is not None:
+            self.tap.response(body.data, self.status)
         if body.complete:
+            if self.tap is not None:
+                self.tap.response_end(self.status)
             request.finish()
             return
         self.pending_response = response
@@ -549,6 +621,8 @@ class _Exchange:
             self._commit()
         self.bytes_out += len(data)
         self.request.write(data)
+        if self.tap is not None:
+            self.tap.response(data, self.status)
 
     def _stop_upstream(self) -> None:
         relay = self.relay
@@ -573,6 +647,8 @@ class _Exchange:
         if self.relay is None and self.committed is None and not self.first_chunk:
             return  # a stream given up before it reached the client
         self._disarm_timer()
+        if self.tap is not None and self.headers_sent:
+            self.tap.response_end(self.status)
         if self.gone:
             return
         request = self.request

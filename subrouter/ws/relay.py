@@ -61,6 +61,8 @@ PING_TIMEOUT = 60.0
 #: the client handshake waits for the upstream one
 HANDSHAKE_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 30.0
+#: autobahn's timers round down to whole seconds: 1 s could fire at once
+CLOSE_TIMEOUT = 5.0
 
 #: handshake headers that belong to one hop of the WebSocket
 _HANDSHAKE_HEADERS = frozenset(
@@ -209,6 +211,7 @@ class UpstreamProtocol(WebSocketClientProtocol):
 
 class UpstreamFactory(WebSocketClientFactory):
     protocol = UpstreamProtocol  # type: ignore[assignment]
+    noisy = False  # one factory per connection: no start/stop log lines
     waiting: Deferred[UpstreamProtocol] | None = None
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -325,6 +328,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=CLOSE_TIMEOUT,
             perMessageCompressionOffers=[PerMessageDeflateOffer()],
             perMessageCompressionAccept=_accept_deflate_response,
         )
@@ -498,6 +502,8 @@ class RelayFactory(WebSocketServerFactory):
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=CLOSE_TIMEOUT,
+            serverConnectionDropTimeout=CLOSE_TIMEOUT,
             perMessageCompressionAccept=_accept_deflate,
             webStatus=False,
         )

@@ -1,0 +1,3 @@
+"""
+Transcripts: recording proxied traffic as JSONL, browsing it, mirroring it.
+"""

@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_transcript_events -*-
+"""
+The shapes of transcript events, and token usage read from response bodies.
+Pure functions: no I/O.
+
+Every event is one JSON line ``{"timestamp", "type", "payload"}``; every
+payload carries ``agent_type``, ``session_id``, ``agent_session_id``,
+``request_id`` and, for Codex, ``codex_session_id``. Bodies are stored as
+base64 with their byte count and SHA-256, split into pieces of at most 64 KiB
+(``http_body_chunk``) followed by a summary (``http_body``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from subrouter.redact import REDACTED, SECRET_HEADERS
+
+CHUNK = 64 * 1024
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str) -> str:
+    """
+    A file name from a client-sent id: runs of anything outside
+    ``[A-Za-z0-9._-]`` become ``_``, leading and trailing ``._-`` go, and an
+    empty result becomes ``unknown``. No id can name a path outside its folder.
+    """
+    cleaned = _UNSAFE.sub("_", value).strip("._-")[:200]
+    return cleaned or "unknown"
+
+
+def timestamp(seconds: float) -> str:
+    """
+    RFC 3339 UTC with microseconds.
+    """
+    whole = int(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+
+
+def redact_headers(pairs: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str, list[str]]:
+    """
+    Headers as ``{name: [values]}``, credentials replaced by ``<redacted>``.
+    """
+    out: dict[str, list[str]] = {}
+    for name, values in pairs:
+        key = name.decode("latin-1").lower()
+        if key in SECRET_HEADERS:
+            out[key] = [REDACTED]
+        else:
+            out.setdefault(key, []).extend(v.decode("latin-1") for v in values)
+    return out
+
+
+def envelope(kind: str, at: float, identity: dict[str, Any], payload: dict[str, Any]) -> str:
+    """
+    One JSON line for an event.
+    """
+    body = dict(identity)
+    body.update(payload)
+    return json.dumps(
+        {"timestamp": timestamp(at), "type": kind, "payload": body},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ) + "\n"
+
+
+def body_pieces(data: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
+    """
+    ``data`` in pieces of at most 64 KiB, with their offsets in the body.
+    """
+    for start in range(0, len(data), CHUNK):
+        yield offset + start, data[start : start + CHUNK]
+
+
+def chunk_payload(direction: str, stream_id: str, index: int, offset: int,
+                  piece: bytes) -> dict[str, Any]:
+    return {
+        "direction": direction,
+        "stream_id": stream_id,
+        "body_chunk": True,
+        "chunk_index": index,
+        "offset": offset,
+        "chunk_bytes": len(piece),
+        "chunk_sha256": hashlib.sha256(piece).hexdigest(),
+        "body_base64": base64.b64encode(piece).decode("ascii"),
+    }
+
+
+# -- token usage ---------------------------------------------------------------
+
+USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+                "total_tokens")
+
+
+def usage_of(document: Any) -> dict[str, Any] | None:
+    """
+    Token usage and model of a ``response.completed`` event, a Responses
+    answer or a Chat Completions answer; None when it carries none.
+    """
+    if not isinstance(document, dict):
+        return None
+    inner = document.get("response")
+    source: dict[str, Any] = inner if isinstance(inner, dict) else document
+    usage = source.get("usage")
+    if not isinstance(usage, dict):
+        return None
+
+    def number(value: Any) -> int:
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+    details_in = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+    details_out = (
+        usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
+    )
+    record: dict[str, Any] = {
+        "input_tokens": number(usage.get("input_tokens", usage.get("prompt_tokens"))),
+        "cached_input_tokens": number(
+            details_in.get("cached_tokens") if isinstance(details_in, dict) else 0
+        ),
+        "output_tokens": number(usage.get("output_tokens", usage.get("completion_tokens"))),
+        "reasoning_tokens": number(
+            details_out.get("reasoning_tokens") if isinstance(details_out, dict) else 0
+        ),
+        "total_tokens": number(usage.get("total_tokens")),
+    }
+    if not record["total_tokens"]:
+        record["total_tokens"] = record["input_tokens"] + record["output_tokens"]
+    if not any(record.values()):
+        return None
+    model = source.get("model")
+    record["model"] = model if isinstance(model, str) else None
+    return record
+
+
+def usage_in_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """
+    Usage records in SSE or NDJSON lines (``data:`` stripped, ``[DONE]`` and
+    blank lines skipped). Only lines that can hold usage are parsed.
+    """
+    for line in lines:
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if not line or line == b"[DONE]" or b'"usage"' not in line:
+            continue
+        try:
+            found = usage_of(json.loads(line))
+        except ValueError:
+            continue
+        if found is not None:
+            yield found

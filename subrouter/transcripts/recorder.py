@@ -1,0 +1,480 @@
+# -*- test-case-name: tests.test_transcripts -*-
+"""
+Recording transcripts without slowing or breaking the proxy.
+
+The request path only appends small tuples (bytes it already has, never
+encoded) to a bounded queue; a writer thread does everything else: base64 and
+SHA-256, JSON lines, appending to ``<dir>/by-agent/<agent>/by-session/<id>.jsonl``
+(directories 0700, files 0600), token usage into ``<dir>/usage.jsonl``, and the
+per-session summaries the browsing endpoint lists. When the queue is full or
+the disk fails, events are dropped, counted and logged; the proxy carries on.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from subrouter.transcripts.events import (
+    body_pieces,
+    chunk_payload,
+    envelope,
+    safe_name,
+    usage_in_lines,
+    usage_of,
+)
+
+_log = Logger()
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
+MAX_OPEN_FILES = 64
+SUMMARY_SUFFIX = ".summary.json"
+#: bodies up to this size are also kept whole, to read usage from JSON answers
+_JSON_KEEP = 1024 * 1024
+
+
+@attrs.define
+class Conversation:
+    """
+    Whose transcript an event goes to.
+    """
+
+    agent: str
+    session_id: str
+    user: str | None = None
+    account: str | None = None
+
+    @property
+    def base_id(self) -> str:
+        return self.session_id
+
+    def identity(self, request_id: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "agent_type": self.agent,
+            "session_id": self.session_id,
+            "agent_session_id": self.base_id,
+            "request_id": request_id,
+        }
+        if self.agent == "codex":
+            payload["codex_session_id"] = self.base_id
+        return payload
+
+    def relative_path(self) -> str:
+        return os.path.join(
+            "by-agent", safe_name(self.agent), "by-session", safe_name(self.base_id) + ".jsonl"
+        )
+
+
+@attrs.define
+class Summary:
+    agent: str
+    session_id: str
+    file: str
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+    event_count: int = 0
+    total_bytes: int = 0
+    user: str | None = None
+    account: str | None = None
+    usage: dict[str, int] = attrs.Factory(dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class _Stream:
+    direction: str
+    status: int | None
+    hash: Any = attrs.Factory(hashlib.sha256)
+    size: int = 0
+    chunks: int = 0
+    truncated: bool = False
+    tail: bytes = b""
+    kept: list[bytes] | None = attrs.Factory(list)
+
+
+class Recorder:
+    """
+    :param directory: the transcript root (``--transcripts``).
+    :param clock: the source of time for timestamps.
+    :param max_body: bytes of one body recorded; the rest is counted only.
+    :param max_queue_bytes: bytes waiting for the writer before events drop.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        exclude: tuple[str, ...] = ("/models",),
+    ) -> None:
+        self.directory = os.path.abspath(directory)
+        self.clock = clock
+        self.max_body = max_body
+        self.max_queue_bytes = max_queue_bytes
+        self.exclude = exclude
+        self.dropped = 0
+        self.written = 0
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queued_bytes = 0
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._files: OrderedDict[str, Any] = OrderedDict()
+        self._streams: dict[str, _Stream] = {}
+        self._summaries: dict[str, Summary] = {}
+        self._dirty: set[str] = set()
+        self._summary_lock = threading.Lock()
+        self._counter = 0
+        self._last_drop_log = 0.0
+        self._usage_file: Any = None
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._load_summaries()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="subrouter-transcripts",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """
+        Wait until everything queued so far is written (for readers and tests).
+        Blocking.
+        """
+        done = threading.Event()
+        self._put(("flush", done), 0)
+        done.wait(timeout)
+
+    # -- the hot path: cheap appends only --------------------------------------
+
+    def wants(self, path: str) -> bool:
+        return not any(path == e or path.endswith(e) for e in self.exclude)
+
+    def new_id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}-{self._counter}"
+
+    def event(self, conversation: Conversation, request_id: str, kind: str,
+              payload: dict[str, Any]) -> None:
+        self._put(("event", conversation, request_id, kind, payload, self.clock()), 256)
+
+    def body(self, conversation: Conversation, request_id: str, stream_id: str,
+             direction: str, data: bytes, status: int | None = None) -> None:
+        """
+        Part of a body; the first call for a stream opens it.
+        """
+        self._put(("data", conversation, request_id, stream_id, direction, data, status,
+                   self.clock()), len(data))
+
+    def body_end(self, conversation: Conversation, request_id: str, stream_id: str) -> None:
+        self._put(("end", conversation, request_id, stream_id, self.clock()), 64)
+
+    def message(self, conversation: Conversation, request_id: str, direction: str,
+                data: bytes, binary: bool) -> None:
+        self._put(("ws", conversation, request_id, direction, data, binary, self.clock()),
+                  len(data))
+
+    def _put(self, item: tuple[Any, ...], size: int) -> None:
+        with self._wake:
+            if self._queued_bytes + size > self.max_queue_bytes or (
+                self._thread is None and item[0] != "flush"
+            ):
+                self.dropped += 1
+                now = time.monotonic()
+                if now - self._last_drop_log > 10:
+                    self._last_drop_log = now
+                    _log.warn(
+                        "transcript queue full or writer stopped: dropped {dropped} events "
+                        "so far (the proxy is unaffected)", dropped=self.dropped,
+                    )
+                if item[0] == "flush":
+                    item[1].set()
+                return
+            self._queue.append((*item, size))
+            self._queued_bytes += size
+            self._wake.notify()
+
+    # -- the writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopping:
+                    self._wake.wait(1.0)
+                    if not self._queue:
+                        self._write_summaries()
+                if not self._queue and self._stopping:
+                    break
+                batch = list(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+            for item in batch:
+                try:
+                    self._handle(item)
+                except OSError as e:
+                    self.dropped += 1
+                    _log.warn("writing a transcript failed ({error}); event dropped",
+                              error=e.strerror or str(e))
+                except Exception:
+                    self.dropped += 1
+                    _log.failure("recording a transcript event failed")
+            for handle in self._files.values():
+                try:
+                    handle.flush()
+                except OSError:
+                    pass
+        self._write_summaries()
+        for handle in self._files.values():
+            try:
+                handle.close()
+            except OSError:
+                pass
+        self._files.clear()
+        if self._usage_file is not None:
+            self._usage_file.close()
+            self._usage_file = None
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        op = item[0]
+        if op == "flush":
+            for handle in self._files.values():
+                handle.flush()
+            if self._usage_file is not None:
+                self._usage_file.flush()
+            self._write_summaries()
+            item[1].set()
+        elif op == "event":
+            _, conversation, request_id, kind, payload, at, _size = item
+            self._note_meta(conversation, kind, payload)
+            self._append(conversation, envelope(kind, at, conversation.identity(request_id),
+                                                payload), at, 0)
+        elif op == "data":
+            _, conversation, request_id, stream_id, direction, data, status, at, _size = item
+            self._data(conversation, request_id, stream_id, direction, data, status, at)
+        elif op == "end":
+            _, conversation, request_id, stream_id, at, _size = item
+            self._end(conversation, request_id, stream_id, at)
+        elif op == "ws":
+            _, conversation, request_id, direction, data, binary, at, _size = item
+            payload = {
+                "direction": direction,
+                "opcode": "binary" if binary else "text",
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "body_base64": base64.b64encode(data[: self.max_body]).decode("ascii"),
+            }
+            if len(data) > self.max_body:
+                payload["truncated"] = True
+            self._append(conversation, envelope("websocket_message", at,
+                                                conversation.identity(request_id), payload),
+                         at, len(data))
+            if not binary and direction == "upstream_to_client" and b'"usage"' in data:
+                for usage in usage_in_lines([data]):
+                    self._usage(conversation, usage, at)
+
+    def _data(self, conversation: Conversation, request_id: str, stream_id: str,
+              direction: str, data: bytes, status: int | None, at: float) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = _Stream(direction, status)
+        stream.hash.update(data)
+        offset = stream.size
+        stream.size += len(data)
+        if direction == "upstream_to_client":
+            # usage may sit in any complete line of an SSE/NDJSON stream
+            parts = (stream.tail + data).split(b"\n")
+            stream.tail = parts.pop()[-_JSON_KEEP:]
+            for usage in usage_in_lines(parts):
+                self._usage(conversation, usage, at)
+        if stream.kept is not None:
+            stream.kept.append(data)
+            if stream.size > _JSON_KEEP:
+                stream.kept = None
+        room = self.max_body - offset
+        if room <= 0:
+            stream.truncated = True
+            return
+        if len(data) > room:
+            data, stream.truncated = data[:room], True
+        identity = conversation.identity(request_id)
+        lines = []
+        for piece_offset, piece in body_pieces(data, offset):
+            lines.append(envelope("http_body_chunk", at, identity, chunk_payload(
+                direction, stream_id, stream.chunks, piece_offset, piece)))
+            stream.chunks += 1
+        self._append(conversation, "".join(lines), at, 0, events=len(lines))
+
+    def _end(self, conversation: Conversation, request_id: str, stream_id: str,
+             at: float) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            stream = _Stream("upstream_to_client", None)
+        payload: dict[str, Any] = {
+            "direction": stream.direction,
+            "stream_id": stream_id,
+            "body_chunked": True,
+            "bytes": stream.size,
+            "sha256": stream.hash.hexdigest(),
+            "chunks": stream.chunks,
+        }
+        if stream.status is not None:
+            payload["status"] = stream.status
+        if stream.truncated:
+            payload["truncated"] = True
+        self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
+                                            payload), at, stream.size)
+        if stream.direction == "upstream_to_client":
+            found = list(usage_in_lines([stream.tail]))
+            if not found and stream.kept is not None and stream.tail:
+                try:
+                    one = usage_of(json.loads(b"".join(stream.kept)))
+                except ValueError:
+                    one = None
+                found = [one] if one else []
+            for usage in found:
+                self._usage(conversation, usage, at)
+
+    def _note_meta(self, conversation: Conversation, kind: str, payload: dict[str, Any]) -> None:
+        if kind != "subrouter_meta":
+            return
+        summary = self._summary(conversation)
+        with self._summary_lock:
+            if summary.user is None and payload.get("user"):
+                summary.user = payload["user"]
+            if summary.account is None and payload.get("account"):
+                summary.account = payload["account"]
+
+    def _append(self, conversation: Conversation, text: str, at: float, size: int,
+                events: int = 1) -> None:
+        relative = conversation.relative_path()
+        handle = self._files.get(relative)
+        if handle is None:
+            path = os.path.join(self.directory, relative)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            handle = os.fdopen(fd, "a", encoding="utf-8")
+            self._files[relative] = handle
+            while len(self._files) > MAX_OPEN_FILES:
+                _, old = self._files.popitem(last=False)
+                old.close()
+        else:
+            self._files.move_to_end(relative)
+        handle.write(text)
+        self.written += events
+        summary = self._summary(conversation)
+        with self._summary_lock:
+            if summary.first_event_at is None:
+                summary.first_event_at = at
+            summary.last_event_at = at
+            summary.event_count += events
+            summary.total_bytes += size
+        self._dirty.add(relative)
+
+    def _summary(self, conversation: Conversation) -> Summary:
+        relative = conversation.relative_path()
+        summary = self._summaries.get(relative)
+        if summary is None:
+            summary = Summary(safe_name(conversation.agent), conversation.session_id, relative)
+            with self._summary_lock:
+                self._summaries[relative] = summary
+        return summary
+
+    def _usage(self, conversation: Conversation, usage: dict[str, Any], at: float) -> None:
+        record = {
+            "time": at,
+            "agent": conversation.agent,
+            "session": conversation.session_id,
+            "account": conversation.account,
+            "user": conversation.user,
+        }
+        record.update(usage)
+        if self._usage_file is None:
+            path = os.path.join(self.directory, "usage.jsonl")
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._usage_file = os.fdopen(fd, "a", encoding="utf-8")
+        self._usage_file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        summary = self._summary(conversation)
+        with self._summary_lock:
+            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
+                        "reasoning_tokens", "total_tokens"):
+                summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
+            summary.usage["requests"] = summary.usage.get("requests", 0) + 1
+
+    def _write_summaries(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for relative in dirty:
+            summary = self._summaries.get(relative)
+            if summary is None:
+                continue
+            path = os.path.join(self.directory, relative[: -len(".jsonl")] + SUMMARY_SUFFIX)
+            try:
+                from subrouter.files import atomic_write
+
+                with self._summary_lock:
+                    data = json.dumps(summary.as_json()).encode()
+                atomic_write(path, data)
+            except OSError:
+                pass
+
+    def _load_summaries(self) -> None:
+        root = os.path.join(self.directory, "by-agent")
+        if not os.path.isdir(root):
+            return
+        for agent in os.listdir(root):
+            folder = os.path.join(root, agent, "by-session")
+            if not os.path.isdir(folder):
+                continue
+            for name in os.listdir(folder):
+                if not name.endswith(SUMMARY_SUFFIX):
+                    continue
+                try:
+                    with open(os.path.join(folder, name), "rb") as f:
+                        document = json.loads(f.read())
+                    summary = Summary(**document)
+                except (OSError, ValueError, TypeError):
+                    continue
+                self._summaries[summary.file] = summary
+
+    # -- reading (any thread) ----------------------------------------------------
+
+    def summaries(self) -> list[Summary]:
+        with self._summary_lock:
+            return [attrs.evolve(s, usage=dict(s.usage)) for s in self._summaries.values()]
+
+    def path_of(self, agent: str, session_id: str) -> str | None:
+        relative = os.path.join("by-agent", safe_name(agent), "by-session",
+                                safe_name(session_id) + ".jsonl")
+        path = os.path.join(self.directory, relative)
+        return path if os.path.isfile(path) else None
+
+    def forget(self, relative: str) -> None:
+        with self._summary_lock:
+            self._summaries.pop(relative, None)
+        handle = self._files.pop(relative, None)
+        if handle is not None:
+            handle.close()
