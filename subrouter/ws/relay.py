@@ -503,7 +503,6 @@ class RelayFactory(WebSocketServerFactory):
             autoPingTimeout=PING_TIMEOUT,
             openHandshakeTimeout=HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=CLOSE_TIMEOUT,
-            serverConnectionDropTimeout=CLOSE_TIMEOUT,
             perMessageCompressionAccept=_accept_deflate,
             webStatus=False,
         )
