@@ -74,6 +74,20 @@ def parse_duration(value: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+
+
+def parse_size(value: str) -> int:
+    """
+    Parse a byte size such as ``512K``, ``16M``, ``1G`` or a bare number.
+    """
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size such as 512K or 16M")
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * factor
+
+
 def parse_http_url(value: str) -> str:
     """
     Check an ``http://`` or ``https://`` base URL and drop a trailing slash.

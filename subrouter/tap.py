@@ -54,6 +54,14 @@ class Config:
     usage_interval: float = 600.0
     usage_score_ttl: float = 30.0
     fetch_usage: bool = True
+    transcripts: str | None = None
+    transcript_max_body: int = 16 * 1024 * 1024
+    transcript_exclude: tuple[str, ...] = ("/models",)
+    transcript_retention: float = 0.0
+    transcript_gcs_uri: str | None = None
+    transcript_sync_interval: float = 300.0
+    transcript_sync_timeout: float = 1800.0
+    gsutil: str | None = None
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
 
 
@@ -94,6 +102,14 @@ class Options(usage.Options):
         ["usage-score-ttl", None, "30s",
          "Refresh usage older than this before placing a new conversation (0: never)."],
         ["fetch-usage", None, "true", "Poll usage at all: true or false."],
+        ["transcripts", None, None, "Record every exchange as JSONL under this folder (off)."],
+        ["transcript-max-body", None, "16M", "Bytes of one body recorded (e.g. 512K, 16M)."],
+        ["transcript-retention", None, "0",
+         "Delete session transcripts idle this long (e.g. 30d; 0 keeps them)."],
+        ["transcript-gcs-uri", None, None,
+         "Mirror the transcripts to gs://bucket/prefix with gsutil rsync."],
+        ["transcript-sync-interval", None, "5m", "How often the mirror runs."],
+        ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -102,6 +118,13 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ca-bundle"] = []
+        self["transcript-exclude"] = []
+
+    def opt_transcript_exclude(self, path: str) -> None:
+        """
+        A path (or path ending) not to record (repeatable; default /models).
+        """
+        self["transcript-exclude"].append(path)
 
     def opt_ca_bundle(self, path: str) -> None:
         """
@@ -156,6 +179,25 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     for name in ("session-idle-ttl", "usage-interval"):
         if durations[name] <= 0:
             raise usage.UsageError(f"--{name}: must be more than zero")
+    transcripts = opts["transcripts"]
+    gcs_uri = opts["transcript-gcs-uri"]
+    gsutil = None
+    if gcs_uri is not None:
+        from twisted.python.procutils import which
+
+        from subrouter.transcripts.gcs import normalise_gcs_uri
+
+        if not transcripts:
+            raise usage.UsageError("--transcript-gcs-uri: needs --transcripts DIR")
+        gcs_uri = _checked("transcript-gcs-uri", normalise_gcs_uri, gcs_uri)
+        found = which("gsutil")
+        if not found:
+            raise usage.UsageError(
+                "--transcript-gcs-uri: gsutil is not on PATH (install the Google Cloud SDK)"
+            )
+        gsutil = found[0]
+    for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout"):
+        durations[name] = _checked(name, parse.parse_duration, opts[name])
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -181,6 +223,15 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         usage_interval=durations["usage-interval"],
         usage_score_ttl=durations["usage-score-ttl"],
         fetch_usage=fetch in ("true", "1", "yes", "on"),
+        transcripts=parse.expand_path(transcripts) if transcripts else None,
+        transcript_max_body=_checked("transcript-max-body", parse.parse_size,
+                                     opts["transcript-max-body"]),
+        transcript_exclude=tuple(opts["transcript-exclude"]) or ("/models",),
+        transcript_retention=durations["transcript-retention"],
+        transcript_gcs_uri=gcs_uri,
+        transcript_sync_interval=durations["transcript-sync-interval"],
+        transcript_sync_timeout=durations["transcript-sync-timeout"],
+        gsutil=gsutil,
     )
 
 
@@ -210,6 +261,23 @@ class _StartupService(Service):
             codex=self._config.codex_upstream,
             openai=self._config.openai_upstream,
         )
+
+
+class RecorderService(Service):
+    """
+    Starts the transcript writer thread, and drains and stops it at shutdown.
+    """
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+
+    def startService(self) -> None:
+        super().startService()
+        self.recorder.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.recorder.stop()
 
 
 def _version() -> str:
@@ -247,6 +315,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.sessions.state import StateSaver, load_state
     from subrouter.sessions.table import SessionTable
     from subrouter.sessions.usage import UsageBook
+    from subrouter.transcripts.browse import TranscriptsResource
+    from subrouter.transcripts.gcs import GsutilSync
+    from subrouter.transcripts.recorder import Recorder
     from subrouter.web.admin import AdminResource
     from subrouter.web.root import QuietSite, RootResource
     from subrouter.ws.relay import RelayFactory
@@ -279,7 +350,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
     )
+    recorder = (
+        Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
+                 exclude=config.transcript_exclude)
+        if config.transcripts else None
+    )
     proxy = ProxyResource(
+        recorder=recorder,
         placement=placement,
         poller=poller if config.fetch_usage else None,
         refresher=refresher,
@@ -289,12 +366,12 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         idle_timeout=config.idle_timeout,
     )
     relay = RelayFactory(
-        placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor
+        placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
+        recorder=recorder,
     )
-    site = QuietSite(
-        RootResource(proxy, AdminResource(accounts, placement), WebSocketResource(relay)),
-        reactor=reactor,
-    )
+    admin = AdminResource(accounts, placement)
+    admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
 
     _StartupService(config, store).setServiceParent(top)
     rescan = TimerService(config.account_rescan_interval, store.rescan)
@@ -302,6 +379,25 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     rescan.setName("account-rescan")
     rescan.setServiceParent(top)
     PoolService(pool).setServiceParent(top)
+    if recorder is not None:
+        RecorderService(recorder).setServiceParent(top)
+        if config.transcript_retention > 0:
+            retention = TimerService(
+                min(3600.0, config.transcript_retention),
+                lambda: recorder.expire(config.transcript_retention),
+            )
+            retention.clock = reactor
+            retention.setServiceParent(top)
+        if config.transcript_gcs_uri and config.gsutil:
+            mirror = GsutilSync(
+                directory=config.transcripts or "", uri=config.transcript_gcs_uri,
+                gsutil=config.gsutil, spawn=reactor.spawnProcess, clock=reactor,
+                timeout=config.transcript_sync_timeout,
+            )
+            syncing = TimerService(config.transcript_sync_interval, mirror.run_once)
+            syncing.clock = reactor
+            syncing.setName("transcript-sync")
+            syncing.setServiceParent(top)
     if config.state_dir:
         saver = StateSaver(config.state_dir, table, book, run_blocking, reactor)
         saver.service().setServiceParent(top)

@@ -259,9 +259,38 @@ class Recorder:
             self._usage_file.close()
             self._usage_file = None
 
+    def expire(self, older_than: float) -> None:
+        """
+        Delete the transcripts whose last event is older than ``older_than``
+        seconds (done by the writer thread, between writes).
+        """
+        self._put(("expire", self.clock() - older_than), 0)
+
+    def _expire(self, cutoff: float) -> None:
+        with self._summary_lock:
+            old = [r for r, s in self._summaries.items()
+                   if s.last_event_at is not None and s.last_event_at < cutoff]
+        for relative in old:
+            handle = self._files.pop(relative, None)
+            if handle is not None:
+                handle.close()
+            base = os.path.join(self.directory, relative)
+            for path in (base, base[: -len(".jsonl")] + SUMMARY_SUFFIX):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            with self._summary_lock:
+                self._summaries.pop(relative, None)
+            self._dirty.discard(relative)
+        if old:
+            _log.info("deleted {count} transcripts older than the retention", count=len(old))
+
     def _handle(self, item: tuple[Any, ...]) -> None:
         op = item[0]
-        if op == "flush":
+        if op == "expire":
+            self._expire(item[1])
+        elif op == "flush":
             for handle in self._files.values():
                 handle.flush()
             if self._usage_file is not None:
@@ -472,9 +501,3 @@ class Recorder:
         path = os.path.join(self.directory, relative)
         return path if os.path.isfile(path) else None
 
-    def forget(self, relative: str) -> None:
-        with self._summary_lock:
-            self._summaries.pop(relative, None)
-        handle = self._files.pop(relative, None)
-        if handle is not None:
-            handle.close()

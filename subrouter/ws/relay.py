@@ -51,6 +51,8 @@ from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstr
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
 from subrouter.sessions.usage import is_usage_limit, windows_from_event
+from subrouter.transcripts.events import redact_headers
+from subrouter.transcripts.recorder import Conversation, Recorder
 
 _log = Logger()
 
@@ -228,6 +230,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     account: Account | None = None
     identity: Identity | None = None
     closing_after_response = False
+    conversation: Conversation | None = None
+    request_id = ""
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -305,6 +309,29 @@ class RelayServerProtocol(WebSocketServerProtocol):
             "WebSocket {path} opened via account {account}",
             path=self.http_request_path, account=account.id,
         )
+        recorder = self.factory.recorder
+        identity = self.identity
+        if recorder is not None and identity is not None and recorder.wants(
+            self.http_request_path
+        ):
+            session = identity.session
+            self.conversation = Conversation(session.agent, session.key, identity.email,
+                                             account.id)
+            self.request_id = recorder.new_id("ws")
+            recorder.event(self.conversation, self.request_id, "subrouter_meta", {
+                "transport": "websocket",
+                "user": identity.email,
+                "account": account.id,
+                "method": "GET",
+                "path": self.http_request_path,
+                "upstream": self.factory.upstreams.codex.decode("ascii")
+                if account.is_oauth else self.factory.upstreams.openai.decode("ascii"),
+                "upstream_url": getattr(upstream.factory, "url", None),
+                "headers": redact_headers(
+                    (k.encode("latin-1"), [v.encode("latin-1")])
+                    for k, v in self.http_headers.items()
+                ),
+            })
         return (protocol, headers)
 
     async def _dial(
@@ -364,11 +391,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
         upstream = self.upstream
         if upstream is not None and upstream.opened and upstream.state == upstream.STATE_OPEN:
             upstream.sendMessage(payload, isBinary)
+            if self.conversation is not None and self.factory.recorder is not None:
+                self.factory.recorder.message(self.conversation, self.request_id,
+                                              "client_to_upstream", payload, isBinary)
 
     def from_upstream(self, payload: bytes, isBinary: bool) -> None:
         if self.state != self.STATE_OPEN:
             return
         self.sendMessage(payload, isBinary)
+        if self.conversation is not None and self.factory.recorder is not None:
+            self.factory.recorder.message(self.conversation, self.request_id,
+                                          "upstream_to_client", payload, isBinary)
         if isBinary or self.account is None:
             return
         if b"rate_limits" in payload:
@@ -488,8 +521,10 @@ class RelayFactory(WebSocketServerFactory):
         upstreams: Upstreams,
         tls: IPolicyForHTTPS,
         reactor: Any,
+        recorder: Recorder | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
+        self.recorder = recorder
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
