@@ -5,6 +5,8 @@ fake ``wss://`` upstream behind it trusted through the test CA.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -304,3 +306,40 @@ async def test_permessage_deflate_is_negotiated_with_the_client(
     assert json.loads(got[3][0])["type"] == "response.completed"
     client.sendClose(1000)
     await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_messages_are_recorded_both_ways(
+    tmp_path: Path, backend: WSBackend, ca: TestCA
+) -> None:
+    config = make_config(tmp_path, None, ca, codex_upstream=backend.codex_url,
+                         transcripts=str(tmp_path / "tx"))
+    write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
+    running = await start_daemon(config)
+    try:
+        deadline = time.monotonic() + 5
+        while not (await running.get_json("/_subrouter/accounts"))["accounts"]:
+            assert time.monotonic() < deadline
+            await sleep(0.02)
+        client, factory = await connect(running, headers={"session-id": "wsrec"})
+        client.sendMessage(json.dumps({"type": "response.create"}).encode())
+        await messages(factory, 4)
+        client.sendClose(1000)
+        await factory.closed
+        path = tmp_path / "tx" / "by-agent" / "codex" / "by-session" / "wsrec.jsonl"
+        deadline = time.monotonic() + 5
+        while not path.exists() or path.read_text().count("websocket_message") < 5:
+            assert time.monotonic() < deadline
+            await sleep(0.02)
+    finally:
+        await running.stop()
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert events[0]["type"] == "subrouter_meta"
+    assert events[0]["payload"]["transport"] == "websocket"
+    assert events[0]["payload"]["upstream_url"].startswith("wss://localhost:")
+    messages_ = [e["payload"] for e in events if e["type"] == "websocket_message"]
+    assert [m["direction"] for m in messages_] == ["client_to_upstream"] + [
+        "upstream_to_client"] * 4
+    first = base64.b64decode(messages_[0]["body_base64"])
+    assert json.loads(first) == {"type": "response.create"}
+    assert messages_[0]["sha256"] == hashlib.sha256(first).hexdigest()
