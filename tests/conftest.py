@@ -6,11 +6,16 @@ trial does), unless it declares it expects some.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.logger import globalLogPublisher
+
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,3 +45,25 @@ def observe_errors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, An
     if failures and request.node.get_closest_marker("logged_failures_expected") is None:
         texts = [str(e["log_failure"].getTraceback()) for e in failures]
         pytest.fail("unexpected logged failures:\n" + "\n".join(texts))
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCA:
+    """
+    A test certificate authority, new for each test.
+    """
+    (tmp_path / "ca").mkdir()
+    return TestCA(tmp_path / "ca")
+
+
+@pytest_twisted.async_yield_fixture
+async def upstream(ca: TestCA) -> AsyncIterator[FakeUpstream]:
+    """
+    A fake HTTPS Codex backend / OpenAI API / token endpoint on 127.0.0.1.
+    """
+    from twisted.internet import reactor
+
+    fake = FakeUpstream(reactor, ca)
+    await fake.start()
+    yield fake
+    await fake.stop()

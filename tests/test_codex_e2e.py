@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -29,12 +28,6 @@ from tests.support.upstream import decode_jwt, write_oauth_account
 FAR = time.time() + 30 * 86400
 SUBROUTER = os.path.join(os.path.dirname(sys.executable), "subrouter")
 ACCOUNTS = {"alice@example.com": "ws-alice", "bob@example.com": "ws-bob"}
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    (tmp_path / "ca").mkdir()
-    return TestCA(tmp_path / "ca")
 
 
 @pytest_twisted.async_yield_fixture

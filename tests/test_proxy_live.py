@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
+from tests.live import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,
@@ -36,20 +36,6 @@ from tests.support.upstream import (
 
 EMAIL = "alice@example.com"
 FAR = time.time() + 30 * 86400
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    (tmp_path / "ca").mkdir()
-    return TestCA(tmp_path / "ca")
-
-
-@pytest_twisted.async_yield_fixture
-async def upstream(ca: TestCA) -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream(reactor, ca)
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest_twisted.async_yield_fixture

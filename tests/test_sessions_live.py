@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, reactor, read_all, start_daemon
+from tests.live import Daemon, make_config, read_all, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     Exchange,
@@ -91,20 +90,6 @@ class Backend:
                    b"x-codex-secondary-window-minutes": b"10080"}
         await sse([json.dumps({"type": "response.completed", "workspace": workspace})],
                   headers=headers)(exchange)
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    (tmp_path / "ca").mkdir()
-    return TestCA(tmp_path / "ca")
-
-
-@pytest_twisted.async_yield_fixture
-async def upstream(ca: TestCA) -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream(reactor, ca)
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 def write_accounts(directory: Path) -> None:

@@ -12,17 +12,15 @@ import json
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
 from subrouter.transcripts.events import safe_name, usage_of
 from subrouter.transcripts.recorder import Conversation, Recorder
-from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
+from tests.live import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, sse, write_oauth_account
 
@@ -33,20 +31,6 @@ COMPLETED = {"type": "response.completed", "response": {
     "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 40},
               "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 5},
               "total_tokens": 120}}}
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    (tmp_path / "ca").mkdir()
-    return TestCA(tmp_path / "ca")
-
-
-@pytest_twisted.async_yield_fixture
-async def upstream(ca: TestCA) -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream(reactor, ca)
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 async def recording_daemon(tmp_path: Path, upstream: FakeUpstream, ca: TestCA,

@@ -175,12 +175,6 @@ async def messages(factory: Any, count: int) -> list[tuple[bytes, bool]]:
     return factory.messages[:count]
 
 
-@pytest.fixture
-def ca(tmp_path: Path) -> TestCA:
-    (tmp_path / "ca").mkdir()
-    return TestCA(tmp_path / "ca")
-
-
 @pytest_twisted.async_yield_fixture
 async def backend(ca: TestCA) -> AsyncIterator[WSBackend]:
     fake = WSBackend(ca)

@@ -11,7 +11,7 @@ then set. Repeated headers stay repeated and in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -81,6 +81,38 @@ def is_subrouter_header(lower_name: bytes) -> bool:
     return lower_name in SUBROUTER_HEADERS or lower_name.startswith(b"x-subrouter-")
 
 
+def forwardable(
+    client: Headers, also_drop: frozenset[bytes] = frozenset()
+) -> Iterator[tuple[bytes, Sequence[bytes]]]:
+    """
+    The client headers that may go upstream: all but the hop-by-hop ones,
+    those named in ``Connection``, Subrouter's own, the client's credentials
+    and those the HTTP client recomputes, and ``also_drop``.
+    """
+    dropped = connection_tokens(client.getRawHeaders(b"connection"))
+    for name, values in client.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in _REQUEST_ONLY_DROPS
+            or lower in dropped
+            or lower in also_drop
+            or is_subrouter_header(lower)
+        ):
+            continue
+        yield name, values
+
+
+def account_credentials(account: Account) -> list[tuple[bytes, bytes]]:
+    """
+    The headers that carry an account's credentials upstream.
+    """
+    out = [(b"authorization", b"Bearer " + account.secret.encode("latin-1"))]
+    if account.is_oauth and account.chatgpt_account_id:
+        out.append((b"chatgpt-account-id", account.chatgpt_account_id.encode("latin-1")))
+    return out
+
+
 def upstream_request_headers(client: Headers, account: Account) -> Headers:
     """
     The headers to send upstream for a client request routed to ``account``.
@@ -88,21 +120,11 @@ def upstream_request_headers(client: Headers, account: Account) -> Headers:
     :param client: the client's request headers.
     :param account: the account whose credentials replace the client's.
     """
-    dropped = connection_tokens(client.getRawHeaders(b"connection"))
     out = Headers()
-    for name, values in client.getAllRawHeaders():
-        lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in _REQUEST_ONLY_DROPS
-            or lower in dropped
-            or is_subrouter_header(lower)
-        ):
-            continue
+    for name, values in forwardable(client):
         out.setRawHeaders(name, list(values))
-    out.setRawHeaders(b"authorization", [b"Bearer " + account.secret.encode("latin-1")])
-    if account.is_oauth and account.chatgpt_account_id:
-        out.setRawHeaders(b"chatgpt-account-id", [account.chatgpt_account_id.encode("latin-1")])
+    for name, value in account_credentials(account):
+        out.setRawHeaders(name, [value])
     return out
 
 

@@ -46,7 +46,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.proxy.client import set_no_delay
-from subrouter.proxy.headers import HOP_BY_HOP, connection_tokens, is_subrouter_header
+from subrouter.proxy.headers import account_credentials, forwardable
 from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
@@ -65,6 +65,15 @@ HANDSHAKE_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 30.0
 #: autobahn's timers round down to whole seconds: 1 s could fire at once
 CLOSE_TIMEOUT = 5.0
+#: options both legs of the relay share
+_LEG_OPTIONS: dict[str, Any] = {
+    "maxFramePayloadSize": MAX_MESSAGE,
+    "maxMessagePayloadSize": MAX_MESSAGE,
+    "autoPingInterval": PING_INTERVAL,
+    "autoPingTimeout": PING_TIMEOUT,
+    "openHandshakeTimeout": HANDSHAKE_TIMEOUT,
+    "closeHandshakeTimeout": CLOSE_TIMEOUT,
+}
 
 #: handshake headers that belong to one hop of the WebSocket
 _HANDSHAKE_HEADERS = frozenset(
@@ -104,21 +113,11 @@ def upstream_handshake_headers(client: Headers, account: Account) -> dict[str, s
     belong to one hop, Subrouter's own and the client's credentials; plus the
     account's credentials.
     """
-    dropped = connection_tokens(client.getRawHeaders(b"connection"))
     out: dict[str, str] = {}
-    for name, values in client.getAllRawHeaders():
-        lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in _HANDSHAKE_HEADERS
-            or lower in dropped
-            or is_subrouter_header(lower)
-        ):
-            continue
+    for name, values in forwardable(client, _HANDSHAKE_HEADERS):
         out[name.decode("latin-1")] = ", ".join(v.decode("latin-1") for v in values)
-    out["Authorization"] = f"Bearer {account.secret}"
-    if account.is_oauth and account.chatgpt_account_id:
-        out["ChatGPT-Account-ID"] = account.chatgpt_account_id
+    for name, value in account_credentials(account):
+        out[name.decode("latin-1")] = value.decode("latin-1")
     return out
 
 
@@ -350,12 +349,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             reactor=relay.reactor,
         )
         factory.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PING_TIMEOUT,
-            openHandshakeTimeout=HANDSHAKE_TIMEOUT,
-            closeHandshakeTimeout=CLOSE_TIMEOUT,
+            **_LEG_OPTIONS,
             perMessageCompressionOffers=[PerMessageDeflateOffer()],
             perMessageCompressionAccept=_accept_deflate_response,
         )
@@ -532,12 +526,7 @@ class RelayFactory(WebSocketServerFactory):
         self.reactor = reactor
         self.server = "Subrouter"
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE,
-            maxMessagePayloadSize=MAX_MESSAGE,
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PING_TIMEOUT,
-            openHandshakeTimeout=HANDSHAKE_TIMEOUT,
-            closeHandshakeTimeout=CLOSE_TIMEOUT,
+            **_LEG_OPTIONS,
             perMessageCompressionAccept=_accept_deflate,
             webStatus=False,
         )
