@@ -12,37 +12,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
 
 from twisted.python import usage
 
 import subrouter
+from subrouter.accounts.commands import CxOptions, run_cx
 from subrouter.tap import Options as ServeOptions
 
 SubCommand = tuple[str, None, type[usage.Options], str]
-
-
-class ListOptions(usage.Options):
-    synopsis = "[--json]"
-    optFlags = [["json", None, "Print JSON for scripts."]]
-
-
-class CxOptions(usage.Options):
-    """
-    ``cx``: the account manager.
-    """
-
-    synopsis = "<command> [options]"
-    optParameters = [
-        ["accounts-dir", None, "~/.codex-accounts", "The cx account store."],
-    ]
-    subCommands: list[SubCommand] = [
-        ("list", None, ListOptions, "List the stored accounts."),
-    ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("name a command; see --help")
 
 
 class _CodexHelp(usage.Options):
@@ -80,44 +58,6 @@ class SubrouterOptions(usage.Options):
             raise usage.UsageError("--log-format: must be text or json")
         if self.subCommand is None:
             raise usage.UsageError("name a command; see --help")
-
-
-def run_cx(options: CxOptions, stdout: IO[str]) -> int:
-    """
-    Run one ``cx`` command; return its exit status.
-    """
-    from subrouter.accounts.store import AccountStore
-    from subrouter.options import expand_path
-
-    store = AccountStore(expand_path(options["accounts-dir"]), _no_blocking)
-    store.scan_now()
-    if options.subCommand == "list":
-        sub = options.subOptions
-        rows = [
-            {"id": a.id, "kind": a.kind.value, "plan": a.plan, "problem": a.problem}
-            for a in store.accounts()
-        ]
-        if sub["json"]:
-            import json
-
-            stdout.write(json.dumps(rows, indent=2) + "\n")
-        elif not rows:
-            stdout.write("no accounts yet: add one with `cx add`\n")
-        else:
-            for row in rows:
-                extra = f" [{row['plan']}]" if row["plan"] else ""
-                problem = f"  ({row['problem']})" if row["problem"] else ""
-                stdout.write(f"{row['id']}  {row['kind']}{extra}{problem}\n")
-        for path, error in sorted(store.skipped_files().items()):
-            sys.stderr.write(f"cx: skipped {path}: {error}\n")
-        return 0
-    raise usage.UsageError(f"unknown command {options.subCommand}")
-
-
-def _no_blocking(f: Any) -> Any:
-    from twisted.internet.defer import maybeDeferred
-
-    return maybeDeferred(f)
 
 
 def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
@@ -170,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         task.react(_serve, (options.subOptions, options["log-format"]))
     elif options.subCommand == "cx":
-        raise SystemExit(run_cx(options.subOptions, sys.stdout))
+        raise SystemExit(run_cx(options.subOptions))
 
 
 def cx_main(argv: Sequence[str] | None = None) -> None:
@@ -180,4 +120,4 @@ def cx_main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     options = CxOptions()
     _parse(options, args, "cx")
-    raise SystemExit(run_cx(options, sys.stdout))
+    raise SystemExit(run_cx(options))

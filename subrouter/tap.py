@@ -132,7 +132,19 @@ class Options(usage.Options):
         """
         self["ca-bundle"].append(path)
 
+    @property
+    def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:  # type: ignore[override]
+        from subrouter.accounts.commands import CxOptions
+
+        return [("cx", None, CxOptions, "Manage Codex accounts, then exit (no daemon).")]
+
     def postOptions(self) -> None:
+        if self.subCommand == "cx":
+            # a one-shot command: run it now and leave before twistd checks a
+            # pidfile, daemonizes or starts a reactor
+            from subrouter.accounts.commands import run_cx
+
+            raise SystemExit(run_cx(self.subOptions))
         self.config = config_from_options(self, self.stderr)
 
 

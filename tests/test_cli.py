@@ -25,8 +25,8 @@ def test_cx_list_shows_accounts_and_skipped_files(
         cx_main(["--accounts-dir", str(tmp_path), "list"])
     assert exit_.value.code == 0
     out, err = capsys.readouterr()
-    assert "a@example.com  oauth [pro]" in out
-    assert "apikey:work  apikey" in out
+    assert "  a@example.com (added 2026-04-28)" in out
+    assert "  work (api key) (added " in out
     assert "sk-s3cret99" not in out + err
     assert "bad.json" in err
 
@@ -36,7 +36,8 @@ def test_subrouter_cx_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["cx", "--accounts-dir", str(tmp_path), "list", "--json"])
     rows = json.loads(capsys.readouterr().out)
-    assert rows == [{"id": "a@example.com", "kind": "oauth", "plan": "pro", "problem": None}]
+    assert rows == [{"id": "a@example.com", "kind": "oauth", "plan": "pro", "active": False,
+                     "added": "2026-04-28", "problem": None}]
 
 
 @pytest.mark.parametrize(

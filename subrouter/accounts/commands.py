@@ -1,0 +1,257 @@
+# -*- test-case-name: tests.test_cx -*-
+"""
+The ``cx`` command tree: one ``usage.Options`` tree for ``cx <cmd>``,
+``sr``/``subrouter cx <cmd>`` and ``twistd subrouter cx <cmd>``.
+
+Commands run synchronously against local files and return an exit status;
+their output goes to the injected streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import IO
+
+from twisted.python import usage
+
+from subrouter.accounts import manage
+from subrouter.accounts.refresh import codex_auth_path
+from subrouter.accounts.store import Account, AccountKind
+from subrouter.options import expand_path
+
+SubCommand = tuple[str, None, type[usage.Options], str]
+
+
+class _ListOptions(usage.Options):
+    synopsis = "[--json]"
+    optFlags = [["json", None, "Print JSON for scripts."]]
+
+
+class _AddKeyOptions(usage.Options):
+    synopsis = "[--label LABEL] [--key sk-...]"
+    optParameters = [
+        ["label", None, None, "The account's label (prompted for when missing)."],
+        ["key", None, None, "The API key (prompted for when missing; prefer the prompt)."],
+    ]
+
+
+class _ImportOptions(usage.Options):
+    synopsis = ""
+
+
+class _SwitchOptions(usage.Options):
+    synopsis = "<account> [--force]"
+    optFlags = [["force", None, "Switch even to an account that reached its usage limit."]]
+
+    def parseArgs(self, *args: str) -> None:
+        # flags may follow the account too: `cx switch work --force`
+        positional = [a for a in args if a != "--force"]
+        if len(positional) != 1:
+            raise usage.UsageError("name one account to switch to")
+        if "--force" in args:
+            self["force"] = 1
+        self["selector"] = positional[0]
+
+
+class _RemoveOptions(usage.Options):
+    synopsis = "<account>"
+
+    def parseArgs(self, selector: str) -> None:  # type: ignore[override]
+        self["selector"] = selector
+
+
+class CxOptions(usage.Options):
+    """
+    ``cx``: the account manager.
+    """
+
+    synopsis = "<command> [options]"
+    optParameters = [
+        ["accounts-dir", None, "~/.codex-accounts", "The cx account store."],
+        ["state-dir", None, "~/.subrouter", "The daemon's state (for exhaustion marks)."],
+    ]
+    subCommands: list[SubCommand] = [
+        ("list", None, _ListOptions, "List the stored accounts (alias: ls)."),
+        ("ls", None, _ListOptions, "Same as list."),
+        ("add-key", None, _AddKeyOptions, "Add an API-key account (alias: add-api-key)."),
+        ("add-api-key", None, _AddKeyOptions, "Same as add-key."),
+        ("import", None, _ImportOptions, "Import the login in $CODEX_HOME/auth.json."),
+        ("switch", None, _SwitchOptions, "Make an account the active one (alias: use)."),
+        ("use", None, _SwitchOptions, "Same as switch."),
+        ("remove", None, _RemoveOptions, "Delete an account from the store (alias: rm)."),
+        ("rm", None, _RemoveOptions, "Same as remove."),
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("name a command; see --help")
+
+
+class Streams:
+    """
+    Where a command reads and writes; swapped in tests.
+    """
+
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
+                 stdin: IO[str] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.stdin = stdin or sys.stdin
+        self.environ = os.environ if environ is None else environ
+
+
+def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
+    """
+    Run the chosen command; return its exit status (errors print
+    ``cx: <reason>`` and give 1).
+    """
+    streams = streams or Streams()
+    store = expand_path(options["accounts-dir"])
+    command = options.subCommand
+    sub = options.subOptions
+    try:
+        if command in ("list", "ls"):
+            return _list(store, sub, streams)
+        if command in ("add-key", "add-api-key"):
+            return _add_key(store, sub, streams)
+        if command == "import":
+            return _import(store, streams)
+        if command in ("switch", "use"):
+            return _switch(store, expand_path(options["state-dir"]), sub, streams)
+        if command in ("remove", "rm"):
+            account = manage.find(store, sub["selector"])
+            manage.remove(store, account)
+            streams.stdout.write(f"Removed account: {account.id}\n")
+            return 0
+    except manage.StoreError as e:
+        streams.stderr.write(f"cx: {e}\n")
+        return 1
+    raise usage.UsageError(f"unknown command {command}")
+
+
+def _display(account: Account) -> str:
+    if account.kind is AccountKind.APIKEY:
+        return f"{account.id.removeprefix('apikey:')} (api key)"
+    return account.id
+
+
+def _added(account: Account) -> str:
+    document = manage.read_json_object(account.source) or {}
+    added = str(document.get("addedAt") or "")
+    return added[:10] if len(added) >= 10 and added[4] == "-" else added
+
+
+def _list(store: str, sub: usage.Options, streams: Streams) -> int:
+    accounts, skipped = manage.load_all(store)
+    auth_path = codex_auth_path(dict(streams.environ))
+    active = manage.active_account_id(auth_path, accounts)
+    if sub["json"]:
+        rows = [
+            {"id": a.id, "kind": a.kind.value, "plan": a.plan, "active": a.id == active,
+             "added": _added(a), "problem": a.problem}
+            for a in accounts
+        ]
+        streams.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif not accounts:
+        streams.stdout.write("No accounts configured. Run 'subrouter add' to add one.\n")
+    else:
+        out = ["", *(
+            f"  {_display(a)}{' *' if a.id == active else ''} (added {_added(a)})"
+            for a in accounts
+        ), "", f"* = currently active in {auth_path}"]
+        streams.stdout.write("\n".join(out) + "\n")
+    for path, error in sorted(skipped.items()):
+        streams.stderr.write(f"cx: skipped {path}: {error}\n")
+    return 0
+
+
+def _prompt(streams: Streams, question: str) -> str:
+    streams.stdout.write(question)
+    streams.stdout.flush()
+    return streams.stdin.readline().strip()
+
+
+def _add_key(store: str, sub: usage.Options, streams: Streams) -> int:
+    label = (sub["label"] or _prompt(streams, "Label (e.g. work, personal): ")).strip()
+    if not label:
+        raise manage.StoreError("a label is required")
+    key = (sub["key"] or _prompt(streams, "API key (sk-...): ")).strip()
+    if not key.startswith("sk-"):
+        raise manage.StoreError("an API key starts with sk-")
+    _, created = manage.save_auth(
+        store, f"apikey:{label}", {"auth_mode": "apikey", "OPENAI_API_KEY": key}
+    )
+    verb = "Added" if created else "Updated"
+    streams.stdout.write(f"{verb} API key account: {label}\n")
+    return 0
+
+
+def _import(store: str, streams: Streams) -> int:
+    path = codex_auth_path(dict(streams.environ))
+    active = manage.read_json_object(path)
+    token_block = (active or {}).get("tokens")
+    id_token = token_block.get("id_token") if isinstance(token_block, dict) else None
+    if not id_token:
+        raise manage.StoreError(f"no active Codex OAuth auth found in {path}")
+    from subrouter.accounts import tokens
+
+    email = tokens.email_from_id_token(id_token)
+    if not email:
+        raise manage.StoreError(f"the login in {path} names no email")
+    _, created = manage.save_auth(store, email, active or {})
+    streams.stdout.write(
+        f"Imported account: {email}\n" if created else f"Updated existing account: {email}\n"
+    )
+    return 0
+
+
+def _exhaustion(state_dir: str, account_id: str) -> str | None:
+    """
+    The daemon's exhaustion mark for an account, if one is in force.
+    """
+    import time
+
+    try:
+        state = manage.read_json_object(os.path.join(state_dir, "state.json")) or {}
+    except manage.StoreError:
+        return None
+    marks = state.get("exhausted")
+    mark = marks.get(account_id) if isinstance(marks, dict) else None
+    if not isinstance(mark, dict):
+        return None
+    until = mark.get("until")
+    if not isinstance(until, (int, float)) or until <= time.time():
+        return None
+    minutes = int((until - time.time()) // 60)
+    return f"{mark.get('reason') or 'usage limit reached'}; resets in about {minutes} min"
+
+
+def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams) -> int:
+    account = manage.find(store, sub["selector"])
+    if account.problem:
+        raise manage.StoreError(f"cannot switch to {account.id}: {account.problem}")
+    exhausted = _exhaustion(state_dir, account.id)
+    if exhausted and not sub["force"]:
+        raise manage.StoreError(
+            f"cannot switch to {account.id}: account is exhausted ({exhausted}); "
+            "use --force to switch anyway"
+        )
+    environ = dict(streams.environ)
+    manage.write_codex_auth(codex_auth_path(environ), manage.codex_auth_for(account))
+    streams.stdout.write(f"Switched to {account.id}\n")
+    for tool, sync in (("OpenCode", manage.sync_opencode), ("pi", manage.sync_pi)):
+        try:
+            where = sync(account, environ)
+        except (manage.StoreError, OSError) as e:
+            streams.stderr.write(f"Warning: {tool} auth sync failed: {e}\n")
+        else:
+            streams.stdout.write(f"Synced {tool} auth: {where}\n")
+    streams.stdout.write(
+        "Restart any running Codex, OpenCode, or pi sessions to use the new account.\n"
+    )
+    return 0
+

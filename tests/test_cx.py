@@ -1,0 +1,189 @@
+"""
+The ``cx`` commands on a temporary HOME: the files they write, byte for byte
+where other tools read them, and what they refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from subrouter.accounts.commands import CxOptions, Streams, run_cx
+from tests.support.upstream import (
+    access_token_for,
+    id_token_for,
+    write_apikey_account,
+    write_oauth_account,
+)
+
+FAR = time.time() + 30 * 86400
+
+
+def cx(tmp_path: Path, *argv: str, stdin: str = "", env: dict[str, str] | None = None
+       ) -> tuple[int, str, str]:
+    options = CxOptions()
+    options.parseOptions(["--accounts-dir", str(tmp_path / "store"),
+                          "--state-dir", str(tmp_path / "state"), *argv])
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"HOME": str(tmp_path), "CODEX_HOME": str(tmp_path / "codex"),
+               "XDG_DATA_HOME": str(tmp_path / "xdg"),
+               "PI_CODING_AGENT_DIR": str(tmp_path / "pi"), **(env or {})}
+    code = run_cx(options, Streams(out, err, io.StringIO(stdin), environ))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_add_key_writes_the_cx_format_privately(tmp_path: Path) -> None:
+    code, out, _ = cx(tmp_path, "add-key", stdin="work\nsk-work-123\n")
+    assert code == 0 and out.endswith("Added API key account: work\n")
+    path = tmp_path / "store" / "accounts" / "apikey_work.json"
+    document = json.loads(path.read_text())
+    assert document["email"] == "apikey:work"
+    assert document["auth"] == {"auth_mode": "apikey", "OPENAI_API_KEY": "sk-work-123"}
+    assert document["addedAt"].endswith("Z")
+    assert path.read_text().startswith('{\n  "email"') and path.read_text().endswith("}\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    code, out, _ = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456")
+    assert out == "Updated API key account: work\n"
+    assert json.loads(path.read_text())["addedAt"] == document["addedAt"]
+    code, _, err = cx(tmp_path, "add-key", "--label", "x", "--key", "nope")
+    assert code == 1 and "sk-" in err
+
+
+def test_import_reads_codex_auth_and_keeps_unknown_fields(tmp_path: Path) -> None:
+    (tmp_path / "codex").mkdir()
+    auth = {"auth_mode": "chatgpt", "OPENAI_API_KEY": None, "future_field": {"x": 1},
+            "tokens": {"id_token": id_token_for("me@example.com"),
+                       "access_token": access_token_for("me@example.com", exp=FAR),
+                       "refresh_token": "rt-1", "account_id": "acct-1"},
+            "last_refresh": "2026-01-01T00:00:00Z"}
+    (tmp_path / "codex" / "auth.json").write_text(json.dumps(auth))
+    code, out, _ = cx(tmp_path, "import")
+    assert code == 0 and out == "Imported account: me@example.com\n"
+    stored = json.loads((tmp_path / "store" / "accounts" / "me@example.com.json").read_text())
+    assert stored["auth"] == auth
+    assert cx(tmp_path, "import")[1] == "Updated existing account: me@example.com\n"
+    code, out, _ = cx(tmp_path, "list")
+    assert "  me@example.com * (added " in out
+    assert f"* = currently active in {tmp_path / 'codex' / 'auth.json'}" in out
+
+
+def test_switch_writes_codex_opencode_and_pi_keeping_other_providers(tmp_path: Path) -> None:
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=2_000_000_000,
+                        refresh_token="rt-a", account_id="ws-a")
+    (tmp_path / "codex").mkdir()
+    (tmp_path / "codex" / "auth.json").write_text('{"old": true}')
+    (tmp_path / "xdg" / "opencode").mkdir(parents=True)
+    (tmp_path / "xdg" / "opencode" / "auth.json").write_text(
+        json.dumps({"anthropic": {"type": "api", "key": "sk-ant"}, "openai": {"old": 1}}))
+    (tmp_path / "pi").mkdir()
+    (tmp_path / "pi" / "auth.json").write_text(json.dumps({"google": {"k": 1}}))
+    code, out, err = cx(tmp_path, "switch", "a@ex")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "Switched to a@example.com",
+        f"Synced OpenCode auth: {tmp_path / 'xdg' / 'opencode' / 'auth.json'}",
+        f"Synced pi auth: {tmp_path / 'pi' / 'auth.json'}",
+        "Restart any running Codex, OpenCode, or pi sessions to use the new account.",
+    ]
+    stored = json.loads((tmp_path / "store" / "accounts" / "a@example.com.json").read_text())
+    codex = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert codex == stored["auth"]
+    assert json.loads((tmp_path / "codex" / "auth.json.bak").read_text()) == {"old": True}
+    assert stat.S_IMODE((tmp_path / "codex" / "auth.json").stat().st_mode) == 0o600
+    tokens = stored["auth"]["tokens"]
+    expected = {"type": "oauth", "refresh": "rt-a", "access": tokens["access_token"],
+                "expires": 2_000_000_000_000, "accountId": "ws-a"}
+    opencode = json.loads((tmp_path / "xdg" / "opencode" / "auth.json").read_text())
+    assert opencode == {"anthropic": {"type": "api", "key": "sk-ant"}, "openai": expected}
+    pi = json.loads((tmp_path / "pi" / "auth.json").read_text())
+    assert pi == {"google": {"k": 1}, "openai-codex": expected}
+
+
+def test_switching_to_an_api_key_writes_only_the_key(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    code, _, err = cx(tmp_path, "use", "work")
+    assert code == 0, err
+    assert json.loads((tmp_path / "codex" / "auth.json").read_text()) == {
+        "auth_mode": "apikey", "OPENAI_API_KEY": "sk-work-1"}
+    assert json.loads((tmp_path / "xdg" / "opencode" / "auth.json").read_text()) == {
+        "openai": {"type": "api", "key": "sk-work-1"}}
+    assert json.loads((tmp_path / "pi" / "auth.json").read_text()) == {
+        "openai": {"type": "api_key", "key": "sk-work-1"}}
+
+
+def test_a_corrupt_opencode_file_is_reported_and_left_alone(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    (tmp_path / "xdg" / "opencode").mkdir(parents=True)
+    (tmp_path / "xdg" / "opencode" / "auth.json").write_text("{broken")
+    code, _, err = cx(tmp_path, "switch", "work")
+    assert code == 0
+    assert "Warning: OpenCode auth sync failed: parse" in err
+    assert (tmp_path / "xdg" / "opencode" / "auth.json").read_text() == "{broken"
+
+
+def test_switch_refuses_an_exhausted_account_unless_forced(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.json").write_text(json.dumps({
+        "format": 1, "sessions": [],
+        "exhausted": {"apikey:work": {"until": time.time() + 600, "reason": "HTTP 429"}}}))
+    code, _, err = cx(tmp_path, "switch", "work")
+    assert code == 1 and "exhausted (HTTP 429" in err and "--force" in err
+    assert not (tmp_path / "codex" / "auth.json").exists()
+    assert cx(tmp_path, "switch", "work", "--force")[0] == 0
+
+
+def test_lookup_errors_and_remove(tmp_path: Path) -> None:
+    write_oauth_account(tmp_path / "store", "alice@example.com", exp=FAR)
+    write_oauth_account(tmp_path / "store", "alicia@example.com", exp=FAR)
+    code, _, err = cx(tmp_path, "rm", "nobody")
+    assert code == 1 and err == 'cx: no account found matching "nobody"\n'
+    code, _, err = cx(tmp_path, "rm", "ali")
+    assert code == 1 and "multiple accounts match" in err
+    code, out, _ = cx(tmp_path, "remove", "alicia")
+    assert out == "Removed account: alicia@example.com\n"
+    assert [p.name for p in (tmp_path / "store" / "accounts").glob("*.json")] == [
+        "alice@example.com.json"]
+
+
+def test_hidden_ids_are_refused_and_corrupt_records_never_rewritten(tmp_path: Path) -> None:
+    code, _, err = cx(tmp_path, "add-key", "--label", "", "--key", "sk-1")
+    assert code == 1
+    from subrouter.accounts import manage
+
+    with pytest.raises(manage.StoreError, match="hidden"):
+        manage.path_for(str(tmp_path / "store"), ".secret")
+    accounts = tmp_path / "store" / "accounts"
+    accounts.mkdir(parents=True)
+    (accounts / "apikey_work.json").write_text("{corrupt")
+    code, _, err = cx(tmp_path, "add-key", "--label", "work", "--key", "sk-2")
+    assert code == 1 and "left as it is" in err
+    assert (accounts / "apikey_work.json").read_text() == "{corrupt"
+
+
+def test_twistd_runs_a_cx_command_and_exits_without_a_pidfile(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    result = subprocess.run(
+        [twistd, "subrouter", "cx", "--accounts-dir", str(tmp_path / "store"), "list"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env=dict(os.environ, HOME=str(tmp_path), CODEX_HOME=str(tmp_path / "codex")),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  work (api key) (added " in result.stdout
+    assert not (tmp_path / "twistd.pid").exists()
+    failing = subprocess.run(
+        [twistd, "subrouter", "cx", "--accounts-dir", str(tmp_path / "store"), "rm", "nope"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
+    assert failing.returncode == 1 and "no account found" in failing.stderr
