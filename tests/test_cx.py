@@ -13,11 +13,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 
 from subrouter.accounts.commands import CxOptions, Streams, run_cx
+from tests.live import reactor
+from tests.support.tlsca import TestCA
 from tests.support.upstream import (
+    FakeUpstream,
     access_token_for,
     id_token_for,
     write_apikey_account,
@@ -187,3 +192,73 @@ def test_twistd_runs_a_cx_command_and_exits_without_a_pidfile(tmp_path: Path) ->
         env=dict(os.environ, HOME=str(tmp_path)),
     )
     assert failing.returncode == 1 and "no account found" in failing.stderr
+
+
+def test_add_runs_codex_login_in_a_private_home_and_leaves_the_active_login(
+    tmp_path: Path,
+) -> None:
+    fake = tmp_path / "fake-codex"
+    auth = {"auth_mode": "chatgpt", "tokens": {
+        "id_token": id_token_for("new@example.com"),
+        "access_token": access_token_for("new@example.com", exp=FAR),
+        "refresh_token": "rt-new", "account_id": "acct-new"}}
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"[ \"$1\" = login ] || exit 3\n"
+        f"printf '%s' '{json.dumps(auth)}' > \"$CODEX_HOME/auth.json\"\n"
+        f"printf '%s ' \"$@\" > {tmp_path}/login-args\n"
+    )
+    fake.chmod(0o755)
+    (tmp_path / "codex").mkdir()
+    (tmp_path / "codex" / "auth.json").write_text('{"active": "untouched"}')
+    code, out, err = cx(tmp_path, "add", "--device-auth",
+                        env={"SUBROUTER_CODEX_BIN": str(fake)})
+    assert code == 0, err
+    assert "Added account: new@example.com" in out
+    assert (tmp_path / "login-args").read_text() == "login --device-auth "
+    stored = json.loads((tmp_path / "store" / "accounts" / "new@example.com.json").read_text())
+    assert stored["auth"] == auth
+    assert (tmp_path / "codex" / "auth.json").read_text() == '{"active": "untouched"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_fetches_every_login_and_prints_bars_or_json(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    async def usage(exchange: Any) -> None:
+        workspace = (exchange.seen.header(b"chatgpt-account-id") or b"").decode()
+        used = {"ws-a": 12.5, "ws-b": 90.0}[workspace]
+        exchange.respond_json(200, {"plan_type": "pro", "rate_limit": {
+            "primary_window": {"used_percent": used, "limit_window_seconds": 18000,
+                               "reset_after_seconds": 5400},
+            "secondary_window": {"used_percent": 30, "limit_window_seconds": 604800,
+                                 "reset_after_seconds": 86400 * 3}}})
+
+    upstream.script(b"/backend-api/wham/usage", usage)
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_oauth_account(tmp_path / "store", "b@example.com", exp=FAR, account_id="ws-b")
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    cx_script = os.path.join(os.path.dirname(sys.executable), "cx")
+    env = dict(os.environ, HOME=str(tmp_path), CODEX_HOME=str(tmp_path / "codex"),
+               SUBROUTER_CA_BUNDLE=ca.ca_pem_path, CX_NO_COLOR="1")
+    args = ["--accounts-dir", str(tmp_path / "store"), "status", "--usage-url",
+            upstream.base_url + "/backend-api/wham/usage", "--token-url", upstream.token_url]
+    text = await _run(cx_script, args, env)
+    assert "a@example.com [pro]" in text
+    assert "5h     [##------------------]  12.5% used, resets in 1h " in text
+    assert "weekly [######--------------]  30.0% used, resets in " in text
+    assert "headroom 70%" in text and "headroom 10%" in text
+    assert "work (api key)" in text
+    rows = json.loads(await _run(cx_script, [*args, "--json"], env))
+    by_id = {row["id"]: row for row in rows}
+    assert by_id["b@example.com"]["headroom"] == 0.1
+    assert by_id["a@example.com"]["windows"][0]["used_percent"] == 12.5
+    assert "sk-work-1" not in text
+
+
+async def _run(executable: str, args: list[str], env: dict[str, str]) -> str:
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out, err, code = await getProcessOutputAndValue(executable, args, env=env, reactor=reactor)
+    assert code == 0, err.decode()
+    return bytes(out).decode()

@@ -63,6 +63,22 @@ class _RemoveOptions(usage.Options):
         self["selector"] = selector
 
 
+class _AddOptions(usage.Options):
+    synopsis = "[--device-auth]"
+    optFlags = [["device-auth", None, "Sign in with a device code instead of a browser."]]
+
+
+class _StatusOptions(usage.Options):
+    synopsis = "[--json]"
+    optFlags = [["json", None, "Print JSON for scripts."]]
+    optParameters = [
+        ["usage-url", None, "https://chatgpt.com/backend-api/wham/usage",
+         "The ChatGPT usage endpoint."],
+        ["token-url", None, "https://auth.openai.com/oauth/token",
+         "The OAuth token endpoint (for expired logins)."],
+    ]
+
+
 class CxOptions(usage.Options):
     """
     ``cx``: the account manager.
@@ -83,6 +99,8 @@ class CxOptions(usage.Options):
         ("use", None, _SwitchOptions, "Same as switch."),
         ("remove", None, _RemoveOptions, "Delete an account from the store (alias: rm)."),
         ("rm", None, _RemoveOptions, "Same as remove."),
+        ("add", None, _AddOptions, "Sign in with `codex login` and store the login."),
+        ("status", None, _StatusOptions, "Each account's plan, usage, headroom and reset."),
     ]
 
     def postOptions(self) -> None:
@@ -122,6 +140,10 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _import(store, streams)
         if command in ("switch", "use"):
             return _switch(store, expand_path(options["state-dir"]), sub, streams)
+        if command == "add":
+            return _add(store, sub, streams)
+        if command == "status":
+            return _status(store, sub, streams)
         if command in ("remove", "rm"):
             account = manage.find(store, sub["selector"])
             manage.remove(store, account)
@@ -255,3 +277,140 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams) ->
     )
     return 0
 
+
+
+def _add(store: str, sub: usage.Options, streams: Streams) -> int:
+    """
+    Run the real ``codex login`` under a temporary ``CODEX_HOME`` and import
+    what it wrote: the active Codex login is never touched.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from subrouter.accounts import tokens
+
+    binary = streams.environ.get("SUBROUTER_CODEX_BIN", "").strip() or "codex"
+    home = tempfile.mkdtemp(prefix="cx-login-")
+    try:
+        env = dict(streams.environ, CODEX_HOME=home)
+        argv = [binary, "login", *(["--device-auth"] if sub["device-auth"] else [])]
+        streams.stdout.write("Opening Codex OAuth login...\n")
+        streams.stdout.flush()
+        try:
+            result = subprocess.run(argv, env=env, check=False)
+        except FileNotFoundError:
+            raise manage.StoreError(
+                f"cannot run {binary!r}: install Codex (npm install -g @openai/codex) "
+                "or set SUBROUTER_CODEX_BIN"
+            ) from None
+        if result.returncode != 0:
+            raise manage.StoreError(f"codex login failed (exit {result.returncode})")
+        auth = manage.read_json_object(os.path.join(home, "auth.json"))
+        token_block = (auth or {}).get("tokens")
+        id_token = token_block.get("id_token") if isinstance(token_block, dict) else None
+        email = tokens.email_from_id_token(id_token) if id_token else None
+        if not auth or not email:
+            raise manage.StoreError("codex login wrote no ChatGPT login with an email")
+        _, created = manage.save_auth(store, email, auth)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    streams.stdout.write(f"\n{'Added' if created else 'Updated'} account: {email}\n")
+    streams.stdout.write("Local Codex auth was left unchanged.\n")
+    return 0
+
+
+def _status(store: str, sub: usage.Options, streams: Streams) -> int:
+    accounts, skipped = manage.load_all(store)
+    if not accounts:
+        streams.stdout.write("No accounts configured. Run 'subrouter add' to add one.\n")
+        return 0
+    logins = [a for a in accounts if a.kind is AccountKind.OAUTH and not a.problem]
+    tty = hasattr(streams.stderr, "isatty") and streams.stderr.isatty()
+    if tty and logins:
+        streams.stderr.write(f"Fetching usage for {len(logins)} account(s)...\n")
+    from subrouter.accounts.usage_fetch import fetch_all
+
+    results = fetch_all(store, logins, sub["usage-url"], sub["token-url"],
+                        dict(streams.environ))
+    auth_path = codex_auth_path(dict(streams.environ))
+    active = manage.active_account_id(auth_path, accounts)
+    rows = [_status_row(a, results.get(a.id), a.id == active) for a in accounts]
+    if sub["json"]:
+        streams.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        colour = _colour_wanted(streams)
+        for row in rows:
+            streams.stdout.write(_render(row, colour))
+    for path, error in sorted(skipped.items()):
+        streams.stderr.write(f"cx: skipped {path}: {error}\n")
+    return 0
+
+
+def _status_row(account: Account, result: dict[str, object] | None, active: bool
+                ) -> dict[str, object]:
+    row: dict[str, object] = {
+        "id": account.id,
+        "kind": account.kind.value,
+        "plan": account.plan,
+        "active": active,
+        "windows": [],
+        "headroom": None,
+        "error": account.problem,
+    }
+    if result is not None:
+        row.update(result)
+    return row
+
+
+def _colour_wanted(streams: Streams) -> bool:
+    env = streams.environ
+    if env.get("CX_NO_COLOR") is not None or env.get("TERM") == "dumb":
+        return False
+    force = env.get("FORCE_COLOR", "")
+    if force and force != "0":
+        return True
+    return bool(hasattr(streams.stdout, "isatty") and streams.stdout.isatty())
+
+
+def _bar(used: float, width: int = 20) -> str:
+    filled = max(0, min(width, round(used / 100 * width)))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _render(row: dict[str, object], colour: bool) -> str:
+    name = str(row["id"])
+    if row["kind"] == "apikey":
+        name = f"{name.removeprefix('apikey:')} (api key)"
+    plan = f" [{row['plan']}]" if row.get("plan") else ""
+    active = " (active)" if row.get("active") else ""
+    lines = [f"{name}{plan}{active}"]
+    windows = row.get("windows") or []
+    assert isinstance(windows, list)
+    for window in windows:
+        used = float(window["used_percent"])
+        label = {"primary": "5h", "secondary": "weekly"}.get(window["name"], window["name"])
+        resets = window.get("resets_in")
+        when = f", resets in {_duration(int(resets))}" if resets else ""
+        bar = _bar(used)
+        if colour:
+            code = "31" if used >= 90 else "33" if used >= 60 else "32"
+            bar = f"\x1b[{code}m{bar}\x1b[0m"
+        lines.append(f"  {label:<7}{bar} {used:5.1f}% used{when}")
+    headroom = row.get("headroom")
+    if isinstance(headroom, (int, float)):
+        lines.append(f"  headroom {headroom * 100:.0f}%")
+    if row.get("error"):
+        lines.append(f"  ({row['error']})")
+    return "\n".join(lines) + "\n\n"
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(max(seconds, 0), 3600)
+    days, hours = divmod(hours, 24)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
