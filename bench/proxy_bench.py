@@ -1093,6 +1093,8 @@ class Processes:
             "--token-url", upstream + "/oauth/token",
             "--usage-url", upstream + "/backend-api/wham/usage",
             "--state-dir", os.path.join(folder, "state"),
+            # never touch this machine's OpenCode or pi files
+            "--cx-switch-interval", "0",
         ]
         self.proxy = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder,

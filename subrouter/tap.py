@@ -62,6 +62,7 @@ class Config:
     transcript_sync_interval: float = 300.0
     transcript_sync_timeout: float = 1800.0
     gsutil: str | None = None
+    cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
 
 
@@ -110,6 +111,8 @@ class Options(usage.Options):
          "Mirror the transcripts to gs://bucket/prefix with gsutil rsync."],
         ["transcript-sync-interval", None, "5m", "How often the mirror runs."],
         ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
+        ["cx-switch-interval", None, "10m",
+         "Make the best login active for local agents this often (0: never)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -208,7 +211,8 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                 "--transcript-gcs-uri: gsutil is not on PATH (install the Google Cloud SDK)"
             )
         gsutil = found[0]
-    for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout"):
+    for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
+                 "cx-switch-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     return Config(
         endpoint=endpoint,
@@ -244,6 +248,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_interval=durations["transcript-sync-interval"],
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
+        cx_switch_interval=durations["cx-switch-interval"],
     )
 
 
@@ -310,6 +315,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
+    from subrouter.accounts.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
@@ -413,6 +419,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         saver = StateSaver(config.state_dir, table, book, run_blocking, reactor)
         saver.service().setServiceParent(top)
+    if config.fetch_usage and config.cx_switch_interval > 0:
+        switcher = AutoSwitch(placement=placement, poller=poller, codex_auth=config.codex_auth,
+                              environ=environ_for_agents(), run_blocking=run_blocking)
+        switching = TimerService(config.cx_switch_interval, switcher.run_once)
+        switching.clock = reactor
+        switching.setName("cx-switch")
+        switching.setServiceParent(top)
     if config.fetch_usage:
         polling = TimerService(config.usage_interval, poller.run_once)
         polling.clock = reactor

@@ -86,6 +86,8 @@ async def test_the_daemon_process_streams_through_to_the_backend(
         "--codex-home", str(tmp_path / "codex"),
         "--usage-url", fake.base_url + "/backend-api/wham/usage",
         "--state-dir", str(tmp_path / "state"),
+        # never touch this machine's OpenCode or pi files
+        "--cx-switch-interval", "0",
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = _Collect()
