@@ -202,8 +202,9 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     assert recorder.dropped == 10
     recorder.start()
     try:
-        for _ in range(10):
+        for _ in range(2):
             recorder.body(conversation, "r", "b", "upstream_to_client", b"x" * 400)
+        recorder.body_end(conversation, "r", "b")
         recorder.flush()
     finally:
         recorder.stop()

@@ -26,6 +26,7 @@ import attrs
 from twisted.logger import Logger
 
 from subrouter.transcripts.events import (
+    CHUNK,
     body_pieces,
     chunk_payload,
     envelope,
@@ -70,10 +71,14 @@ class Conversation:
             payload["codex_session_id"] = self.base_id
         return payload
 
+    _path: str | None = attrs.field(default=None, init=False, repr=False, eq=False)
+
     def relative_path(self) -> str:
-        return os.path.join(
-            "by-agent", safe_name(self.agent), "by-session", safe_name(self.base_id) + ".jsonl"
-        )
+        if self._path is None:
+            self._path = os.path.join(
+                "by-agent", safe_name(self.agent), "by-session", safe_name(self.base_id) + ".jsonl"
+            )
+        return self._path
 
 
 @attrs.define
@@ -103,6 +108,9 @@ class _Stream:
     truncated: bool = False
     tail: bytes = b""
     kept: list[bytes] | None = attrs.Factory(list)
+    #: recorded bytes not yet written as chunk events (reads are coalesced)
+    pending: bytearray = attrs.Factory(bytearray)
+    written: int = 0
 
 
 class Recorder:
@@ -350,12 +358,23 @@ class Recorder:
             return
         if len(data) > room:
             data, stream.truncated = data[:room], True
+        # SSE arrives in many small reads: store them in pieces of up to 64 KiB
+        stream.pending += data
+        if len(stream.pending) >= CHUNK:
+            full = len(stream.pending) - len(stream.pending) % CHUNK
+            self._write_chunks(conversation, request_id, stream_id, stream, full, at)
+
+    def _write_chunks(self, conversation: Conversation, request_id: str, stream_id: str,
+                      stream: _Stream, size: int, at: float) -> None:
+        data = bytes(stream.pending[:size])
+        del stream.pending[:size]
         identity = conversation.identity(request_id)
         lines = []
-        for piece_offset, piece in body_pieces(data, offset):
+        for piece_offset, piece in body_pieces(data, stream.written):
             lines.append(envelope("http_body_chunk", at, identity, chunk_payload(
-                direction, stream_id, stream.chunks, piece_offset, piece)))
+                stream.direction, stream_id, stream.chunks, piece_offset, piece)))
             stream.chunks += 1
+        stream.written += len(data)
         self._append(conversation, "".join(lines), at, 0, events=len(lines))
 
     def _end(self, conversation: Conversation, request_id: str, stream_id: str,
@@ -363,6 +382,9 @@ class Recorder:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             stream = _Stream("upstream_to_client", None)
+        if stream.pending:
+            self._write_chunks(conversation, request_id, stream_id, stream,
+                               len(stream.pending), at)
         payload: dict[str, Any] = {
             "direction": stream.direction,
             "stream_id": stream_id,
