@@ -40,6 +40,8 @@ _log = Logger()
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 MAX_OPEN_FILES = 64
+#: how long the writer lets events gather before writing them
+BATCH_WAIT = 0.05
 SUMMARY_SUFFIX = ".summary.json"
 #: bodies up to this size are also kept whole, to read usage from JSON answers
 _JSON_KEEP = 1024 * 1024
@@ -223,9 +225,11 @@ class Recorder:
                 if item[0] == "flush":
                     item[1].set()
                 return
+            was_empty = not self._queue
             self._queue.append((*item, size))
             self._queued_bytes += size
-            self._wake.notify()
+            if was_empty or item[0] == "flush":
+                self._wake.notify()
 
     # -- the writer thread ---------------------------------------------------------
 
@@ -238,6 +242,12 @@ class Recorder:
                         self._write_summaries()
                 if not self._queue and self._stopping:
                     break
+                urgent = self._stopping or any(i[0] == "flush" for i in self._queue)
+            if not urgent:
+                # let a batch gather: one wake-up per batch, not per event, so the
+                # writer competes with the request path for the interpreter rarely
+                time.sleep(BATCH_WAIT)
+            with self._wake:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
