@@ -60,6 +60,9 @@ class SubrouterOptions(usage.Options):
             raise usage.UsageError("name a command; see --help")
 
 
+_CX_COMMANDS = frozenset(name for name, _, _, _ in CxOptions.subCommands)
+
+
 def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner
@@ -103,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.stderr.write(f"{prog} codex: {e}\n")
             raise SystemExit(2) from None
         return
+    if args and args[0] in _CX_COMMANDS:
+        # the direct aliases: `subrouter list` is `subrouter cx list`
+        args = ["cx", *args]
     options = SubrouterOptions()
     _parse(options, args, prog)
     if options.subCommand == "serve":

@@ -57,3 +57,14 @@ def test_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("subrouter ")
+
+
+def test_account_commands_are_direct_aliases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write(tmp_path / ".codex-accounts", "a.json", oauth_document("a@example.com"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["list"])
+    assert exit_.value.code == 0
+    assert "  a@example.com (added 2026-04-28)" in capsys.readouterr().out
