@@ -262,3 +262,51 @@ async def _run(executable: str, args: list[str], env: dict[str, str]) -> str:
     out, err, code = await getProcessOutputAndValue(executable, args, env=env, reactor=reactor)
     assert code == 0, err.decode()
     return bytes(out).decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_keys_are_validated_stored_masked_and_removed(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    from tests.support.upstream import json_response
+
+    upstream.script(b"/v1/organization/projects", json_response(403, {"error": "no"}))
+    upstream.script(b"/v1/organization/costs", json_response(200, {"data": []}))
+    cx_script = os.path.join(os.path.dirname(sys.executable), "cx")
+    env = dict(os.environ, HOME=str(tmp_path), SUBROUTER_CA_BUNDLE=ca.ca_pem_path)
+    store = ["--accounts-dir", str(tmp_path / "store")]
+    key = "sk-admin-abcdefghijklmnopqrstuvwxyz123456"
+    out = await _run(cx_script, [*store, "add-admin-key", "--label", "org", "--key", key,
+                                 "--openai-url", upstream.base_url], env)
+    assert out == "Validating with OpenAI... ok\nAdded admin key: org\n"
+    seen = [r.path for r in upstream.requests]
+    assert seen[-2:] == [b"/v1/organization/projects", b"/v1/organization/costs"]
+    assert upstream.requests[-1].header(b"authorization") == f"Bearer {key}".encode()
+    saved = json.loads((tmp_path / "store" / "admin-keys" / "org.json").read_text())
+    assert saved["key"] == key and saved["label"] == "org"
+    assert stat.S_IMODE((tmp_path / "store" / "admin-keys" / "org.json").stat().st_mode) == 0o600
+    listing = await _run(cx_script, [*store, "admin-keys"], env)
+    assert listing == f"\n  org  sk-admin-abc***123456  added {saved['addedAt'][:10]}\n\n"
+    assert key not in listing
+    upstream.script(b"/v1/organization/projects", json_response(401, {"error": "bad key"}))
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    _, err, code = await getProcessOutputAndValue(
+        cx_script, [*store, "add-admin-key", "--label", "x", "--key", "sk-admin-nope",
+                    "--openai-url", upstream.base_url], env=env, reactor=reactor)
+    assert code == 1 and b"not accepted: OpenAI answered HTTP 401" in err
+    assert not (tmp_path / "store" / "admin-keys" / "x.json").exists()
+    code, out, _ = cx(tmp_path, "remove-admin-key", "org")
+    assert out == "Removed admin key: org\n"
+    assert cx(tmp_path, "remove-admin-key", "org")[2] == 'cx: no admin key labeled "org"\n'
+    assert cx(tmp_path, "admin-keys")[1] == (
+        "No admin keys. Run 'subrouter add-admin-key' to add one.\n")
+
+
+def test_gemini_scaffold_lists_profiles(tmp_path: Path) -> None:
+    assert cx(tmp_path, "gemini")[1] == "No Gemini profiles configured yet.\n"
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "gemini.json").write_text(json.dumps(
+        {"active": "work", "profiles": {"work": {"name": "work", "createdAt":
+                                                  "2026-05-01T00:00:00Z"}}}))
+    assert cx(tmp_path, "gemini", "list")[1] == "  work * (added 2026-05-01)\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import IO
@@ -79,6 +80,39 @@ class _StatusOptions(usage.Options):
     ]
 
 
+class _AddAdminKeyOptions(usage.Options):
+    synopsis = "[--label L --key sk-admin-...]"
+    optParameters = [
+        ["label", None, None, "The key's label (prompted for when missing)."],
+        ["key", None, None, "The admin key (prompted for when missing; prefer the prompt)."],
+        ["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."],
+    ]
+
+
+class _AdminKeysOptions(usage.Options):
+    synopsis = ""
+
+
+class _RemoveAdminKeyOptions(usage.Options):
+    synopsis = "<label>"
+
+    def parseArgs(self, label: str) -> None:  # type: ignore[override]
+        self["label"] = label
+
+
+class _GeminiList(usage.Options):
+    synopsis = ""
+
+
+class _GeminiOptions(usage.Options):
+    synopsis = "[list]"
+    subCommands: list[SubCommand] = [
+        ("list", None, _GeminiList, "List Gemini profiles."),
+        ("ls", None, _GeminiList, "Same as list."),
+        ("status", None, _GeminiList, "Same as list."),
+    ]
+
+
 class CxOptions(usage.Options):
     """
     ``cx``: the account manager.
@@ -101,6 +135,12 @@ class CxOptions(usage.Options):
         ("rm", None, _RemoveOptions, "Same as remove."),
         ("add", None, _AddOptions, "Sign in with `codex login` and store the login."),
         ("status", None, _StatusOptions, "Each account's plan, usage, headroom and reset."),
+        ("add-admin-key", None, _AddAdminKeyOptions, "Store an OpenAI admin key (validated)."),
+        ("admin-keys", None, _AdminKeysOptions, "List admin keys, masked (alias: "
+         "list-admin-keys)."),
+        ("list-admin-keys", None, _AdminKeysOptions, "Same as admin-keys."),
+        ("remove-admin-key", None, _RemoveAdminKeyOptions, "Delete an admin key."),
+        ("gemini", None, _GeminiOptions, "Gemini profiles (a scaffold: list only)."),
     ]
 
     def postOptions(self) -> None:
@@ -144,6 +184,14 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _add(store, sub, streams)
         if command == "status":
             return _status(store, sub, streams)
+        if command == "add-admin-key":
+            return _add_admin_key(store, sub, streams)
+        if command in ("admin-keys", "list-admin-keys"):
+            return _admin_keys(store, streams)
+        if command == "remove-admin-key":
+            return _remove_admin_key(store, sub["label"], streams)
+        if command == "gemini":
+            return _gemini(store, streams)
         if command in ("remove", "rm"):
             account = manage.find(store, sub["selector"])
             manage.remove(store, account)
@@ -414,3 +462,92 @@ def _duration(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m"
+
+
+_SAFE_LABEL = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _admin_path(store: str, label: str) -> str:
+    name = _SAFE_LABEL.sub("_", label)
+    if not name or name.startswith("."):
+        raise manage.StoreError(f"{label!r} cannot be an admin key label")
+    return os.path.join(store, "admin-keys", name + ".json")
+
+
+def mask(key: str) -> str:
+    """
+    A key as ``cx`` shows it: the first 12 and last 6 characters of a long
+    key, nothing of a short one.
+    """
+    return f"{key[:12]}***{key[-6:]}" if len(key) > 18 else "***"
+
+
+def _add_admin_key(store: str, sub: usage.Options, streams: Streams) -> int:
+    label = (sub["label"] or _prompt(streams, "Label (e.g. work): ")).strip()
+    if not label:
+        raise manage.StoreError("a label is required")
+    key = (sub["key"] or _prompt(streams, "Admin key (sk-admin-...): ")).strip()
+    if not key.startswith("sk-admin-"):
+        raise manage.StoreError("an admin key starts with sk-admin-")
+    path = _admin_path(store, label)
+    streams.stdout.write("Validating with OpenAI... ")
+    streams.stdout.flush()
+    from subrouter.accounts.usage_fetch import validate_admin_key
+
+    problem = validate_admin_key(sub["openai-url"], key, dict(streams.environ))
+    if problem is not None:
+        streams.stdout.write("failed\n")
+        raise manage.StoreError(f"the admin key was not accepted: {problem}")
+    streams.stdout.write("ok\n")
+    from subrouter.files import atomic_write, dump_json, ensure_private_directory
+
+    ensure_private_directory(os.path.dirname(path))
+    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": manage.now_rfc3339()}))
+    streams.stdout.write(f"Added admin key: {label}\n")
+    return 0
+
+
+def _admin_keys(store: str, streams: Streams) -> int:
+    folder = os.path.join(store, "admin-keys")
+    rows = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.startswith(".") or not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            document = manage.read_json_object(path) or {}
+        except manage.StoreError as e:
+            streams.stderr.write(f"cx: skipped {path}: {e}\n")
+            continue
+        key = str(document.get("key") or "")
+        added = str(document.get("addedAt") or "")[:10]
+        rows.append(f"  {document.get('label') or name[:-5]}  {mask(key)}  added {added}")
+    if not rows:
+        streams.stdout.write("No admin keys. Run 'subrouter add-admin-key' to add one.\n")
+    else:
+        streams.stdout.write("\n" + "\n".join(rows) + "\n\n")
+    return 0
+
+
+def _remove_admin_key(store: str, label: str, streams: Streams) -> int:
+    path = _admin_path(store, label)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        raise manage.StoreError(f'no admin key labeled "{label}"') from None
+    streams.stdout.write(f"Removed admin key: {label}\n")
+    return 0
+
+
+def _gemini(store: str, streams: Streams) -> int:
+    registry = manage.read_json_object(os.path.join(store, "gemini.json")) or {}
+    profiles = registry.get("profiles")
+    if not isinstance(profiles, dict) or not profiles:
+        streams.stdout.write("No Gemini profiles configured yet.\n")
+        return 0
+    active = registry.get("active")
+    for name in sorted(profiles):
+        profile = profiles[name] if isinstance(profiles[name], dict) else {}
+        star = " *" if name == active else ""
+        streams.stdout.write(f"  {name}{star} (added {str(profile.get('createdAt', ''))[:10]})\n")
+    return 0

@@ -97,3 +97,76 @@ def fetch_all(
         raise failure[0]
     return results
 
+
+
+def run_async(make: Any) -> Any:
+    """
+    Run ``make()`` (a coroutine) on the reactor until it ends, for a
+    command-line process that does one thing. Blocking.
+    """
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.defer import Deferred
+
+    reactor: Any = _reactor
+    outcome: list[Any] = []
+
+    def run() -> None:
+        d = Deferred.fromCoroutine(make())
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0] if outcome else None
+    from twisted.python.failure import Failure
+
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def validate_admin_key(base_url: str, key: str, environ: Mapping[str, str]) -> str | None:
+    """
+    Whether OpenAI accepts an admin key: the projects list, or (when that is
+    forbidden) the costs endpoint. None when accepted, else why not.
+    """
+    import time as _time
+
+    import treq
+
+    from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+    from subrouter.proxy.errors import describe_failure_reason
+    from subrouter.redact import scrub_text
+
+    async def check() -> str | None:
+        from twisted.internet import reactor
+
+        bundle = environ.get("SUBROUTER_CA_BUNDLE")
+        pool = make_pool(reactor)
+        http = make_http_client(make_agent(reactor, pool,
+                                           make_tls_policy([bundle] if bundle else [])))
+        headers: Any = {"Authorization": [f"Bearer {key}"], "Accept": ["application/json"]}
+        base = base_url.rstrip("/")
+        urls = [
+            f"{base}/v1/organization/projects?limit=1",
+            f"{base}/v1/organization/costs?start_time={int(_time.time()) - 86400}"
+            "&bucket_width=1d&limit=1",
+        ]
+        try:
+            for url in urls:
+                try:
+                    response = await http.get(url, headers=headers, timeout=30)
+                    body = await treq.content(response)
+                except Exception as e:
+                    return describe_failure_reason(e)
+                if 200 <= response.code < 300:
+                    return None
+                if response.code != 403:
+                    text = scrub_text(body.decode("utf-8", "replace"), [key])[:200]
+                    return f"OpenAI answered HTTP {response.code}: {text}"
+            return "OpenAI answered HTTP 403 to both the projects and the costs endpoints"
+        finally:
+            await pool.closeCachedConnections()
+
+    result: str | None = run_async(check)
+    return result
