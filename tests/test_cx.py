@@ -310,3 +310,33 @@ def test_gemini_scaffold_lists_profiles(tmp_path: Path) -> None:
         {"active": "work", "profiles": {"work": {"name": "work", "createdAt":
                                                   "2026-05-01T00:00:00Z"}}}))
     assert cx(tmp_path, "gemini", "list")[1] == "  work * (added 2026-05-01)\n"
+
+
+def test_switch_during_a_refresh_never_writes_the_spent_tokens(tmp_path: Path) -> None:
+    """
+    The daemon holds the account's lock while it refreshes: a `cx switch`
+    that starts meanwhile waits, then copies the new tokens, never the old.
+    """
+    import threading
+
+    from subrouter.accounts.refresh import _lock_and_read, _write_account, apply_new_tokens
+
+    path = write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR,
+                               refresh_token="rt-old")
+    held = _lock_and_read(str(path))  # the refresh has begun
+    results: list[tuple[int, str, str]] = []
+    switching = threading.Thread(target=lambda: results.append(cx(tmp_path, "switch", "a@")))
+    switching.start()
+    switching.join(0.3)
+    assert switching.is_alive(), "switch must wait for the refresh"
+    new = {"access_token": access_token_for("a@example.com", exp=FAR + 10),
+           "refresh_token": "rt-new", "id_token": id_token_for("a@example.com")}
+    apply_new_tokens(held.document, new, time.time())
+    _write_account(str(path), held.document)
+    held.release()
+    switching.join(10)
+    assert results and results[0][0] == 0, results
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["refresh_token"] == "rt-new"
+    pi = json.loads((tmp_path / "pi" / "auth.json").read_text())
+    assert pi["openai-codex"]["refresh"] == "rt-new"

@@ -16,7 +16,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from subrouter.accounts import manage
+from subrouter.accounts.refresh import lock_path_for
 from subrouter.accounts.store import BlockingRunner
+from subrouter.files import locked
 from subrouter.sessions.placement import Placement
 from subrouter.sessions.poller import UsagePoller
 from subrouter.sessions.scheduler import rank
@@ -79,14 +81,17 @@ class AutoSwitch:
             return
 
         def switch() -> list[str]:
-            manage.write_codex_auth(self._codex_auth, manage.codex_auth_for(account))
-            notes = []
-            for tool, sync in (("OpenCode", manage.sync_opencode), ("pi", manage.sync_pi)):
-                try:
-                    notes.append(f"{tool}: {sync(account, self._environ)}")
-                except (manage.StoreError, OSError) as e:
-                    notes.append(f"{tool} sync failed: {e}")
-            return notes
+            # under the account's lock, like `cx switch`: never the tokens a
+            # concurrent refresh is replacing
+            with locked(lock_path_for(account.source)):
+                manage.write_codex_auth(self._codex_auth, manage.codex_auth_for(account))
+                notes = []
+                for tool, sync in (("OpenCode", manage.sync_opencode), ("pi", manage.sync_pi)):
+                    try:
+                        notes.append(f"{tool}: {sync(account, self._environ)}")
+                    except (manage.StoreError, OSError) as e:
+                        notes.append(f"{tool} sync failed: {e}")
+                return notes
 
         notes: Any = await self._run_blocking(switch)
         self.switches += 1

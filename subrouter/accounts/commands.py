@@ -311,15 +311,23 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams) ->
             "use --force to switch anyway"
         )
     environ = dict(streams.environ)
-    manage.write_codex_auth(codex_auth_path(environ), manage.codex_auth_for(account))
+    from subrouter.accounts.refresh import lock_path_for
+    from subrouter.files import locked
+
+    notes: list[tuple[str, str]] = []
+    # under the account's lock: a refresh by the daemon is either finished
+    # (its new tokens are what we copy) or waits for us and then updates the
+    # files we wrote; a rotated refresh token is never lost
+    with locked(lock_path_for(account.source)):
+        manage.write_codex_auth(codex_auth_path(environ), manage.codex_auth_for(account))
+        for tool, sync in (("OpenCode", manage.sync_opencode), ("pi", manage.sync_pi)):
+            try:
+                notes.append(("out", f"Synced {tool} auth: {sync(account, environ)}"))
+            except (manage.StoreError, OSError) as e:
+                notes.append(("err", f"Warning: {tool} auth sync failed: {e}"))
     streams.stdout.write(f"Switched to {account.id}\n")
-    for tool, sync in (("OpenCode", manage.sync_opencode), ("pi", manage.sync_pi)):
-        try:
-            where = sync(account, environ)
-        except (manage.StoreError, OSError) as e:
-            streams.stderr.write(f"Warning: {tool} auth sync failed: {e}\n")
-        else:
-            streams.stdout.write(f"Synced {tool} auth: {where}\n")
+    for where, text in notes:
+        (streams.stdout if where == "out" else streams.stderr).write(text + "\n")
     streams.stdout.write(
         "Restart any running Codex, OpenCode, or pi sessions to use the new account.\n"
     )

@@ -299,6 +299,22 @@ class TokenRefresher:
             path = current.source
             version = await self._run_blocking(lambda: _write_account(path, document))
             refreshed = parse_account(dump_json(document), path)
+            # still under the account's lock: a `cx switch` of this account
+            # either ran before (and is mirrored over now) or waits and reads
+            # the new tokens; neither can put the spent refresh token back
+            try:
+                mirrored = await self._run_blocking(
+                    lambda: _mirror_into_codex_auth(self._codex_auth, refreshed.id, new_tokens,
+                                                    now)
+                )
+            except OSError as e:
+                mirrored = False
+                _log.warn(
+                    "could not update {path} with the new tokens of {account}: {error}",
+                    path=self._codex_auth,
+                    account=refreshed.id,
+                    error=str(e),
+                )
         finally:
             held.release()
         self._store.replace(refreshed, version)
@@ -311,21 +327,9 @@ class TokenRefresher:
                 None if refreshed.expires_at is None else int(refreshed.expires_at - now)
             ),
         )
-        try:
-            mirrored = await self._run_blocking(
-                lambda: _mirror_into_codex_auth(self._codex_auth, refreshed.id, new_tokens, now)
-            )
-        except OSError as e:
-            _log.warn(
-                "could not update {path} with the new tokens of {account}: {error}",
-                path=self._codex_auth,
-                account=refreshed.id,
-                error=str(e),
-            )
-        else:
-            if mirrored:
-                _log.info("updated {path}, where {account} is active", path=self._codex_auth,
-                          account=refreshed.id)
+        if mirrored:
+            _log.info("updated {path}, where {account} is active", path=self._codex_auth,
+                      account=refreshed.id)
         return refreshed
 
     async def _call_token_endpoint(self, account: Account) -> dict[str, str]:
