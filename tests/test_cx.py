@@ -340,3 +340,34 @@ def test_switch_during_a_refresh_never_writes_the_spent_tokens(tmp_path: Path) -
     assert active["tokens"]["refresh_token"] == "rt-new"
     pi = json.loads((tmp_path / "pi" / "auth.json").read_text())
     assert pi["openai-codex"]["refresh"] == "rt-new"
+
+
+def test_gui_switch_says_restarts_are_macos_only_here(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    code, out, _ = cx(tmp_path, "gui-use", "work")
+    assert code == 0
+    assert out.splitlines()[0] == "Switched to apikey:work"
+    assert out.splitlines()[-1] == (
+        "Codex.app restart is only supported on macOS." if sys.platform != "darwin"
+        else out.splitlines()[-1])
+
+
+def test_a_login_codex_refreshed_is_copied_back_before_switching(tmp_path: Path) -> None:
+    path = write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR,
+                               refresh_token="rt-stale")
+    write_apikey_account(tmp_path / "store", "work", "sk-work-1")
+    rotated = json.loads(path.read_text())["auth"]
+    rotated["tokens"] = dict(rotated["tokens"], refresh_token="rt-rotated-by-codex",
+                             access_token=access_token_for("a@example.com", exp=FAR + 600))
+    (tmp_path / "codex").mkdir()
+    (tmp_path / "codex" / "auth.json").write_text(json.dumps(rotated))
+    assert cx(tmp_path, "switch", "work")[0] == 0
+    stored = json.loads(path.read_text())["auth"]["tokens"]
+    assert stored["refresh_token"] == "rt-rotated-by-codex"
+    # an older active login never overwrites a newer stored one
+    older = dict(rotated, tokens=dict(rotated["tokens"], refresh_token="rt-older",
+                 access_token=access_token_for("a@example.com", exp=FAR - 600)))
+    (tmp_path / "codex" / "auth.json").write_text(json.dumps(older))
+    assert cx(tmp_path, "switch", "work")[0] == 0
+    assert json.loads(path.read_text())["auth"]["tokens"]["refresh_token"] == (
+        "rt-rotated-by-codex")

@@ -57,6 +57,23 @@ class _SwitchOptions(usage.Options):
         self["selector"] = positional[0]
 
 
+class _GuiSwitchOptions(_SwitchOptions):
+    synopsis = "<account> [--force] [--no-restart-gui]"
+    optFlags = [
+        ["force", None, "Switch even to an account that reached its usage limit."],
+        ["no-restart-gui", None, "Do not restart Codex.app."],
+    ]
+
+    def parseArgs(self, *args: str) -> None:
+        flags = {"--force": "force", "--no-restart-gui": "no-restart-gui",
+                 "--no-restart-codex-gui": "no-restart-gui"}
+        positional = [a for a in args if a not in flags]
+        for arg in args:
+            if arg in flags:
+                self[flags[arg]] = 1
+        super().parseArgs(*positional)
+
+
 class _RemoveOptions(usage.Options):
     synopsis = "<account>"
 
@@ -131,6 +148,9 @@ class CxOptions(usage.Options):
         ("import", None, _ImportOptions, "Import the login in $CODEX_HOME/auth.json."),
         ("switch", None, _SwitchOptions, "Make an account the active one (alias: use)."),
         ("use", None, _SwitchOptions, "Same as switch."),
+        ("gui-switch", None, _GuiSwitchOptions,
+         "Switch, then restart Codex.app (macOS; alias: gui-use)."),
+        ("gui-use", None, _GuiSwitchOptions, "Same as gui-switch."),
         ("remove", None, _RemoveOptions, "Delete an account from the store (alias: rm)."),
         ("rm", None, _RemoveOptions, "Same as remove."),
         ("add", None, _AddOptions, "Sign in with `codex login` and store the login."),
@@ -178,8 +198,10 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _add_key(store, sub, streams)
         if command == "import":
             return _import(store, streams)
-        if command in ("switch", "use"):
-            return _switch(store, expand_path(options["state-dir"]), sub, streams)
+        if command in ("switch", "use", "gui-switch", "gui-use"):
+            code = _switch(store, expand_path(options["state-dir"]), sub, streams,
+                           gui=command.startswith("gui") and not sub["no-restart-gui"])
+            return code
         if command == "add":
             return _add(store, sub, streams)
         if command == "status":
@@ -246,6 +268,7 @@ def _prompt(streams: Streams, question: str) -> str:
 
 
 def _add_key(store: str, sub: usage.Options, streams: Streams) -> int:
+    _sync_active_to_store(store, streams)
     label = (sub["label"] or _prompt(streams, "Label (e.g. work, personal): ")).strip()
     if not label:
         raise manage.StoreError("a label is required")
@@ -300,7 +323,9 @@ def _exhaustion(state_dir: str, account_id: str) -> str | None:
     return f"{mark.get('reason') or 'usage limit reached'}; resets in about {minutes} min"
 
 
-def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams) -> int:
+def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams,
+            gui: bool = False) -> int:
+    _sync_active_to_store(store, streams)
     account = manage.find(store, sub["selector"])
     if account.problem:
         raise manage.StoreError(f"cannot switch to {account.id}: {account.problem}")
@@ -328,10 +353,82 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams) ->
     streams.stdout.write(f"Switched to {account.id}\n")
     for where, text in notes:
         (streams.stdout if where == "out" else streams.stderr).write(text + "\n")
-    streams.stdout.write(
-        "Restart any running Codex, OpenCode, or pi sessions to use the new account.\n"
-    )
+    if gui:
+        _restart_codex_app(streams)
+    else:
+        streams.stdout.write(
+            "Restart any running Codex, OpenCode, or pi sessions to use the new account.\n"
+        )
     return 0
+
+
+def _restart_codex_app(streams: Streams) -> None:
+    """
+    Restart Codex.app so the desktop app uses the new account (macOS only;
+    failures are warnings).
+    """
+    import subprocess
+    import time
+
+    if sys.platform != "darwin":
+        streams.stdout.write("Codex.app restart is only supported on macOS.\n")
+        return
+    try:
+        if subprocess.run(["pgrep", "-x", "Codex"], capture_output=True).returncode != 0:
+            streams.stdout.write(
+                "Codex.app is not running; it will use the new account on next launch.\n")
+            return
+        subprocess.run(["pkill", "-x", "Codex"], capture_output=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-x", "Codex"], capture_output=True
+        ).returncode == 0:
+            time.sleep(0.1)
+        if subprocess.run(["open", "-b", "com.openai.codex"], capture_output=True).returncode:
+            subprocess.run(["open", "/Applications/Codex.app"], check=True, capture_output=True)
+        streams.stdout.write("Restarted Codex.app so the GUI uses the new account.\n")
+    except (OSError, subprocess.CalledProcessError) as e:
+        streams.stderr.write(f"Warning: Restart Codex.app manually ({e})\n")
+
+
+def _sync_active_to_store(store: str, streams: Streams) -> None:
+    """
+    Copy the active Codex login back into its stored record, unless the
+    stored one is newer: Codex may have rotated its refresh token since.
+    """
+    from subrouter.accounts import tokens
+    from subrouter.accounts.refresh import lock_path_for
+    from subrouter.files import atomic_write, dump_json, locked
+
+    path = codex_auth_path(dict(streams.environ))
+    try:
+        active = manage.read_json_object(path)
+    except manage.StoreError:
+        return
+    token_block = (active or {}).get("tokens")
+    if not isinstance(token_block, dict):
+        return
+    email = tokens.email_from_id_token(token_block.get("id_token"))
+    if not email:
+        return
+    accounts, _ = manage.load_all(store)
+    stored = next((a for a in accounts if a.id.lower() == email.lower()), None)
+    if stored is None or stored.kind is not AccountKind.OAUTH:
+        return
+    with locked(lock_path_for(stored.source)):
+        document = manage.read_json_object(stored.source) or {}
+        auth = document.get("auth") if isinstance(document.get("auth"), dict) else {}
+        old = auth.get("tokens") if isinstance(auth, dict) else None
+        old_tokens = old if isinstance(old, dict) else {}
+        if old_tokens.get("refresh_token") == token_block.get("refresh_token") and \
+                old_tokens.get("access_token") == token_block.get("access_token"):
+            return
+        incoming = tokens.expires_at(token_block.get("access_token"))
+        current = tokens.expires_at(old_tokens.get("access_token"))
+        if current is not None and (incoming is None or current > incoming):
+            return  # the store's login is newer
+        document["auth"] = active
+        atomic_write(stored.source, dump_json(document))
 
 
 
