@@ -19,6 +19,7 @@ from typing import IO
 from twisted.python import usage
 
 from subrouter.accounts import manage
+from subrouter.accounts.claude import ClaudeOptions
 from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
 from subrouter.options import expand_path
@@ -161,6 +162,7 @@ class CxOptions(usage.Options):
         ("list-admin-keys", None, _AdminKeysOptions, "Same as admin-keys."),
         ("remove-admin-key", None, _RemoveAdminKeyOptions, "Delete an admin key."),
         ("gemini", None, _GeminiOptions, "Gemini profiles (a scaffold: list only)."),
+        ("claude", None, ClaudeOptions, "Claude Code profiles (CLAUDE_CONFIG_DIR)."),
     ]
 
     def postOptions(self) -> None:
@@ -214,6 +216,10 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _remove_admin_key(store, sub["label"], streams)
         if command == "gemini":
             return _gemini(store, streams)
+        if command == "claude":
+            from subrouter.accounts import claude
+
+            return claude.run(store, sub, streams)
         if command in ("remove", "rm"):
             account = manage.find(store, sub["selector"])
             manage.remove(store, account)
