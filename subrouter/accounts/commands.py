@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 from twisted.python import usage
 
@@ -27,12 +27,44 @@ from subrouter.options import expand_path
 SubCommand = tuple[str, None, type[usage.Options], str]
 
 
+class _Interspersed(usage.Options):
+    """
+    Options may follow the positional arguments (``cx usage 7 --openai-url
+    X``), as people type them; getopt alone stops at the first argument.
+    """
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        args = list(options or [])
+        takes_value = {f"--{p[0]}" for p in getattr(self, "optParameters", [])}
+        flags = {f"--{f[0]}" for f in getattr(self, "optFlags", [])} | {"--help"}
+        front: list[str] = []
+        rest: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            name = arg.split("=", 1)[0]
+            if arg == "--":
+                rest.extend(args[i:])
+                break
+            if name in takes_value:
+                front.append(arg)
+                if "=" not in arg and i + 1 < len(args):
+                    front.append(args[i + 1])
+                    i += 1
+            elif arg in flags:
+                front.append(arg)
+            else:
+                rest.append(arg)
+            i += 1
+        super().parseOptions(front + rest)
+
+
 class _ListOptions(usage.Options):
     synopsis = "[--json]"
     optFlags = [["json", None, "Print JSON for scripts."]]
 
 
-class _AddKeyOptions(usage.Options):
+class _AddKeyOptions(_Interspersed):
     synopsis = "[--label LABEL] [--key sk-...]"
     optParameters = [
         ["label", None, None, "The account's label (prompted for when missing)."],
@@ -75,19 +107,19 @@ class _GuiSwitchOptions(_SwitchOptions):
         super().parseArgs(*positional)
 
 
-class _RemoveOptions(usage.Options):
+class _RemoveOptions(_Interspersed):
     synopsis = "<account>"
 
     def parseArgs(self, selector: str) -> None:  # type: ignore[override]
         self["selector"] = selector
 
 
-class _AddOptions(usage.Options):
+class _AddOptions(_Interspersed):
     synopsis = "[--device-auth]"
     optFlags = [["device-auth", None, "Sign in with a device code instead of a browser."]]
 
 
-class _StatusOptions(usage.Options):
+class _StatusOptions(_Interspersed):
     synopsis = "[--json]"
     optFlags = [["json", None, "Print JSON for scripts."]]
     optParameters = [
@@ -98,7 +130,7 @@ class _StatusOptions(usage.Options):
     ]
 
 
-class _AddAdminKeyOptions(usage.Options):
+class _AddAdminKeyOptions(_Interspersed):
     synopsis = "[--label L --key sk-admin-...]"
     optParameters = [
         ["label", None, None, "The key's label (prompted for when missing)."],
@@ -111,8 +143,29 @@ class _AdminKeysOptions(usage.Options):
     synopsis = ""
 
 
-class _RemoveAdminKeyOptions(usage.Options):
+class _RemoveAdminKeyOptions(_Interspersed):
     synopsis = "<label>"
+
+    def parseArgs(self, label: str) -> None:  # type: ignore[override]
+        self["label"] = label
+
+
+class _UsageOptions(_Interspersed):
+    synopsis = "[days]"
+    optParameters = [["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."]]
+
+    def parseArgs(self, days: str = "30") -> None:  # type: ignore[override]
+        if not days.isdigit() or not 1 <= int(days) <= 30:
+            raise usage.UsageError("days must be 1..30")
+        self["days"] = int(days)
+
+
+class _AttachOptions(_Interspersed):
+    synopsis = "<api-key-label> [--project-id ID|NAME|none]"
+    optParameters = [
+        ["project-id", None, None, "The project (id or name), or none/org for org-wide."],
+        ["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."],
+    ]
 
     def parseArgs(self, label: str) -> None:  # type: ignore[override]
         self["label"] = label
@@ -161,6 +214,8 @@ class CxOptions(usage.Options):
          "list-admin-keys)."),
         ("list-admin-keys", None, _AdminKeysOptions, "Same as admin-keys."),
         ("remove-admin-key", None, _RemoveAdminKeyOptions, "Delete an admin key."),
+        ("usage", None, _UsageOptions, "API-key spend over the last days (admin keys)."),
+        ("attach-project", None, _AttachOptions, "Tie an API key to an OpenAI project."),
         ("gemini", None, _GeminiOptions, "Gemini profiles (a scaffold: list only)."),
         ("claude", None, ClaudeOptions, "Claude Code profiles (CLAUDE_CONFIG_DIR)."),
     ]
@@ -216,6 +271,10 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _remove_admin_key(store, sub["label"], streams)
         if command == "gemini":
             return _gemini(store, streams)
+        if command == "usage":
+            return _usage(store, sub, streams)
+        if command == "attach-project":
+            return _attach(store, sub, streams)
         if command == "claude":
             from subrouter.accounts import claude
 
@@ -661,4 +720,200 @@ def _gemini(store: str, streams: Streams) -> int:
         profile = profiles[name] if isinstance(profiles[name], dict) else {}
         star = " *" if name == active else ""
         streams.stdout.write(f"  {name}{star} (added {str(profile.get('createdAt', ''))[:10]})\n")
+    return 0
+
+
+def _admin_keys_map(store: str) -> dict[str, str]:
+    folder = os.path.join(store, "admin-keys")
+    found: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.startswith(".") or not name.endswith(".json"):
+            continue
+        try:
+            document = manage.read_json_object(os.path.join(folder, name)) or {}
+        except manage.StoreError:
+            continue
+        key = document.get("key")
+        if isinstance(key, str) and key:
+            found[str(document.get("label") or name[:-5])] = key
+    return found
+
+
+def _admin_for(account: Account, admins: dict[str, str]) -> str:
+    document = manage.read_json_object(account.source) or {}
+    chosen = document.get("adminKeyLabel")
+    if isinstance(chosen, str) and chosen in admins:
+        return chosen
+    return sorted(admins)[0]
+
+
+def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
+    import time
+
+    from subrouter.accounts import spend
+    from subrouter.accounts.usage_fetch import run_async
+    from subrouter.files import atomic_write, dump_json, ensure_private_directory
+
+    accounts, _ = manage.load_all(store)
+    keys = [a for a in accounts if a.kind is AccountKind.APIKEY]
+    if not keys:
+        streams.stdout.write("No API-key accounts. Run 'subrouter add-key' first.\n")
+        return 0
+    admins = _admin_keys_map(store)
+    if not admins:
+        raise manage.StoreError("no admin keys. Run 'subrouter add-admin-key' first")
+    days = sub["days"]
+    base = sub["openai-url"]
+    streams.stdout.write(f"Fetching {days}-day usage for {len(keys)} API-key account(s)...\n")
+    plans = []
+    for account in keys:
+        document = manage.read_json_object(account.source) or {}
+        project = document.get("projectId") if isinstance(document.get("projectId"), str) else None
+        plans.append((account, _admin_for(account, admins), project,
+                      document.get("projectName")))
+
+    async def fetch_all() -> list[Any]:
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred, DeferredList
+
+        from subrouter.proxy.client import (
+            make_agent,
+            make_http_client,
+            make_pool,
+            make_tls_policy,
+        )
+
+        bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
+        pool = make_pool(reactor)
+        http = make_http_client(make_agent(reactor, pool,
+                                           make_tls_policy([bundle] if bundle else [])))
+        start = int(time.time()) - days * 86400
+
+        async def one(admin: str, project: str | None) -> Any:
+            scope = f"&project_ids[]={project}" if project else ""
+            query = f"?start_time={start}&bucket_width=1d&limit={days}{scope}"
+            costs, usage_ = await DeferredList([
+                Deferred.fromCoroutine(spend.get_json(
+                    http, reactor, base, "/v1/organization/costs" + query, admins[admin])),
+                Deferred.fromCoroutine(spend.get_json(
+                    http, reactor, base,
+                    "/v1/organization/usage/completions" + query + "&group_by[]=model",
+                    admins[admin])),
+            ], consumeErrors=True)
+            for ok, value in (costs, usage_):
+                if not ok:
+                    raise spend.SpendError(str(value.value))
+            return spend.summarise(costs[1], usage_[1], time.time())
+
+        try:
+            results = await DeferredList(
+                [Deferred.fromCoroutine(one(admin, project)) for _, admin, project, _ in plans],
+                consumeErrors=True,
+            )
+        finally:
+            await pool.closeCachedConnections()
+        return list(results)
+
+    started = time.monotonic()
+    results = run_async(fetch_all)
+    took = int(time.monotonic() - started)
+    failures = 0
+    blocks = []
+    for (account, admin, project, project_name), (ok, value) in zip(plans, results,
+                                                                     strict=True):
+        label = account.id.removeprefix("apikey:")
+        streams.stdout.write(f"  {label} via {admin}: {'ok' if ok else 'failed'} ({took}s)\n")
+        if not ok:
+            failures += 1
+            streams.stderr.write(f"cx: {label}: {value.value}\n")
+            continue
+        snapshot = dict(value, adminKeyLabel=admin, projectId=project,
+                        projectName=project_name, fetchedAt=manage.now_rfc3339())
+        cache_name = f"{_SAFE_LABEL.sub('_', admin)}__{_SAFE_LABEL.sub('_', project or 'all')}"
+        cache = os.path.join(store, "usage-cache", cache_name + ".json")
+        ensure_private_directory(os.path.dirname(cache))
+        atomic_write(cache, dump_json({"fetchedAt": snapshot["fetchedAt"], "snapshot": snapshot}))
+        scope = f"proj {project_name or project}" if project else "org-wide"
+        top = snapshot.get("topModel")
+        lines = [
+            f"{label} (api key)",
+            f"  scope: {scope} via {admin}, just now",
+            f"  today: {spend.usd(snapshot['todayUsd'])} "
+            f"({spend.count(snapshot['todayTokens'])} tok)",
+            f"  7d: {spend.usd(snapshot['weekUsd'])} ({spend.count(snapshot['weekTokens'])} tok)",
+            f"  {days}d: {spend.usd(snapshot['monthUsd'])} "
+            f"({spend.count(snapshot['monthTokens'])} tok)",
+        ]
+        if top:
+            lines.append(f"  top model: {top['model']} ({spend.count(top['tokens'])} tok {days}d)")
+        blocks.append("\n".join(lines))
+    if blocks:
+        streams.stdout.write("\n" + "\n\n".join(blocks) + "\n")
+    return 1 if failures else 0
+
+
+def _attach(store: str, sub: usage.Options, streams: Streams) -> int:
+    from subrouter.accounts import spend
+    from subrouter.accounts.usage_fetch import run_async
+    from subrouter.files import atomic_write, dump_json
+
+    account = manage.find(store, sub["label"])
+    if account.kind is not AccountKind.APIKEY:
+        raise manage.StoreError(f"{account.id} is not an API-key account")
+    admins = _admin_keys_map(store)
+    if not admins:
+        raise manage.StoreError("no admin keys. Run 'subrouter add-admin-key' first")
+    admin = _admin_for(account, admins)
+    choice = sub["project-id"]
+    project: dict[str, Any] | None = None
+    if choice not in ("none", "org"):
+        async def listing() -> list[dict[str, Any]]:
+            from twisted.internet import reactor
+
+            from subrouter.proxy.client import (
+                make_agent,
+                make_http_client,
+                make_pool,
+                make_tls_policy,
+            )
+
+            bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
+            pool = make_pool(reactor)
+            http = make_http_client(make_agent(reactor, pool,
+                                               make_tls_policy([bundle] if bundle else [])))
+            try:
+                return await spend.projects(http, reactor, sub["openai-url"], admins[admin])
+            finally:
+                await pool.closeCachedConnections()
+
+        found: list[dict[str, Any]] = run_async(listing)
+        if choice is None:
+            for number, p in enumerate(found, 1):
+                streams.stdout.write(f"  {number}) {p.get('name')}  {p.get('id')}\n")
+            streams.stdout.write("  0) <none / org-wide>\n")
+            answer = _prompt(streams, "Pick project (#): ")
+            if not answer.isdigit() or int(answer) > len(found):
+                raise manage.StoreError(f"no project numbered {answer!r}")
+            project = found[int(answer) - 1] if int(answer) else None
+        else:
+            matches = [p for p in found if choice in (p.get("id"), p.get("name"))]
+            if not matches:
+                raise manage.StoreError(f'no project matching "{choice}"')
+            project = matches[0]
+    from subrouter.accounts.refresh import lock_path_for
+    from subrouter.files import locked
+
+    with locked(lock_path_for(account.source)):
+        document = manage.read_json_object(account.source) or {}
+        if project is None:
+            document.pop("projectId", None)
+            document.pop("projectName", None)
+        else:
+            document["projectId"] = project.get("id")
+            document["projectName"] = project.get("name")
+        document["adminKeyLabel"] = admin
+        atomic_write(account.source, dump_json(document))
+    label = account.id.removeprefix("apikey:")
+    name = project.get("name") if project else "<org-wide>"
+    streams.stdout.write(f"Updated {label}: project={name} via admin={admin}\n")
     return 0
