@@ -10,7 +10,14 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest_twisted
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.live import reactor
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream
 from tests.test_cx import cx
 
 FAKE_CLAUDE = """#!/bin/sh
@@ -86,3 +93,37 @@ def test_run_execs_claude_in_the_profile(tmp_path: Path) -> None:
     assert result.returncode == 5  # claude's own exit status
     assert (tmp_path / "run.log").read_text().splitlines() == [
         str(tmp_path / "store" / "claude" / "work"), "-p", "hello"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_shows_each_profiles_anthropic_usage(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    async def usage(exchange: Any) -> None:
+        assert exchange.seen.header(b"anthropic-beta") == b"oauth-2025-04-20"
+        assert exchange.seen.header(b"authorization") == b"Bearer claude-token-1"
+        exchange.respond_json(200, {
+            "five_hour": {"utilization": 25.0, "resets_at": None},
+            "seven_day": {"utilization": 60.0, "resets_at": None},
+            "seven_day_opus": {"utilization": None},
+            "extra_usage": {"is_enabled": False}})
+
+    upstream.script(b"/api/oauth/usage", usage)
+    folder = tmp_path / "store" / "claude" / "work"
+    folder.mkdir(parents=True)
+    (folder / ".credentials.json").write_text(json.dumps(
+        {"claudeAiOauth": {"accessToken": "claude-token-1", "subscriptionType": "max"}}))
+    (tmp_path / "store" / "claude.json").write_text(json.dumps(
+        {"active": "work", "profiles": {"work": {"name": "work", "dir": "work",
+                                                  "createdAt": "2026-05-01T00:00:00Z"}}}))
+    cx_script = os.path.join(os.path.dirname(sys.executable), "cx")
+    out, err, code = await getProcessOutputAndValue(
+        cx_script, ["--accounts-dir", str(tmp_path / "store"), "claude", "list", "--usage-url",
+                    upstream.base_url + "/api/oauth/usage"],
+        env=dict(os.environ, SUBROUTER_CA_BUNDLE=ca.ca_pem_path), reactor=reactor)
+    text = bytes(out).decode()
+    assert code == 0, err
+    assert "  work * [max] (added 2026-05-01)" in text
+    assert "    5h limit        [#####---------------]  75.0% left" in text
+    assert "    7d limit        [############--------]  40.0% left" in text
+    assert "Opus" not in text and "claude-token-1" not in text

@@ -95,6 +95,13 @@ class _Plain(usage.Options):
     synopsis = ""
 
 
+class _List(usage.Options):
+    synopsis = "[--no-usage]"
+    optFlags = [["no-usage", None, "Do not fetch usage."]]
+    optParameters = [["usage-url", None, "https://api.anthropic.com/api/oauth/usage",
+                      "The Anthropic OAuth usage endpoint."]]
+
+
 class _Add(usage.Options):
     synopsis = "[name]"
 
@@ -112,9 +119,9 @@ class _Run(usage.Options):
 class ClaudeOptions(usage.Options):
     synopsis = "<command>"
     subCommands = [
-        ("list", None, _Plain, "List Claude profiles (aliases: ls, status)."),
-        ("ls", None, _Plain, "Same as list."),
-        ("status", None, _Plain, "Same as list."),
+        ("list", None, _List, "List Claude profiles with usage (aliases: ls, status)."),
+        ("ls", None, _List, "Same as list."),
+        ("status", None, _List, "Same as list."),
         ("add", None, _Add, "Sign in to Claude Code into a new profile (alias: login)."),
         ("login", None, _Add, "Same as add."),
         ("switch", None, _Selector, "Make a profile the active one (alias: use)."),
@@ -132,9 +139,14 @@ def run(store: str, options: ClaudeOptions, streams: Any) -> int:
     registry = load(store)
     profiles: dict[str, Any] = registry["profiles"]
     if command in ("list", "ls", "status"):
+        if options.subCommand is None:
+            sub = None
         if not profiles:
             streams.stdout.write("No Claude profiles. Run 'cx claude add' to add one.\n")
             return 0
+        usage_by_name: dict[str, Any] = {}
+        if sub is not None and not sub["no-usage"]:
+            usage_by_name = _fetch_usage(store, profiles, sub["usage-url"], streams.environ)
         for name in sorted(profiles):
             profile = profiles[name]
             star = " *" if registry.get("active") == name else ""
@@ -143,6 +155,8 @@ def run(store: str, options: ClaudeOptions, streams: Any) -> int:
                 f"  {name}{star}{f' [{plan}]' if plan else ''} "
                 f"(added {str(profile.get('createdAt', ''))[:10]}) {config_dir(store, profile)}\n"
             )
+            for line in _usage_lines(usage_by_name.get(name)):
+                streams.stdout.write(f"    {line}\n")
         return 0
     if command in ("switch", "use"):
         name = find(registry, sub["selector"])
@@ -242,3 +256,81 @@ def _add(store: str, registry: dict[str, Any], name: str | None, streams: Any) -
         f"{f' [{plan}]' if plan else ''}\n"
     )
     return 0
+
+
+_USAGE_ROWS = (("five_hour", "5h limit"), ("seven_day", "7d limit"),
+               ("seven_day_opus", "Opus (weekly)"), ("seven_day_sonnet", "Sonnet (weekly)"))
+
+
+def _token(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, ".credentials.json"), "rb") as f:
+            document = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    oauth = document.get("claudeAiOauth") if isinstance(document, dict) else None
+    token = oauth.get("accessToken") if isinstance(oauth, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def _fetch_usage(store: str, profiles: dict[str, Any], url: str,
+                 environ: Any) -> dict[str, Any]:
+    """
+    Each signed-in profile's Anthropic usage (profiles without one, or whose
+    fetch fails, have none). Blocking: runs the reactor for the command.
+    """
+    wanted = {n: t for n in profiles if (t := _token(config_dir(store, profiles[n])))}
+    if not wanted:
+        return {}
+    from subrouter.accounts.usage_fetch import run_async
+
+    async def fetch() -> dict[str, Any]:
+        import treq
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred, DeferredList
+
+        from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+
+        bundle = environ.get("SUBROUTER_CA_BUNDLE")
+        pool = make_pool(reactor)
+        http = make_http_client(make_agent(reactor, pool,
+                                           make_tls_policy([bundle] if bundle else [])))
+
+        async def one(token: str) -> Any:
+            headers: Any = {"Authorization": [f"Bearer {token}"],
+                            "anthropic-beta": ["oauth-2025-04-20"],
+                            "Content-Type": ["application/json"]}
+            response = await http.get(url, headers=headers, timeout=10)
+            body = await treq.content(response)
+            return json.loads(body) if 200 <= response.code < 300 else None
+
+        names = list(wanted)
+        try:
+            results = await DeferredList(
+                [Deferred.fromCoroutine(one(wanted[n])) for n in names], consumeErrors=True
+            )
+        finally:
+            await pool.closeCachedConnections()
+        return {n: value for n, (ok, value) in zip(names, results, strict=True) if ok and value}
+
+    found: dict[str, Any] = run_async(fetch)
+    return found
+
+
+def _usage_lines(usage_: Any) -> list[str]:
+    if not isinstance(usage_, dict):
+        return []
+    from subrouter.accounts.commands import _bar
+
+    lines = []
+    for key, label in _USAGE_ROWS:
+        window = usage_.get(key)
+        if not isinstance(window, dict) or window.get("utilization") is None:
+            continue
+        used = float(window["utilization"])
+        lines.append(f"{label:<16}{_bar(used)} {100 - used:5.1f}% left")
+    extra = usage_.get("extra_usage")
+    if isinstance(extra, dict) and extra.get("is_enabled") and extra.get("utilization") is not None:
+        used = float(extra["utilization"])
+        lines.append(f"{'Extra usage':<16}{_bar(used)} {100 - used:5.1f}% left")
+    return lines
