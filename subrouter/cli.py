@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.stderr.write(f"{prog} codex: {e}\n")
             raise SystemExit(2) from None
         return
+    if not args and prog == "sr":
+        # `sr` alone is the interactive account view, like `cx`
+        args = ["cx"]
     if args and args[0] in _CX_COMMANDS:
         # the direct aliases: `subrouter list` is `subrouter cx list`
         args = ["cx", *args]

@@ -371,3 +371,61 @@ def test_a_login_codex_refreshed_is_copied_back_before_switching(tmp_path: Path)
     assert cx(tmp_path, "switch", "work")[0] == 0
     assert json.loads(path.read_text())["auth"]["tokens"]["refresh_token"] == (
         "rt-rotated-by-codex")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cx_alone_ranks_accounts_and_switches_to_the_chosen_row(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    async def usage(exchange: Any) -> None:
+        workspace = (exchange.seen.header(b"chatgpt-account-id") or b"").decode()
+        used = {"ws-a": 80.0, "ws-b": 10.0}[workspace]
+        exchange.respond_json(200, {"rate_limit": {"primary_window": {
+            "used_percent": used, "limit_window_seconds": 18000, "reset_after_seconds": 600}}})
+
+    upstream.script(b"/backend-api/wham/usage", usage)
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_oauth_account(tmp_path / "store", "b@example.com", exp=FAR, account_id="ws-b")
+    from twisted.internet import protocol
+
+    class Collect(protocol.ProcessProtocol):
+        def __init__(self) -> None:
+            from twisted.internet.defer import Deferred
+
+            self.out = b""
+            self.done: Deferred[int] = Deferred()
+
+        def connectionMade(self) -> None:
+            assert self.transport is not None
+            self.transport.write(b"1\n")  # the first row: the most headroom
+            self.transport.closeStdin()
+
+        def outReceived(self, data: bytes) -> None:
+            self.out += data
+
+        def processEnded(self, reason: Any) -> None:
+            self.done.callback(reason.value.exitCode)
+
+    cx_script = os.path.join(os.path.dirname(sys.executable), "cx")
+    collect = Collect()
+    env = dict(os.environ, HOME=str(tmp_path), CODEX_HOME=str(tmp_path / "codex"),
+               XDG_DATA_HOME=str(tmp_path / "xdg"), PI_CODING_AGENT_DIR=str(tmp_path / "pi"),
+               SUBROUTER_CA_BUNDLE=ca.ca_pem_path, CX_NO_COLOR="1",
+               SUBROUTER_USAGE_URL=upstream.base_url + "/backend-api/wham/usage",
+               SUBROUTER_TOKEN_URL=upstream.token_url)
+    reactor.spawnProcess(collect, cx_script, [
+        cx_script, "--accounts-dir", str(tmp_path / "store"), "--state-dir",
+        str(tmp_path / "state")], env=env)
+    assert await collect.done == 0
+    text = collect.out.decode()
+    first, second = text.index("1) b@example.com"), text.index("2) a@example.com")
+    assert first < second and "Switch to (#): " in text
+    assert "Switched to b@example.com" in text
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["account_id"] == "ws-b"
+
+
+def test_interactive_view_is_the_default_command() -> None:
+    options = CxOptions()
+    options.parseOptions([])
+    assert options.subCommand == "interactive"

@@ -222,7 +222,10 @@ class CxOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("name a command; see --help")
+            # no command: the interactive view (rank, show, offer a switch)
+            self.subCommand = "interactive"
+            self.subOptions = _StatusOptions()
+            self.subOptions.parseOptions([])
 
 
 class Streams:
@@ -263,6 +266,8 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return _add(store, sub, streams)
         if command == "status":
             return _status(store, sub, streams)
+        if command == "interactive":
+            return _interactive(store, expand_path(options["state-dir"]), sub, streams)
         if command == "add-admin-key":
             return _add_admin_key(store, sub, streams)
         if command in ("admin-keys", "list-admin-keys"):
@@ -549,8 +554,7 @@ def _status(store: str, sub: usage.Options, streams: Streams) -> int:
         streams.stderr.write(f"Fetching usage for {len(logins)} account(s)...\n")
     from subrouter.accounts.usage_fetch import fetch_all
 
-    results = fetch_all(store, logins, sub["usage-url"], sub["token-url"],
-                        dict(streams.environ))
+    results = fetch_all(store, logins, *_urls(sub, streams), dict(streams.environ))
     auth_path = codex_auth_path(dict(streams.environ))
     active = manage.active_account_id(auth_path, accounts)
     rows = [_status_row(a, results.get(a.id), a.id == active) for a in accounts]
@@ -563,6 +567,65 @@ def _status(store: str, sub: usage.Options, streams: Streams) -> int:
     for path, error in sorted(skipped.items()):
         streams.stderr.write(f"cx: skipped {path}: {error}\n")
     return 0
+
+
+def _interactive(store: str, state_dir: str, sub: usage.Options, streams: Streams) -> int:
+    """
+    ``cx`` with no command: every account ranked (most headroom first),
+    numbered, and a prompt to switch to one.
+    """
+    accounts, _ = manage.load_all(store)
+    if not accounts:
+        streams.stdout.write("No accounts configured. Run 'subrouter add' to add one.\n")
+        return 0
+    from subrouter.accounts.usage_fetch import fetch_all
+
+    logins = [a for a in accounts if a.kind is AccountKind.OAUTH and not a.problem]
+    results = fetch_all(store, logins, *_urls(sub, streams), dict(streams.environ))
+    active = manage.active_account_id(codex_auth_path(dict(streams.environ)), accounts)
+    rows = [_status_row(a, results.get(a.id), a.id == active) for a in accounts]
+
+    def headroom(row: dict[str, object]) -> float:
+        value = row.get("headroom")
+        if isinstance(value, (int, float)):
+            return float(value)
+        return 0.5 if row["kind"] == "apikey" else 0.0
+
+    rows.sort(key=lambda r: (-headroom(r), str(r["id"])))
+    colour = _colour_wanted(streams)
+    for number, row in enumerate(rows, 1):
+        streams.stdout.write(f"{number}) " + _render(row, colour))
+    answer = _prompt(streams, "Switch to (#): ")
+    if not answer:
+        return 0
+    if answer.isdigit():
+        index = int(answer)
+        if not 1 <= index <= len(rows):
+            raise manage.StoreError(f"no row numbered {index}")
+        selector = str(rows[index - 1]["id"])
+        if headroom(rows[index - 1]) <= 0 and rows[index - 1]["kind"] == "oauth":
+            raise manage.StoreError(f"cannot switch to {selector}: it has no headroom left")
+    else:
+        selector = answer
+    switch = _SwitchOptions()
+    switch.parseOptions([selector])
+    return _switch(store, state_dir, switch, streams)
+
+
+def _urls(sub: usage.Options, streams: Streams) -> tuple[str, str]:
+    """
+    The usage and token URLs: the options, or ``SUBROUTER_USAGE_URL`` /
+    ``SUBROUTER_TOKEN_URL`` where the options were left at their defaults.
+    """
+    defaults = {p[0]: p[2] for p in _StatusOptions.optParameters}
+    found = []
+    for option, variable in (("usage-url", "SUBROUTER_USAGE_URL"),
+                             ("token-url", "SUBROUTER_TOKEN_URL")):
+        value = sub[option]
+        if value == defaults[option] and streams.environ.get(variable):
+            value = streams.environ[variable]
+        found.append(value)
+    return found[0], found[1]
 
 
 def _status_row(account: Account, result: dict[str, object] | None, active: bool
