@@ -429,3 +429,53 @@ def test_interactive_view_is_the_default_command() -> None:
     options = CxOptions()
     options.parseOptions([])
     assert options.subCommand == "interactive"
+
+
+@pytest_twisted.ensureDeferred
+async def test_switch_refreshes_a_token_about_to_expire_first(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    path = write_oauth_account(tmp_path / "store", "a@example.com", exp=time.time() + 20,
+                               refresh_token="rt-expiring")
+    upstream.refresh_emails["rt-expiring"] = "a@example.com"
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    cx_script = os.path.join(os.path.dirname(sys.executable), "cx")
+    env = dict(os.environ, HOME=str(tmp_path), CODEX_HOME=str(tmp_path / "codex"),
+               XDG_DATA_HOME=str(tmp_path / "xdg"), PI_CODING_AGENT_DIR=str(tmp_path / "pi"),
+               SUBROUTER_CA_BUNDLE=ca.ca_pem_path, SUBROUTER_TOKEN_URL=upstream.token_url)
+    _out, err, code = await getProcessOutputAndValue(
+        cx_script, ["--accounts-dir", str(tmp_path / "store"), "switch", "a@"], env=env,
+        reactor=reactor)
+    assert code == 0, err
+    assert len(upstream.token_requests) == 1
+    stored = json.loads(path.read_text())["auth"]["tokens"]
+    assert stored["refresh_token"] != "rt-expiring"
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["refresh_token"] == stored["refresh_token"]
+
+
+def test_what_subrouter_writes_has_the_cx_schema_field_for_field(tmp_path: Path) -> None:
+    cx(tmp_path, "add-key", "--label", "work", "--key", "sk-1")
+    (tmp_path / "codex").mkdir()
+    auth = {"auth_mode": "chatgpt", "tokens": {
+        "id_token": id_token_for("me@example.com"),
+        "access_token": access_token_for("me@example.com", exp=FAR),
+        "refresh_token": "rt", "account_id": "acct"}, "last_refresh": "2026-01-01T00:00:00Z"}
+    (tmp_path / "codex" / "auth.json").write_text(json.dumps(auth))
+    cx(tmp_path, "import")
+    key = json.loads((tmp_path / "store" / "accounts" / "apikey_work.json").read_text())
+    login = json.loads((tmp_path / "store" / "accounts" / "me@example.com.json").read_text())
+    assert sorted(key) == ["addedAt", "auth", "email"]
+    assert sorted(key["auth"]) == ["OPENAI_API_KEY", "auth_mode"]
+    assert sorted(login) == ["addedAt", "auth", "email"]
+    assert sorted(login["auth"]) == ["auth_mode", "last_refresh", "tokens"]
+    assert sorted(login["auth"]["tokens"]) == ["access_token", "account_id", "id_token",
+                                               "refresh_token"]
+    # and it reads back as the accounts it describes
+    from subrouter.accounts.manage import load_all
+
+    accounts, skipped = load_all(str(tmp_path / "store"))
+    assert [(a.id, a.kind.value) for a in accounts] == [
+        ("apikey:work", "apikey"), ("me@example.com", "oauth")]
+    assert skipped == {}

@@ -406,6 +406,11 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams,
             "use --force to switch anyway"
         )
     environ = dict(streams.environ)
+    if account.kind is AccountKind.OAUTH and account.expires_at is not None:
+        import time
+
+        if account.expires_at - time.time() < 60:
+            _refresh_before_switch(store, account, sub, streams)
     from subrouter.accounts.refresh import lock_path_for
     from subrouter.files import locked
 
@@ -430,6 +435,45 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams,
             "Restart any running Codex, OpenCode, or pi sessions to use the new account.\n"
         )
     return 0
+
+
+def _refresh_before_switch(store: str, account: Account, sub: usage.Options,
+                           streams: Streams) -> None:
+    """
+    Refresh an access token about to expire before handing it to Codex, with
+    the daemon's refresher (under the account's lock).
+    """
+    from twisted.internet.threads import deferToThread
+
+    from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, TokenRefresher
+    from subrouter.accounts.store import AccountStore
+    from subrouter.accounts.usage_fetch import run_async
+
+    token_url = streams.environ.get("SUBROUTER_TOKEN_URL") or DEFAULT_TOKEN_URL
+
+    async def refresh() -> None:
+        from twisted.internet import reactor
+
+        from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+
+        bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
+        pool = make_pool(reactor)
+        http = make_http_client(make_agent(reactor, pool,
+                                           make_tls_policy([bundle] if bundle else [])))
+        accounts = AccountStore(store, deferToThread)
+        accounts.scan_now()
+        refresher = TokenRefresher(store=accounts, http=http, token_url=token_url,
+                                   clock=reactor, run_blocking=deferToThread,
+                                   codex_auth=codex_auth_path(dict(streams.environ)))
+        try:
+            await refresher.ensure_fresh(account)
+        finally:
+            await pool.closeCachedConnections()
+
+    try:
+        run_async(refresh)
+    except Exception as e:
+        streams.stderr.write(f"Warning: token refresh failed, using cached tokens: {e}\n")
 
 
 def _restart_codex_app(streams: Streams) -> None:
