@@ -1,0 +1,79 @@
+"""
+The daemon's auto-switch: the best login becomes the local agents' active one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+
+from subrouter.accounts.autoswitch import AutoSwitch
+from subrouter.accounts.pool import AccountPool
+from subrouter.accounts.refresh import TokenRefresher
+from subrouter.accounts.store import AccountStore
+from subrouter.sessions.placement import Placement
+from subrouter.sessions.scheduler import Window
+from subrouter.sessions.table import SessionTable
+from subrouter.sessions.usage import UsageBook
+from tests.support.upstream import write_oauth_account
+
+FAR = time.time() + 30 * 86400
+
+
+class _Poller:
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run_once(self) -> Any:
+        self.runs += 1
+        return succeed(None)
+
+
+def sync(f: Any) -> Any:
+    return succeed(f())
+
+
+def test_the_best_login_becomes_active_and_a_second_round_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_oauth_account(tmp_path / "store", "b@example.com", exp=FAR, account_id="ws-b")
+    clock = Clock()
+    clock.advance(time.time())
+    store = AccountStore(str(tmp_path / "store"), sync)
+    store.scan_now()
+    refresher = TokenRefresher(store=store, http=None, token_url="https://t", clock=clock,
+                               run_blocking=sync, codex_auth=str(tmp_path / "codex" / "auth.json"))
+    usage = UsageBook()
+    now = clock.seconds()
+    usage.record("a@example.com", [Window("primary", 80, 18000, 3600)], now, "poll")
+    usage.record("b@example.com", [Window("primary", 10, 18000, 3600)], now, "poll")
+    placement = Placement(AccountPool(store, refresher), SessionTable(1800), usage, clock)
+    poller = _Poller()
+    switcher = AutoSwitch(
+        placement=placement, poller=poller,  # type: ignore[arg-type]
+        codex_auth=str(tmp_path / "codex" / "auth.json"),
+        environ={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+                 "PI_CODING_AGENT_DIR": str(tmp_path / "pi")},
+        run_blocking=sync,
+    )
+    switcher.run_once()
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["account_id"] == "ws-b"
+    opencode = json.loads((tmp_path / "xdg" / "opencode" / "auth.json").read_text())
+    assert opencode["openai"]["accountId"] == "ws-b"
+    assert switcher.switches == 1 and poller.runs == 1
+    switcher.run_once()
+    assert switcher.switches == 1 and poller.runs == 2
+    assert not (tmp_path / "codex" / "auth.json.bak").exists() or json.loads(
+        (tmp_path / "codex" / "auth.json").read_text())["tokens"]["account_id"] == "ws-b"
+    # b runs out: a takes over
+    usage.mark_exhausted("b@example.com", clock.seconds(), 600, "429")
+    switcher.run_once()
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["account_id"] == "ws-a" and switcher.switches == 2
