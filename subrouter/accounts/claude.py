@@ -286,15 +286,11 @@ def _fetch_usage(store: str, profiles: dict[str, Any], url: str,
 
     async def fetch() -> dict[str, Any]:
         import treq
-        from twisted.internet import reactor
         from twisted.internet.defer import Deferred, DeferredList
 
-        from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+        from subrouter.accounts.usage_fetch import command_http
 
-        bundle = environ.get("SUBROUTER_CA_BUNDLE")
-        pool = make_pool(reactor)
-        http = make_http_client(make_agent(reactor, pool,
-                                           make_tls_policy([bundle] if bundle else [])))
+        http, pool = command_http(environ)
 
         async def one(token: str) -> Any:
             headers: Any = {"Authorization": [f"Bearer {token}"],

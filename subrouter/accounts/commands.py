@@ -454,12 +454,9 @@ def _refresh_before_switch(store: str, account: Account, sub: usage.Options,
     async def refresh() -> None:
         from twisted.internet import reactor
 
-        from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+        from subrouter.accounts.usage_fetch import command_http
 
-        bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
-        pool = make_pool(reactor)
-        http = make_http_client(make_agent(reactor, pool,
-                                           make_tls_policy([bundle] if bundle else [])))
+        http, pool = command_http(streams.environ)
         accounts = AccountStore(store, deferToThread)
         accounts.scan_now()
         refresher = TokenRefresher(store=accounts, http=http, token_url=token_url,
@@ -883,17 +880,9 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
         from twisted.internet import reactor
         from twisted.internet.defer import Deferred, DeferredList
 
-        from subrouter.proxy.client import (
-            make_agent,
-            make_http_client,
-            make_pool,
-            make_tls_policy,
-        )
+        from subrouter.accounts.usage_fetch import command_http
 
-        bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
-        pool = make_pool(reactor)
-        http = make_http_client(make_agent(reactor, pool,
-                                           make_tls_policy([bundle] if bundle else [])))
+        http, pool = command_http(streams.environ)
         start = int(time.time()) - days * 86400
 
         async def one(admin: str, project: str | None) -> Any:
@@ -977,17 +966,9 @@ def _attach(store: str, sub: usage.Options, streams: Streams) -> int:
         async def listing() -> list[dict[str, Any]]:
             from twisted.internet import reactor
 
-            from subrouter.proxy.client import (
-                make_agent,
-                make_http_client,
-                make_pool,
-                make_tls_policy,
-            )
+            from subrouter.accounts.usage_fetch import command_http
 
-            bundle = streams.environ.get("SUBROUTER_CA_BUNDLE")
-            pool = make_pool(reactor)
-            http = make_http_client(make_agent(reactor, pool,
-                                               make_tls_policy([bundle] if bundle else [])))
+            http, pool = command_http(streams.environ)
             try:
                 return await spend.projects(http, reactor, sub["openai-url"], admins[admin])
             finally:

@@ -32,20 +32,12 @@ def fetch_all(
 
     from subrouter.accounts.refresh import TokenRefresher, codex_auth_path
     from subrouter.accounts.store import AccountStore
-    from subrouter.proxy.client import (
-        make_agent,
-        make_http_client,
-        make_pool,
-        make_tls_policy,
-    )
     from subrouter.sessions.poller import UsagePoller
     from subrouter.sessions.scheduler import score_windows
     from subrouter.sessions.usage import UsageBook
 
     reactor: Any = _reactor
-    bundle = environ.get("SUBROUTER_CA_BUNDLE")
-    pool = make_pool(reactor)
-    http = make_http_client(make_agent(reactor, pool, make_tls_policy([bundle] if bundle else [])))
+    http, pool = command_http(environ)
     store = AccountStore(store_dir, deferToThread)
     store.scan_now()
     refresher = TokenRefresher(store=store, http=http, token_url=token_url, clock=reactor,
@@ -134,17 +126,11 @@ def validate_admin_key(base_url: str, key: str, environ: Mapping[str, str]) -> s
 
     import treq
 
-    from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
     from subrouter.proxy.errors import describe_failure_reason
     from subrouter.redact import scrub_text
 
     async def check() -> str | None:
-        from twisted.internet import reactor
-
-        bundle = environ.get("SUBROUTER_CA_BUNDLE")
-        pool = make_pool(reactor)
-        http = make_http_client(make_agent(reactor, pool,
-                                           make_tls_policy([bundle] if bundle else [])))
+        http, pool = command_http(environ)
         headers: Any = {"Authorization": [f"Bearer {key}"], "Accept": ["application/json"]}
         base = base_url.rstrip("/")
         urls = [
@@ -170,3 +156,18 @@ def validate_admin_key(base_url: str, key: str, environ: Mapping[str, str]) -> s
 
     result: str | None = run_async(check)
     return result
+
+
+def command_http(environ: Mapping[str, str]) -> tuple[Any, Any]:
+    """
+    A treq client for one command's requests, and its pool (close it when
+    done): the platform's trust roots plus ``SUBROUTER_CA_BUNDLE``.
+    """
+    from twisted.internet import reactor
+
+    from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+
+    bundle = environ.get("SUBROUTER_CA_BUNDLE")
+    pool = make_pool(reactor)
+    http = make_http_client(make_agent(reactor, pool, make_tls_policy([bundle] if bundle else [])))
+    return http, pool
