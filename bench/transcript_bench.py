@@ -112,6 +112,8 @@ class TwoProxies(pb.Processes):
             "--token-url", upstream + "/oauth/token",
             "--usage-url", upstream + "/backend-api/wham/usage",
             "--state-dir", os.path.join(folder, "state"),
+            # never touch this machine's OpenCode or pi files
+            "--cx-switch-interval", "0",
             *extra,
         ]
         process = subprocess.Popen(
