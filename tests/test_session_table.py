@@ -72,3 +72,12 @@ def test_live_counts_always_equal_a_full_recount(ops: list[tuple[int, str, int]]
             if a.last_seen > now - 10:
                 expected[a.account_id] = expected.get(a.account_id, 0) + 1
         assert table.live_counts(now) == expected
+
+
+def test_fallback_keys_are_not_live_conversations() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "fallback:abc", "a", now=0, fallback=True)
+    table.touch("codex", "fallback:abc", now=1)
+    table.assign("codex", "real", "b", now=2)
+    assert table.live_counts(2) == {"b": 1}
+    assert table.get("codex", "fallback:abc").requests == 2  # type: ignore[union-attr]

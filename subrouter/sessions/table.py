@@ -4,7 +4,8 @@ Sticky assignments: which account each conversation is pinned to, and how
 many conversations are live on each account.
 
 Lookups and updates are O(1). A conversation counts as live while it has been
-seen within the idle TTL; the live counts are kept up to date incrementally
+seen within the idle TTL (requests with only a fallback key, such as model
+polls, are not conversations and never count); the live counts are kept up to date incrementally
 (an ordered walk drops the ones that went idle), so placement never scans
 every conversation ever seen.
 """
@@ -96,7 +97,9 @@ class SessionTable:
         if assignment is None:
             return None
         self._expire(now)
-        if sid in self._live:
+        if assignment.fallback:
+            pass  # catch-all traffic (model polls, ...) is not a conversation
+        elif sid in self._live:
             self._live.move_to_end(sid)
         else:
             self._live[sid] = None
@@ -136,8 +139,9 @@ class SessionTable:
                 assignment.user_email = user_email
         assignment.last_seen = now
         assignment.requests += 1
-        self._live[sid] = None
-        self._count(account_id, 1)
+        if not assignment.fallback:
+            self._live[sid] = None
+            self._count(account_id, 1)
         self.version += 1
         return assignment
 
