@@ -48,7 +48,6 @@ from subrouter.sessions.usage import (
     is_overload,
     retry_after,
     usage_limit_in_body,
-    windows_from_event,
     windows_from_headers,
 )
 from subrouter.transcripts.events import redact_headers
@@ -446,27 +445,14 @@ class _Exchange:
         Overload (5xx, "at capacity") is never exhaustion.
         """
         status = response.code
-        if status >= 500 or not (status == 429 or usage_limit_in_body(body)):
+        if status >= 500:
             return False
-        if status == 429 and is_overload(status, body) and not usage_limit_in_body(body):
+        if not usage_limit_in_body(body) and (status != 429 or is_overload(status, body)):
             return False
-        self._mark_exhausted(account, retry_after(response.headers), f"HTTP {status}")
+        self.proxy.placement.mark_exhausted(
+            account.id, retry_after(response.headers), f"HTTP {status}"
+        )
         return True
-
-    def _mark_exhausted(self, account: Account, for_seconds: float | None, why: str) -> None:
-        usage = self.proxy.placement.usage
-        now = self.clock.seconds()
-        resets = [w.reset_after for w in usage.current_windows(account.id, now)
-                  if w.used_percent >= 100 and w.reset_after > 0]
-        until = usage.mark_exhausted(
-            account.id, now, for_seconds or (min(resets) if resets else None),
-            f"usage limit reached ({why})",
-        )
-        _log.warn(
-            "account {account} reached its usage limit ({why}); not placing new "
-            "conversations on it for {seconds}s",
-            account=account.id, why=why, seconds=int(until - now),
-        )
 
     def _observe_headers(self, account: Account, response: Any) -> None:
         if not account.is_oauth:
@@ -611,7 +597,9 @@ class _Exchange:
                 and b"usage" in data
                 and usage_limit_in_body(data)
             ):
-                self._mark_exhausted(self.account, None, "error event in the stream")
+                self.proxy.placement.mark_exhausted(
+                    self.account.id, None, "error event in the stream"
+                )
                 if not self.headers_sent:
                     committed, self.committed = self.committed, None
                     self._stop_upstream()
@@ -632,7 +620,6 @@ class _Exchange:
             _stop(relay)
 
     def _observe_events(self, account: Account, data: bytes) -> None:
-        now = self.clock.seconds()
         for line in data.split(b"\n"):
             if not line.startswith(b"data:") or b"codex.rate_limits" not in line:
                 continue
@@ -640,8 +627,7 @@ class _Exchange:
                 event = json.loads(line[5:])
             except ValueError:
                 continue
-            windows, plan = windows_from_event(event, now)
-            self.proxy.placement.usage.record(account.id, windows, now, "stream", plan)
+            self.proxy.placement.observe_rate_limits(account.id, event, "stream")
 
     def relay_ended(self, reason: Failure) -> None:
         if self.relay is None and self.committed is None and not self.first_chunk:

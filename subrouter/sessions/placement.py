@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
@@ -24,7 +25,9 @@ from subrouter.accounts.store import Account
 from subrouter.sessions import keys
 from subrouter.sessions.scheduler import Candidate, rank
 from subrouter.sessions.table import SessionTable
-from subrouter.sessions.usage import UsageBook
+from subrouter.sessions.usage import UsageBook, windows_from_event
+
+_log = Logger()
 
 #: seconds a cached ranking stays valid while nothing else changes
 RANKING_TTL = 1.0
@@ -226,6 +229,36 @@ class Placement:
             return False
         score = self.usage.score(account.id, True, now)
         return score.headroom < AT_RISK_HEADROOM or score.short_headroom < AT_RISK_HEADROOM
+
+    def mark_exhausted(self, account_id: str, for_seconds: float | None, why: str) -> None:
+        """
+        Keep an account out of new placements until its limit resets: the
+        given time, else the reset of a full window, else the book's default.
+        """
+        usage = self.usage
+        now = self.clock.seconds()
+        if not for_seconds:
+            resets = [w.reset_after for w in usage.current_windows(account_id, now)
+                      if w.used_percent >= 100 and w.reset_after > 0]
+            for_seconds = min(resets) if resets else None
+        until = usage.mark_exhausted(account_id, now, for_seconds,
+                                     f"usage limit reached ({why})")
+        _log.warn(
+            "account {account} reached its usage limit ({why}); not placing new "
+            "conversations on it for {seconds}s",
+            account=account_id, why=why, seconds=int(until - now),
+        )
+
+    def observe_rate_limits(self, account_id: str, event: object, source: str) -> None:
+        """
+        Record the windows of a ``codex.rate_limits`` event (anything else is
+        ignored).
+        """
+        if not isinstance(event, dict) or event.get("type") != "codex.rate_limits":
+            return
+        now = self.clock.seconds()
+        windows, plan = windows_from_event(event, now)
+        self.usage.record(account_id, windows, now, source, plan)
 
     def knows(self, identity: Identity) -> bool:
         """

@@ -50,7 +50,7 @@ from subrouter.proxy.headers import account_credentials, forwardable
 from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
-from subrouter.sessions.usage import is_usage_limit, windows_from_event
+from subrouter.sessions.usage import is_usage_limit
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
 
@@ -284,7 +284,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                     else:
                         return self._accepted(account, upstream)
                 if refused.status == 429 and identity.forced is None:
-                    self._mark_exhausted(account, "the upstream refused the WebSocket with 429")
+                    relay.placement.mark_exhausted(
+                        account.id, None, "the upstream refused the WebSocket with 429"
+                    )
                     if len(tried) < 4:
                         continue
                 _log.warn(
@@ -403,7 +405,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
             try:
                 if is_usage_limit(json.loads(payload)):
-                    self._mark_exhausted(self.account, "a usage-limit error on the WebSocket")
+                    self.factory.placement.mark_exhausted(
+                        self.account.id, None, "a usage-limit error on the WebSocket"
+                    )
                     self.closing_after_response = True
             except ValueError:
                 pass
@@ -422,21 +426,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             event = json.loads(payload)
         except ValueError:
             return
-        if not isinstance(event, dict) or event.get("type") != "codex.rate_limits":
-            return
-        now = self.factory.reactor.seconds()
-        windows, plan = windows_from_event(event, now)
-        self.factory.placement.usage.record(self.account.id, windows, now, "websocket", plan)
-
-    def _mark_exhausted(self, account: Account, why: str) -> None:
-        usage = self.factory.placement.usage
-        now = self.factory.reactor.seconds()
-        until = usage.mark_exhausted(account.id, now, None, f"usage limit reached ({why})")
-        _log.warn(
-            "account {account} reached its usage limit ({why}); not placing new "
-            "conversations on it for {seconds}s",
-            account=account.id, why=why, seconds=int(until - now),
-        )
+        self.factory.placement.observe_rate_limits(self.account.id, event, "websocket")
 
     def upstream_closed(self, code: int | None, reason: str | None) -> None:
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
