@@ -207,17 +207,6 @@ def _pool(tmp_path: Path) -> AccountPool:
     return AccountPool(store, refresher)
 
 
-def test_choice_prefers_oauth_then_api_keys_in_id_order(tmp_path: Path) -> None:
-    write(tmp_path, "k.json", {"email": "apikey:aaa", "auth": {"OPENAI_API_KEY": "sk-1"}})
-    write(tmp_path, "b.json", oauth_document("b@example.com"))
-    write(tmp_path, "a.json", oauth_document("a@example.com"))
-    pool = _pool(tmp_path)
-    assert pool.choose().id == "a@example.com"  # type: ignore[union-attr]
-    assert pool.choose(exclude=["a@example.com"]).id == "b@example.com"  # type: ignore[union-attr]
-    assert pool.choose(exclude=["a@example.com", "b@example.com"]).id == "apikey:aaa"  # type: ignore[union-attr]
-    assert pool.choose(oauth_only=True, exclude=["a@example.com", "b@example.com"]) is None
-
-
 def test_describe_never_shows_a_secret(tmp_path: Path) -> None:
     document = oauth_document("a@example.com")
     write(tmp_path, "a.json", document)

@@ -1,19 +1,15 @@
 # -*- test-case-name: tests.test_accounts -*-
 """
 Which accounts can serve a request right now, and why the others cannot.
-
-The choice here is the foundation's simple one: the first usable account in a
-stable order (ChatGPT logins by id, then API keys by id). The scheduler
-replaces :meth:`AccountPool.choose` with headroom-aware placement.
+Which one a request gets is :mod:`subrouter.sessions.placement`'s choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from subrouter.accounts.refresh import TokenRefresher
-from subrouter.accounts.store import Account, AccountKind, AccountStore
+from subrouter.accounts.store import Account, AccountStore
 
 
 class AccountPool:
@@ -30,23 +26,6 @@ class AccountPool:
         Why ``account`` cannot take requests now, or None when it can.
         """
         return account.problem or self.refresher.why_unusable(account)
-
-    def choose(self, *, oauth_only: bool = False, exclude: Collection[str] = ()) -> Account | None:
-        """
-        The account for a new request.
-
-        :param oauth_only: only ChatGPT logins qualify (ChatGPT backend paths).
-        :param exclude: ids already tried for this request.
-        """
-        fallback: Account | None = None
-        for account in self.store.accounts():
-            if account.id in exclude or self.why_unusable(account) is not None:
-                continue
-            if account.kind is AccountKind.OAUTH:
-                return account
-            if fallback is None and not oauth_only:
-                fallback = account
-        return fallback
 
     def unusable(self) -> list[tuple[Account, str]]:
         """
