@@ -23,7 +23,7 @@ from twisted.web.server import Request
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.store import Account
 from subrouter.sessions import keys
-from subrouter.sessions.scheduler import Candidate, rank
+from subrouter.sessions.scheduler import Candidate, rank, standing
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
 
@@ -311,7 +311,7 @@ class Placement:
             account = store.get(candidate.id)
             if account is None or self.pool.why_unusable(account) is not None:
                 continue
-            order = _order_without_sessions(candidate)
+            order = standing(candidate)
             if best_order is not None and order != best_order:
                 break  # the ranking is sorted: nothing further can win
             sessions = counts.get(candidate.id, 0)
@@ -373,10 +373,3 @@ def _iso(seconds: float) -> str:
     import time
 
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def _order_without_sessions(candidate: Candidate) -> tuple[Any, ...]:
-    from subrouter.sessions.scheduler import _order
-
-    full = _order(candidate)
-    return full[:4]

@@ -137,18 +137,19 @@ def _banded(score: Score) -> tuple[float, float]:
     return headroom, headroom / reset
 
 
-def _order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
+def standing(candidate: Candidate) -> tuple[int, int, float, float]:
+    """
+    How good a candidate is before live conversations and ids break ties:
+    candidates with equal standing share new conversations.
+    """
     score = candidate.score
     usable = score.usable
     headroom, pressure = _banded(score)
-    return (
-        tier(candidate),
-        0 if usable else 1,
-        -pressure if usable else 0.0,
-        -headroom,
-        candidate.sessions,
-        candidate.id,
-    )
+    return (tier(candidate), 0 if usable else 1, -pressure if usable else 0.0, -headroom)
+
+
+def _order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
+    return (*standing(candidate), candidate.sessions, candidate.id)
 
 
 def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
