@@ -37,6 +37,10 @@ class _Interspersed(usage.Options):
         args = list(options or [])
         takes_value = {f"--{p[0]}" for p in getattr(self, "optParameters", [])}
         flags = {f"--{f[0]}" for f in getattr(self, "optFlags", [])} | {"--help"}
+        for attribute in dir(type(self)):
+            method = getattr(type(self), attribute)
+            if attribute.startswith("opt_") and method.__code__.co_argcount == 1:
+                flags.add("--" + attribute[4:].replace("_", "-"))
         front: list[str] = []
         rest: list[str] = []
         i = 0
@@ -76,18 +80,12 @@ class _ImportOptions(usage.Options):
     synopsis = ""
 
 
-class _SwitchOptions(usage.Options):
+class _SwitchOptions(_Interspersed):
     synopsis = "<account> [--force]"
     optFlags = [["force", None, "Switch even to an account that reached its usage limit."]]
 
-    def parseArgs(self, *args: str) -> None:
-        # flags may follow the account too: `cx switch work --force`
-        positional = [a for a in args if a != "--force"]
-        if len(positional) != 1:
-            raise usage.UsageError("name one account to switch to")
-        if "--force" in args:
-            self["force"] = 1
-        self["selector"] = positional[0]
+    def parseArgs(self, selector: str) -> None:  # type: ignore[override]
+        self["selector"] = selector
 
 
 class _GuiSwitchOptions(_SwitchOptions):
@@ -97,14 +95,11 @@ class _GuiSwitchOptions(_SwitchOptions):
         ["no-restart-gui", None, "Do not restart Codex.app."],
     ]
 
-    def parseArgs(self, *args: str) -> None:
-        flags = {"--force": "force", "--no-restart-gui": "no-restart-gui",
-                 "--no-restart-codex-gui": "no-restart-gui"}
-        positional = [a for a in args if a not in flags]
-        for arg in args:
-            if arg in flags:
-                self[flags[arg]] = 1
-        super().parseArgs(*positional)
+    def opt_no_restart_codex_gui(self) -> None:
+        """
+        Same as --no-restart-gui.
+        """
+        self["no-restart-gui"] = 1
 
 
 class _RemoveOptions(_Interspersed):
