@@ -18,7 +18,7 @@ import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
-from subrouter import options as parse
+from subrouter import config as parse
 from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
 
 DEFAULT_ADDR = "127.0.0.1:31415"
@@ -137,7 +137,7 @@ class Options(usage.Options):
 
     @property
     def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:  # type: ignore[override]
-        from subrouter.accounts.commands import CxOptions
+        from subrouter.cli.cx import CxOptions
 
         return [("cx", None, CxOptions, "Manage Codex accounts, then exit (no daemon).")]
 
@@ -145,7 +145,7 @@ class Options(usage.Options):
         if self.subCommand == "cx":
             # a one-shot command: run it now and leave before twistd checks a
             # pidfile, daemonizes or starts a reactor
-            from subrouter.accounts.commands import run_cx
+            from subrouter.cli.cx import run_cx
 
             raise SystemExit(run_cx(self.subOptions))
         self.config = config_from_options(self, self.stderr)
@@ -200,7 +200,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     if gcs_uri is not None:
         from twisted.python.procutils import which
 
-        from subrouter.transcripts.gcs import normalise_gcs_uri
+        from subrouter.jobs.transcript_sync import normalise_gcs_uri
 
         if not transcripts:
             raise usage.UsageError("--transcript-gcs-uri: needs --transcripts DIR")
@@ -315,29 +315,29 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
-    from subrouter.accounts.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
-    from subrouter.proxy.client import (
+    from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
+    from subrouter.jobs.transcript_sync import GsutilSync
+    from subrouter.proxy.resource import ProxyResource
+    from subrouter.routing.usage import UsagePoller
+    from subrouter.sessions.placement import Placement
+    from subrouter.sessions.state import StateSaver, load_state
+    from subrouter.sessions.table import SessionTable
+    from subrouter.sessions.usage import UsageBook
+    from subrouter.transcripts.recorder import Recorder
+    from subrouter.upstream.client import (
         PoolService,
         make_agent,
         make_http_client,
         make_pool,
         make_tls_policy,
     )
-    from subrouter.proxy.resource import ProxyResource
-    from subrouter.proxy.routing import Upstreams
-    from subrouter.sessions.placement import Placement
-    from subrouter.sessions.poller import UsagePoller
-    from subrouter.sessions.state import StateSaver, load_state
-    from subrouter.sessions.table import SessionTable
-    from subrouter.sessions.usage import UsageBook
-    from subrouter.transcripts.browse import TranscriptsResource
-    from subrouter.transcripts.gcs import GsutilSync
-    from subrouter.transcripts.recorder import Recorder
+    from subrouter.upstream.routing import Upstreams
     from subrouter.web.admin import AdminResource
     from subrouter.web.root import QuietSite, RootResource
+    from subrouter.web.transcripts import TranscriptsResource
     from subrouter.ws.relay import RelayFactory
 
     def run_blocking(f: Any) -> Any:

@@ -12,10 +12,10 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from subrouter.accounts.autoswitch import AutoSwitch
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import AccountStore
+from subrouter.jobs.autoswitch import AutoSwitch
 from subrouter.sessions.placement import Placement
 from subrouter.sessions.scheduler import Window
 from subrouter.sessions.table import SessionTable

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from subrouter.cli import cx_main, main
+from subrouter.main import cx_main, main
 from tests.test_accounts import oauth_document, write
 
 
@@ -52,7 +52,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 def test_version() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from subrouter.cli import main; main(['--version'])"],
+        [sys.executable, "-c", "from subrouter.main import main; main(['--version'])"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from subrouter.codex import WrapperError, codex_argv, config_args
+from subrouter.cli.codex import WrapperError, codex_argv, config_args
 
 DEFAULT = ["-c", 'openai_base_url="http://127.0.0.1:31415/v1"']
 
@@ -78,7 +78,7 @@ def test_the_wrapper_becomes_codex_with_its_exit_status(tmp_path: Path) -> None:
     fake.chmod(0o755)
     env = dict(os.environ, SUBROUTER_CODEX_BIN=str(fake), SUBROUTER_CODEX_ACCOUNT_ID="work")
     result = subprocess.run(
-        [sys.executable, "-c", "from subrouter.cli import main; main()", "codex", "exec", "-m",
+        [sys.executable, "-c", "from subrouter.main import main; main()", "codex", "exec", "-m",
          "x", "hello"],
         env=env, capture_output=True, text=True, timeout=60,
     )
@@ -92,7 +92,7 @@ def test_the_wrapper_becomes_codex_with_its_exit_status(tmp_path: Path) -> None:
 def test_a_missing_codex_is_explained(tmp_path: Path) -> None:
     env = dict(os.environ, SUBROUTER_CODEX_BIN=str(tmp_path / "nope"))
     result = subprocess.run(
-        [sys.executable, "-c", "from subrouter.cli import main; main()", "codex", "hi"],
+        [sys.executable, "-c", "from subrouter.main import main; main()", "codex", "hi"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

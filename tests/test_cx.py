@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from subrouter.accounts.commands import CxOptions, Streams, run_cx
+from subrouter.cli.cx import CxOptions, Streams, run_cx
 from tests.live import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
@@ -163,7 +163,7 @@ def test_lookup_errors_and_remove(tmp_path: Path) -> None:
 def test_hidden_ids_are_refused_and_corrupt_records_never_rewritten(tmp_path: Path) -> None:
     code, _, err = cx(tmp_path, "add-key", "--label", "", "--key", "sk-1")
     assert code == 1
-    from subrouter.accounts import manage
+    from subrouter.accounts import activate as manage
 
     with pytest.raises(manage.StoreError, match="hidden"):
         manage.path_for(str(tmp_path / "store"), ".secret")
@@ -473,7 +473,7 @@ def test_what_subrouter_writes_has_the_cx_schema_field_for_field(tmp_path: Path)
     assert sorted(login["auth"]["tokens"]) == ["access_token", "account_id", "id_token",
                                                "refresh_token"]
     # and it reads back as the accounts it describes
-    from subrouter.accounts.manage import load_all
+    from subrouter.accounts.activate import load_all
 
     accounts, skipped = load_all(str(tmp_path / "store"))
     assert [(a.id, a.kind.value) for a in accounts] == [

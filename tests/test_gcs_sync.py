@@ -13,8 +13,8 @@ import pytest
 import pytest_twisted
 from twisted.python import usage
 
+from subrouter.jobs.transcript_sync import GsutilSync, normalise_gcs_uri
 from subrouter.tap import Options
-from subrouter.transcripts.gcs import GsutilSync, normalise_gcs_uri
 from tests.live import reactor
 
 FAKE = """#!/bin/sh

@@ -9,13 +9,14 @@ from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
 from subrouter.accounts.store import Account, AccountKind
-from subrouter.proxy.headers import (
+from subrouter.upstream.headers import (
     HOP_BY_HOP,
     SUBROUTER_HEADERS,
     client_response_headers,
     connection_tokens,
     upstream_request_headers,
 )
+from subrouter.upstream.routing import Upstreams
 
 OAUTH = Account(
     id="a@example.com",
@@ -25,6 +26,14 @@ OAUTH = Account(
     secret="access-A",
 )
 APIKEY = Account(id="apikey:k", kind=AccountKind.APIKEY, source="/x/k.json", secret="sk-key")
+
+
+_UP = Upstreams.from_text("https://chatgpt.example/backend-api/codex", "https://api.example")
+
+
+def _creds(account: Account) -> list[tuple[bytes, bytes]]:
+    provider = _UP.provider(account.kind)
+    return provider.credential_headers(account.secret, account.chatgpt_account_id)
 
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
@@ -41,21 +50,21 @@ def test_oauth_credentials_replace_the_clients() -> None:
             (b"ChatGPT-Account-ID", b"client-workspace"),
         ]
     )
-    out = upstream_request_headers(client, OAUTH)
+    out = upstream_request_headers(client, _creds(OAUTH))
     assert out.getRawHeaders(b"authorization") == [b"Bearer access-A"]
     assert out.getRawHeaders(b"chatgpt-account-id") == [b"ws-1"]
 
 
 def test_api_key_accounts_never_forward_a_workspace_header() -> None:
     client = _headers([(b"ChatGPT-Account-ID", b"client-workspace")])
-    out = upstream_request_headers(client, APIKEY)
+    out = upstream_request_headers(client, _creds(APIKEY))
     assert out.getRawHeaders(b"authorization") == [b"Bearer sk-key"]
     assert not out.hasHeader(b"chatgpt-account-id")
 
 
 def test_oauth_account_without_workspace_drops_the_clients() -> None:
     account = Account(id="b@x", kind=AccountKind.OAUTH, source="/x/b.json", secret="t")
-    out = upstream_request_headers(_headers([(b"ChatGPT-Account-ID", b"leak")]), account)
+    out = upstream_request_headers(_headers([(b"ChatGPT-Account-ID", b"leak")]), _creds(account))
     assert not out.hasHeader(b"chatgpt-account-id")
 
 
@@ -81,7 +90,7 @@ def test_subrouter_and_hop_by_hop_headers_are_stripped() -> None:
             (b"Accept-Encoding", b"br"),
         ]
     )
-    out = upstream_request_headers(client, OAUTH)
+    out = upstream_request_headers(client, _creds(OAUTH))
     names = {name.lower() for name, _ in out.getAllRawHeaders()}
     assert names == {b"authorization", b"chatgpt-account-id"}
 
@@ -98,7 +107,7 @@ def test_everything_else_passes_unchanged_and_repeated() -> None:
             (b"User-Agent", b"codex/0.16"),
         ]
     )
-    out = upstream_request_headers(client, OAUTH)
+    out = upstream_request_headers(client, _creds(OAUTH))
     assert out.getRawHeaders(b"x-multi") == [b"one", b"two"]
     assert out.getRawHeaders(b"originator") == [b"codex_cli_rs"]
     assert out.getRawHeaders(b"openai-beta") == [b"responses=experimental"]
@@ -165,7 +174,7 @@ def test_no_client_credential_or_control_header_ever_goes_upstream(
     pairs: list[tuple[bytes, bytes]],
 ) -> None:
     client = _headers(pairs)
-    out = upstream_request_headers(client, OAUTH)
+    out = upstream_request_headers(client, _creds(OAUTH))
     dropped = connection_tokens(client.getRawHeaders(b"connection"))
     for name, values in out.getAllRawHeaders():
         lower = name.lower()

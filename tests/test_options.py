@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from subrouter import options as parse
+from subrouter import config as parse
 from subrouter.tap import Options
 
 

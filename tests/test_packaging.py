@@ -60,8 +60,8 @@ def test_wheel_carries_the_packages_and_scripts(wheel: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = archive.read(entry_points).decode()
-    for script in ("subrouter = subrouter.cli:main", "sr = subrouter.cli:main",
-                   "cx = subrouter.cli:cx_main"):
+    for script in ("subrouter = subrouter.main:main", "sr = subrouter.main:main",
+                   "cx = subrouter.main:cx_main"):
         assert script in text
 
 

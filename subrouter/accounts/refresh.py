@@ -391,7 +391,7 @@ class TokenRefresher:
 
 
 def _describe(error: BaseException) -> str:
-    from subrouter.proxy.errors import describe_failure_reason
+    from subrouter.errors import describe_failure_reason
 
     return describe_failure_reason(error)
 

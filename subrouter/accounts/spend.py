@@ -30,7 +30,7 @@ async def get_json(http: Any, clock: Any, base: str, path: str, key: str) -> Any
     import treq
     from twisted.internet.task import deferLater
 
-    from subrouter.proxy.errors import describe_failure_reason
+    from subrouter.errors import describe_failure_reason
 
     headers: Any = {"Authorization": [f"Bearer {key}"], "Accept": ["application/json"]}
     last = ""

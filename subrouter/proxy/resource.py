@@ -37,13 +37,10 @@ from zope.interface import implementer
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.proxy.client import set_no_delay
-from subrouter.proxy.errors import describe_failure_reason, write_error
-from subrouter.proxy.headers import client_response_headers, upstream_request_headers
-from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
+from subrouter.errors import describe_failure_reason, write_error
+from subrouter.routing.usage import UsagePoller, bounded
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import Identity, NoAccount, Placement, identify
-from subrouter.sessions.poller import UsagePoller, bounded
 from subrouter.sessions.usage import (
     is_overload,
     retry_after,
@@ -52,6 +49,9 @@ from subrouter.sessions.usage import (
 )
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
+from subrouter.upstream.client import set_no_delay
+from subrouter.upstream.headers import client_response_headers, upstream_request_headers
+from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
 
 _log = Logger()
 
@@ -471,8 +471,12 @@ class _Exchange:
         """
         self.account = account
         proxy = self.proxy
-        url = upstream_url(proxy.upstreams, account.kind, self.path, self.query)
-        headers = upstream_request_headers(self.request.requestHeaders, account)
+        provider = proxy.upstreams.provider(account.kind)
+        url = provider.url(self.path, self.query)
+        headers = upstream_request_headers(
+            self.request.requestHeaders,
+            provider.credential_headers(account.secret, account.chatgpt_account_id),
+        )
         if self.tap is not None:
             self.tap.meta(self.request, account, url.partition(b"?")[0])
         for attempt in (1, 2):

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 import subrouter
 from subrouter.accounts.pool import AccountPool
-from subrouter.proxy.errors import error_body
+from subrouter.errors import error_body
 from subrouter.sessions.placement import Placement
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from autobahn.twisted.websocket import (
@@ -45,14 +46,14 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.proxy.client import set_no_delay
-from subrouter.proxy.headers import account_credentials, forwardable
-from subrouter.proxy.routing import Upstreams, is_backend_path, split_uri, upstream_url
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
 from subrouter.sessions.usage import is_usage_limit
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
+from subrouter.upstream.client import set_no_delay
+from subrouter.upstream.headers import forwardable
+from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
 
 _log = Logger()
 
@@ -107,7 +108,9 @@ def handshake_headers(request: ConnectionRequest) -> Headers:
     return headers
 
 
-def upstream_handshake_headers(client: Headers, account: Account) -> dict[str, str]:
+def upstream_handshake_headers(
+    client: Headers, credentials: Iterable[tuple[bytes, bytes]]
+) -> dict[str, str]:
     """
     The headers of the upstream handshake: the client's, less the ones that
     belong to one hop, Subrouter's own and the client's credentials; plus the
@@ -116,7 +119,7 @@ def upstream_handshake_headers(client: Headers, account: Account) -> dict[str, s
     out: dict[str, str] = {}
     for name, values in forwardable(client, _HANDSHAKE_HEADERS):
         out[name.decode("latin-1")] = ", ".join(v.decode("latin-1") for v in values)
-    for name, value in account_credentials(account):
+    for name, value in credentials:
         out[name.decode("latin-1")] = value.decode("latin-1")
     return out
 
@@ -325,8 +328,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
                 "account": account.id,
                 "method": "GET",
                 "path": self.http_request_path,
-                "upstream": self.factory.upstreams.codex.decode("ascii")
-                if account.is_oauth else self.factory.upstreams.openai.decode("ascii"),
+                "upstream": self.factory.upstreams.provider(account.kind).root.decode("ascii"),
                 "upstream_url": getattr(upstream.factory, "url", None),
                 "headers": redact_headers(
                     (k.encode("latin-1"), [v.encode("latin-1")])
@@ -339,13 +341,16 @@ class RelayServerProtocol(WebSocketServerProtocol):
         self, account: Account, client: Headers, path: bytes, query: bytes, protocols: list[str]
     ) -> UpstreamProtocol:
         relay = self.factory
-        url = upstream_url(relay.upstreams, account.kind, path, query).decode("ascii")
+        provider = relay.upstreams.provider(account.kind)
+        url = provider.url(path, query).decode("ascii")
         secure = url.startswith("https://")
         url = ("wss://" if secure else "ws://") + url.split("://", 1)[1]
         user_agent = client.getRawHeaders(b"user-agent")
         factory = UpstreamFactory(
             url,
-            headers=upstream_handshake_headers(client, account),
+            headers=upstream_handshake_headers(
+                client, provider.credential_headers(account.secret, account.chatgpt_account_id)
+            ),
             protocols=protocols or None,
             useragent=user_agent[0].decode("latin-1") if user_agent else None,
             reactor=relay.reactor,
@@ -366,7 +371,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         try:
             await endpoint.connect(factory)
         except Exception as e:
-            from subrouter.proxy.errors import describe_failure_reason
+            from subrouter.errors import describe_failure_reason
 
             raise UpstreamRefused(502, describe_failure_reason(e)) from None
         return await waiting

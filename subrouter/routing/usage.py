@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account, AccountStore
-from subrouter.proxy.errors import describe_failure_reason
+from subrouter.errors import describe_failure_reason
 from subrouter.sessions.usage import UsageBook, windows_from_usage
 
 _log = Logger()

@@ -32,7 +32,7 @@ def fetch_all(
 
     from subrouter.accounts.refresh import TokenRefresher, codex_auth_path
     from subrouter.accounts.store import AccountStore
-    from subrouter.sessions.poller import UsagePoller
+    from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.scheduler import score_windows
     from subrouter.sessions.usage import UsageBook
 
@@ -126,7 +126,7 @@ def validate_admin_key(base_url: str, key: str, environ: Mapping[str, str]) -> s
 
     import treq
 
-    from subrouter.proxy.errors import describe_failure_reason
+    from subrouter.errors import describe_failure_reason
     from subrouter.redact import scrub_text
 
     async def check() -> str | None:
@@ -165,7 +165,7 @@ def command_http(environ: Mapping[str, str]) -> tuple[Any, Any]:
     """
     from twisted.internet import reactor
 
-    from subrouter.proxy.client import make_agent, make_http_client, make_pool, make_tls_policy
+    from subrouter.upstream.client import make_agent, make_http_client, make_pool, make_tls_policy
 
     bundle = environ.get("SUBROUTER_CA_BUNDLE")
     pool = make_pool(reactor)

@@ -18,11 +18,11 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from subrouter.accounts import manage
-from subrouter.accounts.claude import ClaudeOptions
+from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
-from subrouter.options import expand_path
+from subrouter.cli.claude import ClaudeOptions
+from subrouter.config import expand_path
 
 SubCommand = tuple[str, None, type[usage.Options], str]
 
@@ -276,7 +276,7 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
         if command == "attach-project":
             return _attach(store, sub, streams)
         if command == "claude":
-            from subrouter.accounts import claude
+            from subrouter.cli import claude
 
             return claude.run(store, sub, streams)
         if command in ("remove", "rm"):
@@ -442,14 +442,14 @@ def _refresh_before_switch(store: str, account: Account, sub: usage.Options,
 
     from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, TokenRefresher
     from subrouter.accounts.store import AccountStore
-    from subrouter.accounts.usage_fetch import run_async
+    from subrouter.cli.fetch import run_async
 
     token_url = streams.environ.get("SUBROUTER_TOKEN_URL") or DEFAULT_TOKEN_URL
 
     async def refresh() -> None:
         from twisted.internet import reactor
 
-        from subrouter.accounts.usage_fetch import command_http
+        from subrouter.cli.fetch import command_http
 
         http, pool = command_http(streams.environ)
         accounts = AccountStore(store, deferToThread)
@@ -588,7 +588,7 @@ def _status(store: str, sub: usage.Options, streams: Streams) -> int:
     tty = hasattr(streams.stderr, "isatty") and streams.stderr.isatty()
     if tty and logins:
         streams.stderr.write(f"Fetching usage for {len(logins)} account(s)...\n")
-    from subrouter.accounts.usage_fetch import fetch_all
+    from subrouter.cli.fetch import fetch_all
 
     results = fetch_all(store, logins, *_urls(sub, streams), dict(streams.environ))
     auth_path = codex_auth_path(dict(streams.environ))
@@ -614,7 +614,7 @@ def _interactive(store: str, state_dir: str, sub: usage.Options, streams: Stream
     if not accounts:
         streams.stdout.write("No accounts configured. Run 'subrouter add' to add one.\n")
         return 0
-    from subrouter.accounts.usage_fetch import fetch_all
+    from subrouter.cli.fetch import fetch_all
 
     logins = [a for a in accounts if a.kind is AccountKind.OAUTH and not a.problem]
     results = fetch_all(store, logins, *_urls(sub, streams), dict(streams.environ))
@@ -761,7 +761,7 @@ def _add_admin_key(store: str, sub: usage.Options, streams: Streams) -> int:
     path = _admin_path(store, label)
     streams.stdout.write("Validating with OpenAI... ")
     streams.stdout.flush()
-    from subrouter.accounts.usage_fetch import validate_admin_key
+    from subrouter.cli.fetch import validate_admin_key
 
     problem = validate_admin_key(sub["openai-url"], key, dict(streams.environ))
     if problem is not None:
@@ -850,7 +850,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
     import time
 
     from subrouter.accounts import spend
-    from subrouter.accounts.usage_fetch import run_async
+    from subrouter.cli.fetch import run_async
     from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
     accounts, _ = manage.load_all(store)
@@ -875,7 +875,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
         from twisted.internet import reactor
         from twisted.internet.defer import Deferred, DeferredList
 
-        from subrouter.accounts.usage_fetch import command_http
+        from subrouter.cli.fetch import command_http
 
         http, pool = command_http(streams.environ)
         start = int(time.time()) - days * 86400
@@ -945,7 +945,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
 
 def _attach(store: str, sub: usage.Options, streams: Streams) -> int:
     from subrouter.accounts import spend
-    from subrouter.accounts.usage_fetch import run_async
+    from subrouter.cli.fetch import run_async
     from subrouter.files import atomic_write, dump_json
 
     account = manage.find(store, sub["label"])
@@ -961,7 +961,7 @@ def _attach(store: str, sub: usage.Options, streams: Streams) -> int:
         async def listing() -> list[dict[str, Any]]:
             from twisted.internet import reactor
 
-            from subrouter.accounts.usage_fetch import command_http
+            from subrouter.cli.fetch import command_http
 
             http, pool = command_http(streams.environ)
             try:

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.python import usage
 
 import subrouter
-from subrouter.accounts.commands import CxOptions, run_cx
+from subrouter.cli.cx import CxOptions, run_cx
 from subrouter.tap import Options as ServeOptions
 
 SubCommand = tuple[str, None, type[usage.Options], str]
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prog = os.path.basename(sys.argv[0]) or "subrouter"
     if args[:1] == ["codex"]:
         # everything after `codex` is Codex's own: never parse it here
-        from subrouter.codex import WrapperError, run
+        from subrouter.cli.codex import WrapperError, run
 
         try:
             run(args[1:])

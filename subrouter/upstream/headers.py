@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from twisted.web.http_headers import Headers
 
-from subrouter.accounts.store import Account
-
 #: RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones
 HOP_BY_HOP = frozenset(
     {
@@ -103,27 +101,20 @@ def forwardable(
         yield name, values
 
 
-def account_credentials(account: Account) -> list[tuple[bytes, bytes]]:
+def upstream_request_headers(
+    client: Headers, credentials: Iterable[tuple[bytes, bytes]]
+) -> Headers:
     """
-    The headers that carry an account's credentials upstream.
-    """
-    out = [(b"authorization", b"Bearer " + account.secret.encode("latin-1"))]
-    if account.is_oauth and account.chatgpt_account_id:
-        out.append((b"chatgpt-account-id", account.chatgpt_account_id.encode("latin-1")))
-    return out
-
-
-def upstream_request_headers(client: Headers, account: Account) -> Headers:
-    """
-    The headers to send upstream for a client request routed to ``account``.
+    The headers to send upstream for a client request.
 
     :param client: the client's request headers.
-    :param account: the account whose credentials replace the client's.
+    :param credentials: the chosen account's credential headers, which
+        replace the client's.
     """
     out = Headers()
     for name, values in forwardable(client):
         out.setRawHeaders(name, list(values))
-    for name, value in account_credentials(account):
+    for name, value in credentials:
         out.setRawHeaders(name, [value])
     return out
 

@@ -15,12 +15,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from subrouter.accounts import manage
+from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import lock_path_for
 from subrouter.accounts.store import BlockingRunner
 from subrouter.files import locked
+from subrouter.routing.usage import UsagePoller
 from subrouter.sessions.placement import Placement
-from subrouter.sessions.poller import UsagePoller
 from subrouter.sessions.scheduler import rank
 
 _log = Logger()

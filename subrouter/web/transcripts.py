@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from subrouter.proxy.errors import error_body
+from subrouter.errors import error_body
 from subrouter.transcripts.recorder import Recorder
 
 BATCH_BYTES = 256 * 1024

@@ -1,0 +1,4 @@
+"""
+The console scripts: ``subrouter``, ``sr`` and ``cx``, the ``cx`` command
+tree, and the agent wrappers.
+"""
