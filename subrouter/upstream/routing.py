@@ -28,7 +28,11 @@ class Provider(Protocol):
     What the proxy needs of an upstream provider.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """
+        The provider's name, as logs and transcripts show it.
+        """
 
     @property
     def root(self) -> bytes:
