@@ -5,9 +5,10 @@ Where a new conversation goes: the placement policy, as pure functions.
 Each account is scored from its rate-limit windows: its *headroom* is what is
 left of its tightest window, its *short headroom* what is left of its tightest
 short (at most 6 h) window, and its *expiry pressure* the headroom divided by
-the seconds until the short window resets. An account is usable for a new
-conversation while both headrooms are at least 0.40, and exhausted when either
-is gone.
+the seconds until the short window resets (a full window's length when the
+reset is unknown: a window whose reset nobody reported is treated as one that
+just started). An account is usable for a new conversation while both
+headrooms are at least 0.40, and exhausted when either is gone.
 
 Candidates are ordered by tier (usable logins, then API keys, then logins
 that are low but not exhausted, then exhausted ones), then usable first, then
@@ -16,17 +17,33 @@ resets soonest, then the higher headroom, then the fewer live conversations,
 then the id. Headroom and resets are compared in small bands (1%, one minute)
 so near-identical accounts share new conversations instead of one of them
 taking all of them.
+
+Usage is only learnt after the fact (polls every few minutes, the headers of
+answers), so a burst of new conversations would all see the same numbers and
+all go to the same account. Each conversation placed on an account in the
+last :data:`RECENT` seconds therefore counts as :data:`RECENT_DEBIT` of its
+headroom already spent: the leader's lead shrinks with every conversation it
+takes, and a burst spreads over the accounts in proportion to their lead
+instead of piling onto one of them.
+
+:func:`explain` says why the chosen candidate beat the next best one, from the
+same comparison the ranking made.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
 MIN_NEW_SESSION_HEADROOM = 0.40
 SHORT_WINDOW_MAX_SECONDS = 6 * 3600
+#: a conversation placed this recently is not in the usage numbers yet
+RECENT = 600.0
+#: ... and is counted as this much of its account's headroom already spent
+RECENT_DEBIT = 0.02
 
 
 @attrs.frozen
@@ -80,6 +97,7 @@ def score_windows(windows: Iterable[Window]) -> Score:
     headroom = 1.0
     short: float | None = None
     short_reset = 0.0
+    short_length = 0
     for window in windows:
         remaining = 1.0 - min(max(window.used_percent, 0.0), 100.0) / 100.0
         headroom = min(headroom, remaining)
@@ -88,9 +106,13 @@ def score_windows(windows: Iterable[Window]) -> Score:
         ):
             short = remaining
             short_reset = max(window.reset_after, 0.0)
+            short_length = window.window_seconds
     if short is None:
         short, short_reset = headroom, 0.0
-    pressure = headroom / short_reset if short_reset >= 1.0 else 0.0
+    # an unknown reset is taken as a whole window away, never as "no pressure",
+    # which would rank the account below every one whose reset is known
+    horizon = short_reset if short_reset >= 1.0 else float(short_length)
+    pressure = headroom / horizon if horizon >= 1.0 else 0.0
     return Score(headroom, short, short_reset, pressure)
 
 
@@ -101,12 +123,29 @@ class Candidate:
 
     :ivar oauth: a ChatGPT login (True) or an API key (False).
     :ivar sessions: its live conversations.
+    :ivar recent: conversations placed on it in the last :data:`RECENT`
+        seconds (they count against its headroom, see the module doc).
     """
 
     id: str
     oauth: bool
     score: Score
     sessions: int = 0
+    recent: int = 0
+
+    @property
+    def effective(self) -> Score:
+        """
+        The score with recent placements counted as spent.
+        """
+        score = self.score
+        if not self.recent or not self.oauth:
+            return score
+        debit = RECENT_DEBIT * self.recent
+        headroom = max(score.headroom - debit, 0.0)
+        short = max(score.short_headroom - debit, 0.0)
+        pressure = score.pressure * (headroom / score.headroom) if score.headroom > 0 else 0.0
+        return Score(headroom, short, score.short_reset_after, pressure)
 
 
 def tier(candidate: Candidate) -> int:
@@ -116,7 +155,7 @@ def tier(candidate: Candidate) -> int:
     """
     if not candidate.oauth:
         return 1
-    score = candidate.score
+    score = candidate.effective
     if score.usable:
         return 0
     return 3 if score.exhausted else 2
@@ -131,9 +170,11 @@ RESET_STEP = 60.0
 
 def _banded(score: Score) -> tuple[float, float]:
     headroom = round(score.headroom / HEADROOM_STEP) * HEADROOM_STEP
-    if score.short_reset_after < 1.0:
+    if score.pressure <= 0:
         return headroom, 0.0
-    reset = math.ceil(score.short_reset_after / RESET_STEP) * RESET_STEP
+    # the pressure's own horizon (the reset, or a window when unknown), banded
+    horizon = score.headroom / score.pressure
+    reset = math.ceil(horizon / RESET_STEP) * RESET_STEP
     return headroom, headroom / reset
 
 
@@ -142,14 +183,14 @@ def standing(candidate: Candidate) -> tuple[int, int, float, float]:
     How good a candidate is before live conversations and ids break ties:
     candidates with equal standing share new conversations.
     """
-    score = candidate.score
+    score = candidate.effective
     usable = score.usable
     headroom, pressure = _banded(score)
     return (tier(candidate), 0 if usable else 1, -pressure if usable else 0.0, -headroom)
 
 
 def _order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
-    return (*standing(candidate), candidate.sessions, candidate.id)
+    return (*standing(candidate), candidate.sessions + candidate.recent, candidate.id)
 
 
 def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
@@ -166,3 +207,169 @@ def pick(candidates: Sequence[Candidate]) -> Candidate | None:
     if not candidates:
         return None
     return min(candidates, key=_order)
+
+
+def pick_explained(candidates: Sequence[Candidate]) -> Choice | None:
+    """
+    The best candidate with the reason it won, or None when there is none.
+    """
+    if not candidates:
+        return None
+    ordered = sorted(candidates, key=_order)
+    return explain(ordered[0], ordered[1] if len(ordered) > 1 else None)
+
+
+#: what decided between the chosen candidate and the runner-up, by the first
+#: part of their order that differs
+ONLY = "only candidate"
+TIER = "tier"
+PRESSURE = "pressure"
+HEADROOM = "headroom"
+LOAD = "load"
+NAME = "name"
+_BASES = (TIER, TIER, PRESSURE, HEADROOM, LOAD, NAME)
+
+
+@attrs.frozen
+class Choice:
+    """
+    Why the scheduler chose ``chosen``: the part of the order that put it
+    ahead of ``runner_up`` (the next best candidate). Built on every new
+    placement, so it only holds references; the words come later, from
+    :meth:`short` and :meth:`describe`.
+
+    :ivar concentrating: the chosen account already carries more live and
+        recent conversations than the runner-up: the policy piles onto it on
+        purpose (it resets sooner, or has more headroom).
+    """
+
+    chosen: Candidate
+    runner_up: Candidate | None
+    basis: str
+
+    @property
+    def concentrating(self) -> bool:
+        other = self.runner_up
+        return other is not None and self.basis in (PRESSURE, HEADROOM) and (
+            self.chosen.sessions + self.chosen.recent > other.sessions + other.recent
+        )
+
+    def short(self) -> str:
+        """
+        A few words for the request log: ``pressure>b@x.com``.
+        """
+        if self.runner_up is None:
+            return "only"
+        word = self.basis.replace(" ", "-")
+        return f"{word}{'+conc' if self.concentrating else ''}>{self.runner_up.id}"
+
+    def describe(self) -> str:
+        """
+        A sentence for people.
+        """
+        chosen, other = self.chosen, self.runner_up
+        if other is None:
+            return f"{chosen.id} was the only account that could take it ({_numbers(chosen)})"
+        mine, theirs = _numbers(chosen), _numbers(other)
+        basis = self.basis
+        if basis == TIER:
+            why = _tier_words(chosen, other)
+        elif basis == PRESSURE:
+            why = (
+                "its window resets sooner for the headroom it has left (expiry pressure: "
+                "spend the quota that would otherwise be lost at the reset)"
+            )
+        elif basis == HEADROOM:
+            why = "it has more headroom left"
+        elif basis == LOAD:
+            why = "the two are equal within the bands, and it carries fewer live conversations"
+        else:
+            why = "the two are equal in every respect; the name breaks the tie"
+        text = f"{chosen.id} ({mine}) over {other.id} ({theirs}): {why}"
+        if self.concentrating:
+            text += (
+                f"; it already carries more conversations than {other.id}, on purpose"
+            )
+        return text
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "basis": self.basis,
+            "concentrating": self.concentrating,
+            "chosen": candidate_json(self.chosen),
+            "runner_up": candidate_json(self.runner_up) if self.runner_up else None,
+            "text": self.describe(),
+        }
+
+
+def candidate_json(candidate: Candidate) -> dict[str, Any]:
+    """
+    A candidate's numbers, as JSON.
+    """
+    score = candidate.score
+    effective = candidate.effective
+    return {
+        "account": candidate.id,
+        "kind": "oauth" if candidate.oauth else "apikey",
+        "tier": tier(candidate),
+        "headroom": round(score.headroom, 4),
+        "short_headroom": round(score.short_headroom, 4),
+        "effective_headroom": round(effective.headroom, 4),
+        "short_resets_in": int(score.short_reset_after) if score.short_reset_after else None,
+        "pressure_per_hour": round(effective.pressure * 3600, 4),
+        "usable": effective.usable,
+        "live": candidate.sessions,
+        "recent": candidate.recent,
+    }
+
+
+def _numbers(candidate: Candidate) -> str:
+    if not candidate.oauth:
+        return "API key"
+    score = candidate.score
+    parts = [f"headroom {score.headroom * 100:.0f}%"]
+    if score.short_headroom != score.headroom:
+        parts.append(f"5h {score.short_headroom * 100:.0f}%")
+    if score.short_reset_after >= 1:
+        parts.append(f"resets in {_minutes(score.short_reset_after)}")
+    elif score.pressure > 0:
+        parts.append("reset unknown")
+    parts.append(f"{candidate.sessions} live")
+    if candidate.recent:
+        parts.append(f"{candidate.recent} placed in the last {int(RECENT // 60)}m")
+    return ", ".join(parts)
+
+
+def _minutes(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+
+
+def _tier_words(chosen: Candidate, other: Candidate) -> str:
+    theirs = tier(other)
+    if theirs == 1:
+        return f"a usable login goes before an API key ({other.id} is pay-per-token)"
+    if theirs == 2:
+        return (
+            f"{other.id} is below the {MIN_NEW_SESSION_HEADROOM:.0%} headroom kept for the "
+            "conversations it already has"
+        )
+    if theirs == 3:
+        return f"{other.id} has reached its usage limit"
+    return "it ranks in a better tier"
+
+
+def explain(chosen: Candidate, runner_up: Candidate | None) -> Choice:
+    """
+    Why ``chosen`` went before ``runner_up`` (the next in :func:`rank`'s order).
+    """
+    if runner_up is None:
+        return Choice(chosen, None, ONLY)
+    mine, theirs = _order(chosen), _order(runner_up)
+    for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        if a != b:
+            return Choice(chosen, runner_up, _BASES[index])
+    return Choice(chosen, runner_up, NAME)

@@ -12,11 +12,14 @@ every conversation ever seen.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
+
+from subrouter.sessions.reasons import Reason
+from subrouter.sessions.scheduler import RECENT
 
 SessionId = tuple[str, str]  # (agent, key)
 
@@ -31,9 +34,17 @@ class Assignment:
     last_seen: float
     requests: int = 0
     user_email: str | None = None
+    #: when it came to its current account
+    placed_at: float = 0.0
+    #: why it is there (None for assignments saved before reasons existed)
+    reason: Reason | None = None
+    #: how many times it moved to another account
+    moves: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        row = attrs.asdict(self, recurse=False)
+        row["reason"] = self.reason.dump() if self.reason is not None else None
+        return row
 
 
 class SessionTable:
@@ -48,6 +59,9 @@ class SessionTable:
         # live conversations, least recently seen first
         self._live: OrderedDict[SessionId, None] = OrderedDict()
         self._counts: dict[str, int] = {}
+        # placements of the last RECENT seconds, oldest first, and their counts
+        self._recent: deque[tuple[float, str]] = deque()
+        self._recent_counts: dict[str, int] = {}
         self.version = 0  # bumped on every change worth saving
 
     def __len__(self) -> int:
@@ -85,6 +99,23 @@ class SessionTable:
         self._expire(now)
         return self._counts
 
+    def recent_counts(self, now: float) -> dict[str, int]:
+        """
+        Conversations placed (new or moved) on each account in the last
+        :data:`~subrouter.sessions.scheduler.RECENT` seconds.
+        """
+        recent = self._recent
+        horizon = now - RECENT
+        counts = self._recent_counts
+        while recent and recent[0][0] <= horizon:
+            _, account_id = recent.popleft()
+            left = counts[account_id] - 1
+            if left:
+                counts[account_id] = left
+            else:
+                del counts[account_id]
+        return counts
+
     def touch(
         self, agent: str, key: str, now: float, *, user_email: str | None = None
     ) -> Assignment | None:
@@ -120,6 +151,7 @@ class SessionTable:
         *,
         fallback: bool = False,
         user_email: str | None = None,
+        reason: Reason | None = None,
     ) -> Assignment:
         """
         Pin a conversation to an account (new, or moved) and count the request.
@@ -128,20 +160,32 @@ class SessionTable:
         self._expire(now)
         assignment = self._all.get(sid)
         if assignment is None:
-            assignment = Assignment(agent, key, account_id, fallback, now, now, 0, user_email)
+            assignment = Assignment(agent, key, account_id, fallback, now, now, 0, user_email,
+                                    placed_at=now)
             self._all[sid] = assignment
+            placed = True
         else:
             if sid in self._live:
                 self._live.pop(sid)
                 self._count(assignment.account_id, -1)
+            placed = assignment.account_id != account_id
+            if placed:
+                assignment.moves += 1
+                assignment.placed_at = now
             assignment.account_id = account_id
             if user_email:
                 assignment.user_email = user_email
+        if reason is not None:
+            assignment.reason = reason
         assignment.last_seen = now
         assignment.requests += 1
         if not assignment.fallback:
             self._live[sid] = None
             self._count(account_id, 1)
+            if placed:
+                self.recent_counts(now)
+                self._recent.append((now, account_id))
+                self._recent_counts[account_id] = self._recent_counts.get(account_id, 0) + 1
         self.version += 1
         return assignment
 
@@ -181,6 +225,9 @@ class SessionTable:
                     last_seen=float(row["last_seen"]),
                     requests=int(row.get("requests", 0)),
                     user_email=row.get("user_email"),
+                    placed_at=float(row.get("placed_at") or row["first_seen"]),
+                    reason=Reason.load(row.get("reason")),
+                    moves=int(row.get("moves", 0)),
                 )
             except (KeyError, TypeError, ValueError):
                 continue

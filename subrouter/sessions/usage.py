@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 from twisted.web.http_headers import Headers
 
+from subrouter.sessions.forecast import BurnMeter, Forecast
 from subrouter.sessions.scheduler import (
     API_KEY,
     EXHAUSTED,
@@ -218,6 +219,10 @@ class UsageBook:
         self._accounts: dict[str, AccountUsage] = {}
         #: bumped whenever a score may have changed
         self.version = 0
+        #: the recent history of every window, for forecasts
+        self.meter = BurnMeter()
+        # tokens each account has spent since start, from the token accounting
+        self._tokens: dict[str, float] = {}
 
     def get(self, account_id: str) -> AccountUsage:
         usage = self._accounts.get(account_id)
@@ -236,6 +241,13 @@ class UsageBook:
         if not windows:
             return
         usage = self.get(account_id)
+        if usage.windows and usage.observed_at is not None:
+            windows = _carry_resets(windows, usage.windows, now - usage.observed_at)
+        tokens = self._tokens.get(account_id)
+        meter = self.meter
+        for w in windows:
+            meter.observe(account_id, w.name, w.used_percent,
+                          now + w.reset_after if w.reset_after else None, now, tokens)
         if [(w.name, w.used_percent, w.window_seconds) for w in windows] != [
             (w.name, w.used_percent, w.window_seconds) for w in usage.windows
         ] or usage.error is not None:
@@ -257,6 +269,27 @@ class UsageBook:
         elif usage.exhausted_until is not None:
             usage.exhausted_until = None
             usage.exhausted_reason = None
+
+    def add_tokens(self, account_id: str, tokens: float) -> None:
+        """
+        Count tokens an account spent (from the token accounting), so its
+        forecasts can measure the burn in tokens between observations.
+        """
+        self._tokens[account_id] = self._tokens.get(account_id, 0.0) + tokens
+
+    def forecasts(self, account_id: str, now: float) -> dict[str, Forecast]:
+        """
+        A forecast for each known window of an account, by window name.
+        """
+        tokens = self._tokens.get(account_id)
+        return {
+            w.name: self.meter.forecast(
+                account_id, w.name, w.used_percent,
+                now + w.reset_after if w.reset_after else None, now, tokens,
+            )
+            for w in self.current_windows(account_id, now)
+            if w.name != "reached"
+        }
 
     def record_failure(self, account_id: str, reason: str, now: float) -> None:
         self.version += 1
@@ -351,6 +384,29 @@ class UsageBook:
 
     def ids(self) -> Iterable[str]:
         return self._accounts.keys()
+
+
+def _carry_resets(new: list[Window], old: list[Window], elapsed: float) -> list[Window]:
+    """
+    Fill in what a new observation leaves out (answers whose headers carry the
+    percent but no reset time) from the previous one of the same window, as
+    long as that window has not reset since: an unknown reset must not look
+    like a window that never resets.
+    """
+    if all(w.reset_after and w.window_seconds for w in new):
+        return new
+    previous = {w.name: w for w in old}
+    out = []
+    for window in new:
+        before = previous.get(window.name)
+        if before is not None and window.used_percent >= before.used_percent - 0.5:
+            reset_after = window.reset_after
+            if not reset_after and before.reset_after and before.reset_after > elapsed:
+                reset_after = before.reset_after - elapsed
+            seconds = window.window_seconds or before.window_seconds
+            window = Window(window.name, window.used_percent, seconds, reset_after)
+        out.append(window)
+    return out
 
 
 def is_overload(status: int, body: bytes) -> bool:
