@@ -40,6 +40,10 @@ import attrs
 
 MIN_NEW_SESSION_HEADROOM = 0.40
 SHORT_WINDOW_MAX_SECONDS = 6 * 3600
+#: a window in the last part of its length (this fraction) is not protected
+#: by the band: what is left of it is lost at its reset unless it is spent,
+#: and the conversations already on it get a fresh window soon
+EXPIRING_SOON = 0.2
 #: a conversation placed this recently is not in the usage numbers yet
 RECENT = 600.0
 #: ... and is counted as this much of its account's headroom already spent
@@ -68,11 +72,15 @@ class Score:
     short_headroom: float = 1.0
     short_reset_after: float = 0.0
     pressure: float = 0.0
+    #: the headroom the band protects: long windows about to reset left out
+    #: (None: the same as ``headroom``)
+    guarded: float | None = None
 
     @property
     def usable(self) -> bool:
+        guarded = self.headroom if self.guarded is None else self.guarded
         return (
-            self.headroom >= MIN_NEW_SESSION_HEADROOM
+            guarded >= MIN_NEW_SESSION_HEADROOM
             and self.short_headroom >= MIN_NEW_SESSION_HEADROOM
         )
 
@@ -95,12 +103,15 @@ def score_windows(windows: Iterable[Window]) -> Score:
     Score an account from its windows.
     """
     headroom = 1.0
+    guarded = 1.0
     short: float | None = None
     short_reset = 0.0
     short_length = 0
     for window in windows:
         remaining = 1.0 - min(max(window.used_percent, 0.0), 100.0) / 100.0
         headroom = min(headroom, remaining)
+        if not 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds:
+            guarded = min(guarded, remaining)
         if 0 < window.window_seconds <= SHORT_WINDOW_MAX_SECONDS and (
             short is None or remaining <= short
         ):
@@ -113,7 +124,8 @@ def score_windows(windows: Iterable[Window]) -> Score:
     # which would rank the account below every one whose reset is known
     horizon = short_reset if short_reset >= 1.0 else float(short_length)
     pressure = headroom / horizon if horizon >= 1.0 else 0.0
-    return Score(headroom, short, short_reset, pressure)
+    return Score(headroom, short, short_reset, pressure,
+                 None if guarded == headroom else guarded)
 
 
 @attrs.frozen
@@ -145,20 +157,29 @@ class Candidate:
         headroom = max(score.headroom - debit, 0.0)
         short = max(score.short_headroom - debit, 0.0)
         pressure = score.pressure * (headroom / score.headroom) if score.headroom > 0 else 0.0
-        return Score(headroom, short, score.short_reset_after, pressure)
+        guarded = None if score.guarded is None else max(score.guarded - debit, 0.0)
+        return Score(headroom, short, score.short_reset_after, pressure, guarded)
+
+
+#: a login below this headroom is nearly out: a new conversation would meet
+#: its limit within a few turns, so an API key goes first
+LOW_FLOOR = 0.0
 
 
 def tier(candidate: Candidate) -> int:
     """
-    0: usable login; 1: API key; 2: login below the threshold but not
-    exhausted; 3: exhausted login.
+    0: usable login; 1: login below the threshold (but above
+    :data:`LOW_FLOOR`); 2: API key; 3: login nearly out; 4: exhausted login.
     """
     if not candidate.oauth:
-        return 1
+        return 2
     score = candidate.effective
     if score.usable:
         return 0
-    return 3 if score.exhausted else 2
+    if score.exhausted:
+        return 4
+    low = min(score.headroom, score.short_headroom)
+    return 1 if low >= LOW_FLOOR else 3
 
 
 #: headroom is compared in steps of 1%, resets in steps of a minute: accounts
