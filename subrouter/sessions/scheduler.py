@@ -221,15 +221,6 @@ def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=_order)
 
 
-def pick(candidates: Sequence[Candidate]) -> Candidate | None:
-    """
-    The best candidate, or None when there is none.
-    """
-    if not candidates:
-        return None
-    return min(candidates, key=_order)
-
-
 def pick_explained(candidates: Sequence[Candidate]) -> Choice | None:
     """
     The best candidate with the reason it won, or None when there is none.
