@@ -60,37 +60,34 @@ import argparse
 import heapq
 import itertools
 import json
-import math
 import random
 import statistics
 import sys
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account, AccountKind, AccountStore
+from subrouter.proxy.resource import _out_of_quota
+from subrouter.routing.exchange import Exchange, OutOfQuota, Sent, Verdict
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import SessionKey
-from subrouter.sessions.placement import Identity, NoAccount, Placement
-from subrouter.sessions.scheduler import Candidate
+from subrouter.sessions.placement import NoAccount, Placement
+from subrouter.sessions.scheduler import Candidate, Choice, explain
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import (
-    is_overload,
+    UsageBook,
     retry_after,
-    usage_limit_in_body,
     windows_from_headers,
     windows_from_usage,
 )
-
-try:
-    from subrouter.routing.exchange import MAX_ACCOUNTS_PER_REQUEST  # type: ignore[attr-defined]
-except ImportError:
-    from subrouter.proxy.resource import MAX_ACCOUNTS_PER_REQUEST
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -385,13 +382,14 @@ class _Baseline(Placement):
         logins = [a for a in out if a.is_oauth]
         return logins or out
 
-    def _pick(self, now: float, oauth_only: bool, exclude: Collection[str]) -> Candidate:
+    def pick(self, now: float, oauth_only: bool = False, exclude: Collection[str] = ()
+             ) -> Choice:
         usable = self._usable(now, oauth_only, exclude)
         if not usable:
             raise NoAccount(503, "usage_limit_reached", "nothing left")
         account = self._rule(usable, now)
-        return Candidate(account.id, account.is_oauth,
-                         self.usage.score(account.id, account.is_oauth, now))
+        return explain(Candidate(account.id, account.is_oauth,
+                                 self.usage.score(account.id, account.is_oauth, now)), None)
 
     def _rule(self, usable: list[Account], now: float) -> Account:
         raise NotImplementedError
@@ -498,8 +496,6 @@ def _build(workload: Workload, policy: str) -> tuple[Placement, Clock]:
     refresher = TokenRefresher(store=store, http=None, token_url="https://unused.invalid",
                                clock=clock, run_blocking=lambda f: succeed(f()),
                                codex_auth="/nonexistent")
-    from subrouter.sessions.usage import UsageBook
-
     placement = POLICIES[policy](AccountPool(store, refresher), SessionTable(1800.0),
                                  UsageBook(), clock)
     return placement, clock
@@ -568,15 +564,13 @@ def run(workload: Workload, policy: str,
             live.context = COMPACT_TO
             live.account = live.account and f"{live.account}#compacted"
         results.turns += 1
-        tried: list[str] = []
-        served_by: str | None = None
-        credits = 0.0
-        while True:
-            try:
-                account = placement.choose(identity, exclude=tried)
-            except NoAccount:
-                break
-            tried.append(account.id)
+        served: list[str] = []
+
+        async def attempt(account: Account, may_refresh: bool,
+                          live: _Live = live, request: Request = request,
+                          now: float = now, served: list[str] = served
+                          ) -> Verdict[str, None]:
+            # what the HTTP proxy does with an answer (resource.py)
             warm = account.id == live.account and now - live.last_at < CACHE_TTL
             cached = (live.context - request.growth) * CACHE_HIT if warm else 0.0
             credits = (live.context - cached) + CACHED_WEIGHT * cached \
@@ -589,20 +583,26 @@ def run(workload: Workload, policy: str,
             if answer.status >= 400:
                 if account.is_oauth:
                     results.limit_answers += 1
-                if usage_limit_in_body(answer.body) or (
-                    answer.status == 429 and not is_overload(answer.status, answer.body)
-                ):
-                    placement.mark_exhausted(account.id, retry_after(answer.headers),
-                                             f"HTTP {answer.status}")
-                    if len(tried) < MAX_ACCOUNTS_PER_REQUEST:
-                        continue
-                break
-            served_by = account.id
+                if _out_of_quota(answer.status, answer.body):
+                    return OutOfQuota(None, retry_after(answer.headers), f"HTTP {answer.status}")
+                return Sent("")
             results.input_tokens += live.context
             results.cached_tokens += cached
             if account.is_oauth:
                 book.add_tokens(account.id, live.context + request.output)
-            break
+            served.append(account.id)
+            return Sent(account.id)
+
+        exchange: Exchange[str, None] = Exchange(
+            placement=placement, refresher=placement.pool.refresher, identity=identity,
+            clock=clock, gone=lambda: False,
+        )
+        outcome: list[object] = []
+        Deferred.fromCoroutine(exchange.run(attempt)).addBoth(outcome.append)
+        assert outcome, "the exchange must finish without waiting on anything"
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        served_by = served[0] if served else None
         if served_by is None:
             results.failed += 1
             live.failed = True
@@ -719,12 +719,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _iter_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
-    yield from (json.dumps(r) for r in rows)
-
-
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["SCENARIOS", "Workload", "compare", "generate", "math", "run"]

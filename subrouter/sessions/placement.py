@@ -21,8 +21,9 @@ from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.store import Account
 from subrouter.sessions import keys
 from subrouter.sessions.identity import Identity
-from subrouter.sessions.scheduler import Candidate, rank, standing
-from subrouter.sessions.table import SessionTable
+from subrouter.sessions.reasons import FORCED, MOVED, NEW, Reason
+from subrouter.sessions.scheduler import Candidate, Choice, bound, explain, order, rank
+from subrouter.sessions.table import Assignment, SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
 
 _log = Logger()
@@ -146,48 +147,109 @@ class Placement:
 
         :raises NoAccount: when none can take it.
         """
+        return self.decide(identity, oauth_only=oauth_only, exclude=exclude)[0]
+
+    def decide(
+        self, identity: Identity, *, oauth_only: bool = False, exclude: Collection[str] = ()
+    ) -> tuple[Account, Reason | None]:
+        """
+        The account for a request and why: the new placement's reason, or
+        None when the conversation simply stays where it is (sticky; its
+        assignment keeps the reason it got there).
+
+        :raises NoAccount: when none can take it.
+        """
         now = self.clock.seconds()
         session = identity.session
         store = self.pool.store
         if identity.forced is not None:
             return self._forced(identity, now, exclude)
         sticky = self.table.get(session.agent, session.key)
-        if sticky is not None and sticky.account_id not in exclude:
-            account = store.get(sticky.account_id)
-            if (
-                account is not None
-                and (account.is_oauth or not oauth_only)
-                and self.pool.why_unusable(account) is None
-                and self.usage.exhausted_until(account.id, now) is None
-            ):
+        moved_from: str | None = None
+        cause: str | None = None
+        if sticky is not None:
+            cause = self._why_not_stay(sticky, now, oauth_only, exclude)
+            if cause is None:
                 self.table.touch(session.agent, session.key, now, user_email=identity.email)
-                return account
-        best = self._pick(now, oauth_only, exclude)
+                account = store.get(sticky.account_id)
+                assert account is not None
+                return account, None
+            moved_from = sticky.account_id
+        choice = self.pick(now, oauth_only, exclude)
+        best = choice.chosen
+        reason = (
+            Reason(NEW, now, best.id, choice) if moved_from is None or moved_from == best.id
+            else Reason(MOVED, now, best.id, choice, moved_from, cause)
+        )
         self.table.assign(
             session.agent, session.key, best.id, now,
-            fallback=session.fallback, user_email=identity.email,
+            fallback=session.fallback, user_email=identity.email, reason=reason,
         )
         account = store.get(best.id)
         assert account is not None
-        return account
+        return account, reason
 
-    def _pick(self, now: float, oauth_only: bool, exclude: Collection[str]) -> Candidate:
+    def _why_not_stay(
+        self, sticky: Assignment, now: float, oauth_only: bool, exclude: Collection[str]
+    ) -> str | None:
+        """
+        Why a conversation cannot stay on its account for this request, or
+        None when it can.
+        """
+        account_id = sticky.account_id
+        account = self.pool.store.get(account_id)
+        if account is None:
+            return "the account is no longer in the store"
+        if account_id in exclude:
+            usage = self.usage.get(account_id) if account_id in self.usage.ids() else None
+            reason = usage.exhausted_reason if usage is not None else None
+            return reason or "it failed this request"
+        if oauth_only and not account.is_oauth:
+            return "this path needs a ChatGPT login"
+        why = self.pool.why_unusable(account)
+        if why is not None:
+            return why
+        if self.usage.exhausted_until(account_id, now) is not None:
+            usage = self.usage.get(account_id)
+            return usage.exhausted_reason or "it reached its usage limit"
+        return None
+
+    def pick(
+        self, now: float, oauth_only: bool = False, exclude: Collection[str] = ()
+    ) -> Choice:
+        """
+        Rank the candidates for a new placement with their live and recent
+        conversations, without placing anything: the best one and the next
+        best, with the reason. The ranking is sorted by each candidate's best
+        possible standing, so the walk stops as soon as no further candidate
+        can beat the runner-up.
+
+        :raises NoAccount: when none can take it.
+        """
         counts = self.table.live_counts(now)
+        recent = self.table.recent_counts(now)
         store = self.pool.store
         best: Candidate | None = None
-        best_order: tuple[Any, ...] | None = None
+        second: Candidate | None = None
+        best_key: tuple[Any, ...] | None = None
+        second_key: tuple[Any, ...] | None = None
         for candidate in self.ranking(now):
             if candidate.id in exclude or (oauth_only and not candidate.oauth):
                 continue
+            if second_key is not None and bound(candidate) > second_key[:4]:
+                break  # sorted by bound: nothing further can place first or second
             account = store.get(candidate.id)
             if account is None or self.pool.why_unusable(account) is not None:
                 continue
-            order = standing(candidate)
-            if best_order is not None and order != best_order:
-                break  # the ranking is sorted: nothing further can win
-            sessions = counts.get(candidate.id, 0)
-            if best is None or sessions < best.sessions:
-                best, best_order = attrs.evolve(candidate, sessions=sessions), order
+            live, fresh = counts.get(candidate.id, 0), recent.get(candidate.id, 0)
+            if live or fresh:
+                candidate = attrs.evolve(candidate, sessions=live, recent=fresh)
+            key = order(candidate)
+            if best_key is None or key < best_key:
+                second, second_key = best, best_key
+                best, best_key = candidate, key
+            elif second_key is None or key < second_key:
+                second, second_key = candidate, key
         if best is None:
             raise self._nothing(oauth_only)
         if best.oauth and best.score.exhausted:
@@ -200,9 +262,11 @@ class Placement:
                 503, "usage_limit_reached",
                 f"every account has reached its usage limit{when}; add one with `cx add`",
             )
-        return best
+        return explain(best, second)
 
-    def _forced(self, identity: Identity, now: float, exclude: Collection[str]) -> Account:
+    def _forced(
+        self, identity: Identity, now: float, exclude: Collection[str]
+    ) -> tuple[Account, Reason | None]:
         store = self.pool.store
         selector = identity.forced or ""
         account_id = keys.match_account(selector, ((a.id, a.email) for a in store.accounts()))
@@ -218,11 +282,19 @@ class Placement:
         if why is not None:
             raise NoAccount(503, "account_unavailable", f"account {account_id}: {why}")
         session = identity.session
+        sticky = self.table.get(session.agent, session.key)
+        if sticky is not None and sticky.account_id == account_id and sticky.reason is not None \
+                and sticky.reason.kind == FORCED:
+            self.table.touch(session.agent, session.key, now, user_email=identity.email)
+            return account, None
+        reason = Reason(FORCED, now, account_id, selector=selector,
+                        moved_from=sticky.account_id if sticky is not None
+                        and sticky.account_id != account_id else None)
         self.table.assign(
             session.agent, session.key, account_id, now,
-            fallback=session.fallback, user_email=identity.email,
+            fallback=session.fallback, user_email=identity.email, reason=reason,
         )
-        return account
+        return account, reason
 
     def _nothing(self, oauth_only: bool) -> NoAccount:
         store = self.pool.store

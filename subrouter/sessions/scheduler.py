@@ -44,6 +44,10 @@ SHORT_WINDOW_MAX_SECONDS = 6 * 3600
 #: by the band: what is left of it is lost at its reset unless it is spent,
 #: and the conversations already on it get a fresh window soon
 EXPIRING_SOON = 0.2
+#: expiry pressure is divided by 1 + this x (live + recent conversations):
+#: a sooner reset still draws new conversations, but an account that already
+#: carries many has to reset much sooner to draw more (see bench/routing_sim.py)
+LOAD_DAMPING = 0.0
 #: a conversation placed this recently is not in the usage numbers yet
 RECENT = 600.0
 #: ... and is counted as this much of its account's headroom already spent
@@ -207,11 +211,31 @@ def standing(candidate: Candidate) -> tuple[int, int, float, float]:
     score = candidate.effective
     usable = score.usable
     headroom, pressure = _banded(score)
+    if usable and LOAD_DAMPING and pressure:
+        pressure /= 1.0 + LOAD_DAMPING * (candidate.sessions + candidate.recent)
     return (tier(candidate), 0 if usable else 1, -pressure if usable else 0.0, -headroom)
 
 
-def _order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
+def bound(candidate: Candidate) -> tuple[int, int, float, float]:
+    """
+    The best standing a candidate can have whatever its load: its standing
+    with no live or recent conversations. Load only makes a standing worse,
+    so a walk through candidates sorted by this can stop early.
+    """
+    if candidate.sessions or candidate.recent:
+        candidate = attrs.evolve(candidate, sessions=0, recent=0)
+    return standing(candidate)
+
+
+def order(candidate: Candidate) -> tuple[int, int, float, float, int, str]:
+    """
+    The whole order: standing, then fewer live and recent conversations, then
+    the id.
+    """
     return (*standing(candidate), candidate.sessions + candidate.recent, candidate.id)
+
+
+_order = order
 
 
 def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
