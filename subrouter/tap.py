@@ -366,6 +366,10 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     )
     admin = AdminResource(accounts, placement)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
+    from subrouter.web import why
+
+    admin.putChild(b"sessions", why.SessionsResource(placement))
+    admin.putChild(b"placement", why.placement_resource(placement))
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
 
     _StartupService(config, store).setServiceParent(top)

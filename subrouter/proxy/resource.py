@@ -136,6 +136,7 @@ class _ProxiedRequest:
         self.bytes_in = content_length(request)
         self.bytes_out = 0
         self.tap: Tap | None = None
+        self.exchange: Exchange[None, Prefix] | None = None
         # what is under way upstream, for the idle timer and a client that leaves
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
@@ -172,6 +173,7 @@ class _ProxiedRequest:
             oauth_only=is_backend_path(self.path),
             poller=proxy.poller,
         )
+        self.exchange = exchange
         result = await exchange.run(self._attempt)
         if isinstance(result, NoAccount):
             self._fail(result.status, result.kind, result.message)
@@ -470,16 +472,19 @@ class _ProxiedRequest:
         method = self.method.decode("ascii", "replace")
         path = self.path.decode("ascii", "replace")
         duration_ms = round((self.clock.seconds() - self.started) * 1000, 1)
+        # the placement's reason is formatted here, once, only for the log
+        why = self.exchange.why if self.exchange is not None else "-"
         # the text is built here once; the named fields are there for JSON logs
         _log.info(
             "{request_line}",
             request_line=f"{method} {path} {self.status} {self.outcome} account={account_id} "
-            f"{duration_ms}ms in={self.bytes_in}B out={self.bytes_out}B",
+            f"why={why} {duration_ms}ms in={self.bytes_in}B out={self.bytes_out}B",
             method=method,
             path=path,
             status=self.status,
             outcome=self.outcome,
             account=account_id,
+            why=why,
             duration_ms=duration_ms,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,

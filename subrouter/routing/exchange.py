@@ -29,6 +29,7 @@ from subrouter.accounts.store import Account
 from subrouter.routing.usage import UsagePoller, bounded
 from subrouter.sessions.identity import Identity
 from subrouter.sessions.placement import NoAccount, Placement
+from subrouter.sessions.reasons import STICKY, Reason
 
 #: accounts one request may try when they turn out exhausted
 MAX_ACCOUNTS_PER_REQUEST = 4
@@ -110,6 +111,18 @@ class Exchange(Generic[T, H]):
     oauth_only: bool = False
     poller: UsagePoller | None = None
     tried: list[str] = attrs.Factory(list)
+    #: why the last account tried was chosen (None: the conversation's own)
+    reason: Reason | None = None
+
+    @property
+    def why(self) -> str:
+        """
+        The short reason for the request log: ``sticky``, ``new:...``,
+        ``moved<...``, ``forced``, or ``-`` before any account was chosen.
+        """
+        if self.reason is not None:
+            return self.reason.short()
+        return STICKY if self.tried else "-"
 
     async def run(self, attempt: Attempt[T, H]) -> Sent[T] | OutOfQuota[H] | NoAccount | Gone:
         """
@@ -125,12 +138,13 @@ class Exchange(Generic[T, H]):
         last: OutOfQuota[H] | None = None
         while True:
             try:
-                account = self.placement.choose(
+                account, reason = self.placement.decide(
                     self.identity, oauth_only=self.oauth_only, exclude=self.tried
                 )
             except NoAccount as e:
                 return last if last is not None else e
             self.tried.append(account.id)
+            self.reason = reason
             verdict = await self._on(account, attempt)
             if isinstance(verdict, OutOfQuota):
                 self.placement.mark_exhausted(account.id, verdict.retry_after, verdict.why)

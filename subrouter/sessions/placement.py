@@ -189,6 +189,35 @@ class Placement:
         assert account is not None
         return account, reason
 
+    def standings(self, now: float) -> list[tuple[Candidate, str | None]]:
+        """
+        Every account as a new conversation would see it now, best first,
+        with live and recent counts, and why it cannot take one (or None).
+        For explaining; :meth:`pick` is the fast path.
+        """
+        counts = self.table.live_counts(now)
+        recent = self.table.recent_counts(now)
+        store = self.pool.store
+        out = []
+        for candidate in self.ranking(now):
+            account = store.get(candidate.id)
+            if account is None:
+                continue
+            candidate = attrs.evolve(candidate, sessions=counts.get(candidate.id, 0),
+                                     recent=recent.get(candidate.id, 0))
+            why = self.pool.why_unusable(account)
+            if why is None and self.usage.exhausted_until(candidate.id, now) is not None:
+                why = self.usage.get(candidate.id).exhausted_reason or "usage limit reached"
+            out.append((candidate, why))
+        out.sort(key=lambda pair: (pair[1] is not None, order(pair[0])))
+        return out
+
+    def why_not_stay(self, sticky: Assignment, now: float) -> str | None:
+        """
+        Why a conversation's next request would leave its account, or None.
+        """
+        return self._why_not_stay(sticky, now, False, ())
+
     def _why_not_stay(
         self, sticky: Assignment, now: float, oauth_only: bool, exclude: Collection[str]
     ) -> str | None:

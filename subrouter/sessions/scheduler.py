@@ -40,9 +40,10 @@ import attrs
 
 MIN_NEW_SESSION_HEADROOM = 0.40
 SHORT_WINDOW_MAX_SECONDS = 6 * 3600
-#: a window in the last part of its length (this fraction) is not protected
-#: by the band: what is left of it is lost at its reset unless it is spent,
-#: and the conversations already on it get a fresh window soon
+#: a long (weekly) window in the last fifth of its length is not protected by
+#: the band: what is left of it is lost at its reset unless it is spent, and
+#: the conversations already on it get a fresh window soon (short windows stay
+#: protected by the short headroom)
 EXPIRING_SOON = 0.2
 #: expiry pressure is divided by 1 + this x (live + recent conversations):
 #: a sooner reset still draws new conversations, but an account that already
@@ -114,7 +115,10 @@ def score_windows(windows: Iterable[Window]) -> Score:
     for window in windows:
         remaining = 1.0 - min(max(window.used_percent, 0.0), 100.0) / 100.0
         headroom = min(headroom, remaining)
-        if not 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds:
+        if not (
+            window.window_seconds > SHORT_WINDOW_MAX_SECONDS
+            and 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds
+        ):
             guarded = min(guarded, remaining)
         if 0 < window.window_seconds <= SHORT_WINDOW_MAX_SECONDS and (
             short is None or remaining <= short

@@ -76,6 +76,7 @@ def accounts_json(placement: Placement) -> dict[str, Any]:
         usage = placement.usage.get(account_id) if account_id in placement.usage.ids() else None
         score = placement.usage.score(account_id, oauth, now)
         until = placement.usage.exhausted_until(account_id, now)
+        forecasts = placement.usage.forecasts(account_id, now)
         row["windows"] = [
             {
                 "name": w.name,
@@ -83,6 +84,7 @@ def accounts_json(placement: Placement) -> dict[str, Any]:
                 "window_minutes": w.window_seconds // 60 if w.window_seconds else None,
                 "resets_in": int(w.reset_after) if w.reset_after else None,
                 "resets_at": int(now + w.reset_after) if w.reset_after else None,
+                "forecast": forecasts[w.name].as_json() if w.name in forecasts else None,
             }
             for w in placement.usage.current_windows(account_id, now)
         ]

@@ -307,9 +307,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(500, "the WebSocket was given up")
         if isinstance(result.value, ConnectionDeny):
             raise result.value
-        return self._accepted(*result.value)
+        return self._accepted(*result.value, why=exchange.why)
 
-    def _accepted(self, account: Account, upstream: UpstreamProtocol) -> Any:
+    def _accepted(self, account: Account, upstream: UpstreamProtocol, why: str = "-") -> Any:
         self.account = account
         self.upstream = upstream
         upstream.client = self
@@ -317,8 +317,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
         protocol = response.protocol if response is not None else None
         headers = relayable_response_headers(dict(response.headers)) if response else {}
         _log.info(
-            "WebSocket {path} opened via account {account}",
-            path=self.http_request_path, account=account.id,
+            "WebSocket {path} opened via account {account} why={why}",
+            path=self.http_request_path, account=account.id, why=why,
         )
         recorder = self.factory.recorder
         identity = self.identity

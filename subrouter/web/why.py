@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.test_why -*-
+"""
+Why a conversation is where it is, and where a new one would go:
+
+- ``GET /_subrouter/sessions/<agent>/<id>`` (or ``/_subrouter/sessions/<id>``
+  when only one agent has that id): the conversation's assignment, the reason
+  it was placed there (new: the ranking that chose it and the runner-up; moved:
+  from which account and why; forced), since when it has been sticky, and
+  whether its next request would stay;
+- ``GET /_subrouter/placement/next``: the account a new conversation would get
+  right now, why, and every account's standing.
+
+``GET /_subrouter/sessions`` itself still lists every assignment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from subrouter.errors import error_body
+from subrouter.sessions.placement import NoAccount, Placement
+from subrouter.sessions.scheduler import candidate_json
+from subrouter.sessions.table import Assignment
+from subrouter.timefmt import rfc3339
+from subrouter.web.admin import JSONEndpoint, NotFound, json_answer, sessions_json
+
+
+def _age(seconds: float) -> str:
+    minutes = int(max(seconds, 0) // 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+
+
+def session_json(placement: Placement, assignment: Assignment) -> dict[str, Any]:
+    """
+    One conversation, with the reason for its placement.
+    """
+    now = placement.clock.seconds()
+    reason = assignment.reason
+    leaving = placement.why_not_stay(assignment, now)
+    account = assignment.account_id
+    stored = placement.pool.store.get(account)
+    oauth = stored is not None and stored.is_oauth
+    score = placement.usage.score(account, True, now) if oauth else None
+    lines = [
+        f"{assignment.agent}:{assignment.key} is on {account}, sticky since "
+        f"{rfc3339(assignment.placed_at)} ({_age(now - assignment.placed_at)} ago; "
+        f"{assignment.requests} requests, {assignment.moves} moves)",
+        "placed: " + (reason.describe() if reason is not None
+                      else "before this daemon recorded reasons"),
+        "next request: " + (f"moves ({leaving})" if leaving else "stays on it (sticky)"),
+    ]
+    return {
+        "agent": assignment.agent,
+        "session": assignment.key,
+        "account": account,
+        "user_email": assignment.user_email,
+        "first_seen": rfc3339(assignment.first_seen),
+        "last_seen": rfc3339(assignment.last_seen),
+        "sticky_since": rfc3339(assignment.placed_at),
+        "requests": assignment.requests,
+        "moves": assignment.moves,
+        "fallback": assignment.fallback,
+        "placement": reason.as_json() if reason is not None else None,
+        "next_request": {"stays": leaving is None, "why_not": leaving},
+        "account_now": {
+            "headroom": round(score.headroom, 4) if score else None,
+            "short_headroom": round(score.short_headroom, 4) if score else None,
+            "live": placement.table.live_counts(now).get(account, 0),
+            "exhausted_until": placement.usage.exhausted_until(account, now),
+        },
+        "text": "\n".join(lines),
+    }
+
+
+def next_json(placement: Placement) -> dict[str, Any]:
+    """
+    What a new conversation would get right now, and why.
+    """
+    now = placement.clock.seconds()
+    ranking = [
+        {**candidate_json(candidate), "unusable": why}
+        for candidate, why in placement.standings(now)
+    ]
+    try:
+        choice = placement.pick(now)
+    except NoAccount as e:
+        return {"account": None, "error": e.message, "reason": None, "ranking": ranking,
+                "text": f"a new conversation would get no account: {e.message}"}
+    return {
+        "account": choice.chosen.id,
+        "error": None,
+        "reason": choice.as_json(),
+        "ranking": ranking,
+        "text": f"a new conversation would go to {choice.describe()}",
+    }
+
+
+def find(placement: Placement, segments: list[str]) -> Assignment | str:
+    """
+    The assignment ``segments`` name (``[agent, id]``, or ``[id]`` when one
+    agent only has it), or the reason there is none.
+    """
+    table = placement.table
+    if len(segments) >= 2:
+        found = table.get(segments[0], "/".join(segments[1:]))
+        if found is not None:
+            return found
+    key = "/".join(segments)
+    matches = [a for a in table if a.key == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        agents = ", ".join(sorted(a.agent for a in matches))
+        return f"several agents have a conversation {key} ({agents}): name the agent"
+    return f"no conversation {key} is known to this daemon"
+
+
+class SessionsResource(Resource):
+    """
+    ``/_subrouter/sessions`` (the list) and ``/_subrouter/sessions/...`` (one).
+    """
+
+    isLeaf = True
+
+    def __init__(self, placement: Placement) -> None:
+        super().__init__()
+        self._placement = placement
+        self._list = JSONEndpoint(lambda: sessions_json(placement))
+
+    def render(self, request: Request) -> bytes:
+        segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or () if s]
+        if not segments:
+            return self._list.render(request)
+        if request.method not in (b"GET", b"HEAD"):
+            return self._list.render(request)  # the same 405
+        found = find(self._placement, segments)
+        if isinstance(found, str):
+            json_answer(request, None, 404)
+            return error_body("unknown_session", found)
+        return json_answer(request, session_json(self._placement, found))
+
+
+def placement_resource(placement: Placement) -> Resource:
+    """
+    ``/_subrouter/placement/`` with its ``next`` endpoint.
+    """
+    tree = _Tree()
+    tree.putChild(b"next", JSONEndpoint(lambda: next_json(placement)))
+    return tree
+
+
+class _Tree(Resource):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return NotFound().render(request)
