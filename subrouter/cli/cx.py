@@ -21,6 +21,7 @@ from twisted.python import usage
 from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
+from subrouter.cli import why
 from subrouter.cli.claude import ClaudeOptions
 from subrouter.config import (
     DEFAULT_ACCOUNTS_DIR,
@@ -211,6 +212,8 @@ class CxOptions(usage.Options):
         ("rm", None, _RemoveOptions, "Same as remove."),
         ("add", None, _AddOptions, "Sign in with `codex login` and store the login."),
         ("status", None, _StatusOptions, "Each account's plan, usage, headroom and reset."),
+        ("why", None, why.WhyOptions,
+         "Why a conversation is on its account; where a new one would go."),
         ("add-admin-key", None, _AddAdminKeyOptions, "Store an OpenAI admin key (validated)."),
         ("admin-keys", None, _AdminKeysOptions, "List admin keys, masked (alias: "
          "list-admin-keys)."),
@@ -266,6 +269,8 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             return code
         if command == "add":
             return _add(store, sub, streams)
+        if command == "why":
+            return why.run(sub, streams.stdout, streams.environ)
         if command == "status":
             return _status(store, sub, streams)
         if command == "interactive":
@@ -291,7 +296,7 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             manage.remove(store, account)
             streams.stdout.write(f"Removed account: {account.id}\n")
             return 0
-    except manage.StoreError as e:
+    except (manage.StoreError, why.DaemonError) as e:
         streams.stderr.write(f"cx: {e}\n")
         return 1
     raise usage.UsageError(f"unknown command {command}")
@@ -601,6 +606,7 @@ def _status(store: str, sub: usage.Options, streams: Streams) -> int:
     auth_path = codex_auth_path(dict(streams.environ))
     active = manage.active_account_id(auth_path, accounts)
     rows = [_status_row(a, results.get(a.id), a.id == active) for a in accounts]
+    _attach_forecasts(rows, streams.environ)
     if sub["json"]:
         streams.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
@@ -687,6 +693,20 @@ def _status_row(account: Account, result: dict[str, object] | None, active: bool
     return row
 
 
+def _attach_forecasts(rows: list[dict[str, object]], environ: Mapping[str, str]) -> None:
+    """
+    Each window's forecast from the running daemon, when one answers.
+    """
+    forecasts = why.daemon_forecasts(environ)
+    for row in rows:
+        windows = row.get("windows")
+        by_name = forecasts.get(str(row["id"]), {})
+        if isinstance(windows, list):
+            for window in windows:
+                if isinstance(window, dict):
+                    window["forecast"] = by_name.get(str(window.get("name")))
+
+
 def _colour_wanted(streams: Streams) -> bool:
     env = streams.environ
     if env.get("CX_NO_COLOR") is not None or env.get("TERM") == "dumb":
@@ -720,7 +740,9 @@ def _render(row: dict[str, object], colour: bool) -> str:
         if colour:
             code = "31" if used >= 90 else "33" if used >= 60 else "32"
             bar = f"\x1b[{code}m{bar}\x1b[0m"
-        lines.append(f"  {label:<7}{bar} {used:5.1f}% used{when}")
+        forecast = window.get("forecast")
+        ahead = f"; {why.forecast_words(forecast)}" if forecast else ""
+        lines.append(f"  {label:<7}{bar} {used:5.1f}% used{when}{ahead}")
     headroom = row.get("headroom")
     if isinstance(headroom, (int, float)):
         lines.append(f"  headroom {headroom * 100:.0f}%")
