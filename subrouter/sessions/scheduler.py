@@ -48,7 +48,7 @@ EXPIRING_SOON = 0.2
 #: expiry pressure is divided by 1 + this x (live + recent conversations):
 #: a sooner reset still draws new conversations, but an account that already
 #: carries many has to reset much sooner to draw more (see bench/routing_sim.py)
-LOAD_DAMPING = 0.0
+LOAD_DAMPING = 4.0
 #: a conversation placed this recently is not in the usage numbers yet
 RECENT = 600.0
 #: ... and is counted as this much of its account's headroom already spent
@@ -322,7 +322,10 @@ class Choice:
         elif basis == HEADROOM:
             why = "it has more headroom left"
         elif basis == LOAD:
-            why = "the two are equal within the bands, and it carries fewer live conversations"
+            why = (
+                "it carries fewer live and recent conversations (each one weighs against "
+                "an account's expiry pressure, so new conversations spread)"
+            )
         else:
             why = "the two are equal in every respect; the name breaks the tie"
         text = f"{chosen.id} ({mine}) over {other.id} ({theirs}): {why}"
@@ -390,14 +393,16 @@ def _minutes(seconds: float) -> str:
 
 def _tier_words(chosen: Candidate, other: Candidate) -> str:
     theirs = tier(other)
+    if not other.oauth:
+        return f"a login with quota left goes before an API key ({other.id} is pay-per-token)"
     if theirs == 1:
-        return f"a usable login goes before an API key ({other.id} is pay-per-token)"
-    if theirs == 2:
         return (
             f"{other.id} is below the {MIN_NEW_SESSION_HEADROOM:.0%} headroom kept for the "
             "conversations it already has"
         )
     if theirs == 3:
+        return f"{other.id} is nearly out (under {LOW_FLOOR:.0%} headroom)"
+    if theirs == 4:
         return f"{other.id} has reached its usage limit"
     return "it ranks in a better tier"
 
@@ -411,5 +416,17 @@ def explain(chosen: Candidate, runner_up: Candidate | None) -> Choice:
     mine, theirs = _order(chosen), _order(runner_up)
     for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         if a != b:
-            return Choice(chosen, runner_up, _BASES[index])
+            basis = _BASES[index]
+            if basis == PRESSURE and bound(chosen) >= bound(runner_up):
+                basis = LOAD  # equal or worse without conversations: the load decided
+            elif basis == PRESSURE and _horizon(chosen) == _horizon(runner_up):
+                basis = HEADROOM  # the same reset: the headroom made the difference
+            return Choice(chosen, runner_up, basis)
     return Choice(chosen, runner_up, NAME)
+
+
+def _horizon(candidate: Candidate) -> float:
+    score = candidate.score
+    if score.pressure <= 0:
+        return 0.0
+    return math.ceil(score.headroom / score.pressure / RESET_STEP)
