@@ -133,6 +133,10 @@ class _StatusOptions(_Interspersed):
     ]
 
 
+class _WhyOptions(_Interspersed, why.WhyOptions):
+    pass
+
+
 class _AddAdminKeyOptions(_Interspersed):
     synopsis = "[--label L --key sk-admin-...]"
     optParameters = [
@@ -212,7 +216,7 @@ class CxOptions(usage.Options):
         ("rm", None, _RemoveOptions, "Same as remove."),
         ("add", None, _AddOptions, "Sign in with `codex login` and store the login."),
         ("status", None, _StatusOptions, "Each account's plan, usage, headroom and reset."),
-        ("why", None, why.WhyOptions,
+        ("why", None, _WhyOptions,
          "Why a conversation is on its account; where a new one would go."),
         ("add-admin-key", None, _AddAdminKeyOptions, "Store an OpenAI admin key (validated)."),
         ("admin-keys", None, _AdminKeysOptions, "List admin keys, masked (alias: "

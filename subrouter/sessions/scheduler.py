@@ -40,10 +40,12 @@ import attrs
 
 MIN_NEW_SESSION_HEADROOM = 0.40
 SHORT_WINDOW_MAX_SECONDS = 6 * 3600
-#: a long (weekly) window in the last fifth of its length is not protected by
-#: the band: what is left of it is lost at its reset unless it is spent, and
-#: the conversations already on it get a fresh window soon (short windows stay
-#: protected by the short headroom)
+#: the band of a long (weekly) window: 40% of a week is days of work (and on a
+#: big plan, dozens of conversations), so protecting it starves the pool; a
+#: long window only keeps this much for the conversations it already has
+LONG_WINDOW_BAND = 0.10
+#: a long window in the last fifth of its length is not protected at all:
+#: what is left of it is lost at its reset unless it is spent
 EXPIRING_SOON = 0.2
 #: expiry pressure is divided by 1 + this x (live + recent conversations):
 #: a sooner reset still draws new conversations, but an account that already
@@ -77,15 +79,16 @@ class Score:
     short_headroom: float = 1.0
     short_reset_after: float = 0.0
     pressure: float = 0.0
-    #: the headroom the band protects: long windows about to reset left out
-    #: (None: the same as ``headroom``)
-    guarded: float | None = None
+    #: how far the tightest window is above its band (None: the plain rule,
+    #: both headrooms at least :data:`MIN_NEW_SESSION_HEADROOM`)
+    margin: float | None = None
 
     @property
     def usable(self) -> bool:
-        guarded = self.headroom if self.guarded is None else self.guarded
+        if self.margin is not None:
+            return self.margin >= 0
         return (
-            guarded >= MIN_NEW_SESSION_HEADROOM
+            self.headroom >= MIN_NEW_SESSION_HEADROOM
             and self.short_headroom >= MIN_NEW_SESSION_HEADROOM
         )
 
@@ -108,18 +111,17 @@ def score_windows(windows: Iterable[Window]) -> Score:
     Score an account from its windows.
     """
     headroom = 1.0
-    guarded = 1.0
+    margin = 1.0
     short: float | None = None
     short_reset = 0.0
     short_length = 0
     for window in windows:
         remaining = 1.0 - min(max(window.used_percent, 0.0), 100.0) / 100.0
         headroom = min(headroom, remaining)
-        if not (
-            window.window_seconds > SHORT_WINDOW_MAX_SECONDS
-            and 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds
-        ):
-            guarded = min(guarded, remaining)
+        if window.window_seconds <= SHORT_WINDOW_MAX_SECONDS:
+            margin = min(margin, remaining - MIN_NEW_SESSION_HEADROOM)
+        elif not 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds:
+            margin = min(margin, remaining - LONG_WINDOW_BAND)
         if 0 < window.window_seconds <= SHORT_WINDOW_MAX_SECONDS and (
             short is None or remaining <= short
         ):
@@ -132,8 +134,7 @@ def score_windows(windows: Iterable[Window]) -> Score:
     # which would rank the account below every one whose reset is known
     horizon = short_reset if short_reset >= 1.0 else float(short_length)
     pressure = headroom / horizon if horizon >= 1.0 else 0.0
-    return Score(headroom, short, short_reset, pressure,
-                 None if guarded == headroom else guarded)
+    return Score(headroom, short, short_reset, pressure, margin)
 
 
 @attrs.frozen
@@ -162,11 +163,13 @@ class Candidate:
         if not self.recent or not self.oauth:
             return score
         debit = RECENT_DEBIT * self.recent
-        headroom = max(score.headroom - debit, 0.0)
-        short = max(score.short_headroom - debit, 0.0)
+        # a guess never makes an account look exhausted: that takes the upstream
+        floor = 0.0 if score.exhausted else 1e-3
+        headroom = max(score.headroom - debit, min(score.headroom, floor))
+        short = max(score.short_headroom - debit, min(score.short_headroom, floor))
         pressure = score.pressure * (headroom / score.headroom) if score.headroom > 0 else 0.0
-        guarded = None if score.guarded is None else max(score.guarded - debit, 0.0)
-        return Score(headroom, short, score.short_reset_after, pressure, guarded)
+        margin = None if score.margin is None else score.margin - debit
+        return Score(headroom, short, score.short_reset_after, pressure, margin)
 
 
 #: a login below this headroom is nearly out: a new conversation would meet

@@ -32,6 +32,8 @@ from subrouter.sessions.scheduler import (
 
 #: how long an exhaustion lasts when nothing says when the window resets
 DEFAULT_EXHAUSTED_FOR = 600.0
+#: a reset that is due now, as a number of seconds (0 would mean unknown)
+IMMINENT = 1.0
 #: never trust a reset further away than this
 MAX_EXHAUSTED_FOR = 8 * 86400.0
 
@@ -72,7 +74,10 @@ def _window(name: str, raw: object, now: float, minutes_key: str = "") -> Window
         reset_after = _number(raw.get("resets_in_seconds"))
     reset_at = _number(raw.get("reset_at")) or _number(raw.get("resets_at"))
     if reset_at is not None and reset_at > 0:
-        reset_after = max(reset_at - now, 0.0)
+        # a reset due now (whole seconds, a poll a moment before it) is a reset
+        # in a second, not an unknown one: an unknown one would keep a full
+        # window marked for the default ten minutes past its reset
+        reset_after = max(reset_at - now, IMMINENT)
     return Window(name, used, int(seconds), reset_after or 0.0)
 
 

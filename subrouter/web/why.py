@@ -119,6 +119,9 @@ def find(placement: Placement, segments: list[str]) -> Assignment | str:
     if len(matches) > 1:
         agents = ", ".join(sorted(a.agent for a in matches))
         return f"several agents have a conversation {key} ({agents}): name the agent"
+    if len(segments) >= 2:
+        rest = "/".join(segments[1:])
+        return f"no conversation {rest} of agent {segments[0]} is known to this daemon"
     return f"no conversation {key} is known to this daemon"
 
 

@@ -1,0 +1,137 @@
+"""
+Why, end to end: the request log line, ``/_subrouter/sessions/<agent>/<id>``,
+``/_subrouter/placement/next``, forecasts in ``/_subrouter/accounts``, and
+``cx why`` / ``cx status`` talking to the running daemon.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from subrouter.cli import why
+from subrouter.cli.cx import CxOptions, Streams, run_cx
+from tests.live import Daemon
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream
+from tests.test_sessions_live import Backend, start, turn, workspace_of
+
+
+def cx(daemon: Daemon, *args: str) -> tuple[int, str, str]:
+    options = CxOptions()
+    options.parseOptions(["why", *args, "--url", daemon.url])
+    out, err = io.StringIO(), io.StringIO()
+    code = run_cx(options, Streams(out, err, io.StringIO(), {}))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_request_says_why_and_the_daemon_explains_a_conversation(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    backend = Backend(upstream)
+    daemon = await start(tmp_path, upstream, ca)
+    try:
+        code, body = await turn(daemon, "conv-1")
+        assert code == 200
+        first = workspace_of(body)
+        await turn(daemon, "conv-1")
+        lines = [e for e in daemon.log if e.get("log_category") == "request"]
+        assert lines[0]["why"].startswith("new:"), lines[0]["why"]
+        assert " why=new:" in lines[0]["request_line"]
+        assert lines[1]["why"] == "sticky"
+
+        detail = await daemon.get_json("/_subrouter/sessions/codex/conv-1")
+        assert detail["session"] == "conv-1" and detail["requests"] == 2
+        assert detail["placement"]["kind"] == "new"
+        ranking = detail["placement"]["ranking"]
+        assert ranking["chosen"]["account"] == detail["account"]
+        assert ranking["runner_up"]["account"] != detail["account"]
+        assert detail["next_request"] == {"stays": True, "why_not": None}
+        assert "sticky since" in detail["text"]
+        # the agent may be left out when only one agent has the id
+        assert (await daemon.get_json("/_subrouter/sessions/conv-1"))["session"] == "conv-1"
+        missing = await daemon.request("GET", "/_subrouter/sessions/codex/nope")
+        assert missing.code == 404
+        assert b"no conversation nope" in await missing.content()
+
+        # the login runs out: the next turn moves, and says from where and why
+        busy = {"fresh@example.com": "ws-fresh", "spare@example.com": "ws-spare"}
+        account = next(a for a, ws in busy.items() if ws == first)
+        backend.exhausted.add(first)
+        code, body = await turn(daemon, "conv-1")
+        assert code == 200 and workspace_of(body) != first
+        moved = await daemon.get_json("/_subrouter/sessions/codex/conv-1")
+        assert moved["placement"]["kind"] == "moved"
+        assert moved["placement"]["moved_from"] == account
+        assert "usage limit" in moved["placement"]["cause"]
+        assert moved["moves"] == 1
+        line = [e for e in daemon.log if e.get("log_category") == "request"][-1]
+        assert line["why"].startswith(f"moved<{account}")
+
+        upcoming = await daemon.get_json("/_subrouter/placement/next")
+        assert upcoming["account"] not in (None, account)
+        assert upcoming["reason"]["chosen"]["account"] == upcoming["account"]
+        states = {row["account"]: row for row in upcoming["ranking"]}
+        assert states[account]["unusable"] is not None  # it is marked exhausted
+        assert upcoming["text"].startswith("a new conversation would go to")
+
+        code, out, err = await deferToThread(cx, daemon, "conv-1")
+        assert code == 0, err
+        assert f"moved from {account}" in out
+        assert "a new conversation would go to" in out
+        assert "ACCOUNT" in out and "busy@example.com" in out
+        code, out, _ = await deferToThread(cx, daemon, "codex/conv-1", "--json")
+        assert code == 0 and json.loads(out)["conversation"]["session"] == "conv-1"
+        code, _, err = await deferToThread(cx, daemon, "unknown-conversation")
+        assert code == 1 and "no conversation unknown-conversation" in err
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_carry_a_forecast_per_window(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    Backend(upstream)
+    daemon = await start(tmp_path, upstream, ca)
+    try:
+        listing = await daemon.get_json("/_subrouter/accounts")
+        windows = [w for row in listing["accounts"] for w in row["windows"]]
+        assert windows
+        for window in windows:
+            forecast = window["forecast"]
+            assert forecast["reason"] == "not enough data"  # one poll so far
+            assert forecast["empties_at"] is None and forecast["hours_left"] is None
+        forecasts = await deferToThread(why.daemon_forecasts, {"SUBROUTER_URL": daemon.url})
+        assert set(forecasts["fresh@example.com"]) == {"primary", "secondary"}
+    finally:
+        await daemon.stop()
+
+
+def test_cx_why_without_a_daemon_says_how_to_start_one() -> None:
+    options = CxOptions()
+    options.parseOptions(["why", "--url", "http://127.0.0.1:9"])
+    err = io.StringIO()
+    assert run_cx(options, Streams(io.StringIO(), err, io.StringIO(), {})) == 1
+    assert "cannot reach the Subrouter daemon at http://127.0.0.1:9" in err.getvalue()
+    assert "subrouter serve" in err.getvalue()
+
+
+def test_the_daemon_address_comes_from_the_option_the_environment_or_codex_base_url() -> None:
+    assert why.daemon_url({}, "http://h:1/") == "http://h:1"
+    assert why.daemon_url({"SUBROUTER_URL": "http://h:2"}) == "http://h:2"
+    assert why.daemon_url({"SUBROUTER_CODEX_BASE_URL": "http://h:3/v1"}) == "http://h:3"
+    assert why.daemon_url({}) == "http://127.0.0.1:31415"
+
+
+def test_forecast_words() -> None:
+    assert why.forecast_words({"reason": "not enough data"}) == "not enough data"
+    assert why.forecast_words({"reason": None, "percent_per_hour": 12.0, "hours_left": 2.5,
+                               "resets_first": False}) == "empties in 2h 30m (12.0%/h)"
+    assert why.forecast_words({"reason": None, "percent_per_hour": 2.0, "hours_left": 30,
+                               "resets_first": True}).startswith("resets before")
