@@ -120,7 +120,7 @@ def test_recent_placements_fade_after_a_while() -> None:
 
 
 def test_every_placement_records_why() -> None:
-    placement, clock, usage = build()
+    placement, clock, _usage = build()
     account, reason = placement.decide(ident("s"))
     assert reason is not None and reason.kind == NEW and reason.account == account.id
     assert reason.choice is not None and reason.choice.runner_up is not None
@@ -155,7 +155,7 @@ def test_a_preview_ranks_without_placing() -> None:
 
 
 def test_reasons_survive_the_state_file() -> None:
-    placement, clock, _ = build()
+    placement, _clock, _ = build()
     placement.choose(ident("s"))
     rows = placement.table.dump()
     table = SessionTable(1800)
