@@ -10,8 +10,8 @@ kept sorted, so placing a conversation walks a few entries, not every account.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection
-from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -22,7 +22,7 @@ from subrouter.accounts.store import Account
 from subrouter.sessions import keys
 from subrouter.sessions.identity import Identity
 from subrouter.sessions.reasons import FORCED, MOVED, NEW, Reason
-from subrouter.sessions.scheduler import Candidate, Choice, bound, explain, order, rank
+from subrouter.sessions.scheduler import Candidate, Choice, explain, order, standing
 from subrouter.sessions.table import Assignment, SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
 
@@ -62,28 +62,69 @@ class Placement:
         self.usage = usage
         self.clock = clock
         self._ranked: list[Candidate] = []
+        # each ranked candidate's order (standing, live + recent, id), sorted
+        self._keys: list[tuple[int, int, float, float, int, str]] = []
+        self._key_of: dict[str, tuple[int, int, float, float, int, str]] = {}
+        table.on_count = self._recount
         self._ranked_key: tuple[int, int, float] | None = None
 
     def ranking(self, now: float) -> list[Candidate]:
         """
-        Every account, best first, ignoring live conversation counts.
+        Every account, best first, with its live and recent conversations.
+
+        Rebuilt when the book or the store changed, or once a second as resets
+        count down; in between, a change of an account's counts moves just
+        that account to its new place (see :meth:`_recount`).
         """
         store = self.pool.store
-        key = (self.usage.version, store.version, now)
         cached = self._ranked_key
         if (
             cached is not None
-            and cached[0] == key[0]
-            and cached[1] == key[1]
+            and cached[0] == self.usage.version
+            and cached[1] == store.version
             and now - cached[2] < RANKING_TTL
         ):
             return self._ranked
-        self._ranked = rank(
-            Candidate(a.id, a.is_oauth, self.usage.score(a.id, a.is_oauth, now))
-            for a in store.accounts()
+        live = self.table.live_counts(now)
+        recent = self.table.recent_counts(now)
+        entries = sorted(
+            (order(c), c)
+            for c in (
+                Candidate(a.id, a.is_oauth, self.usage.score(a.id, a.is_oauth, now),
+                          live.get(a.id, 0), recent.get(a.id, 0))
+                for a in store.accounts()
+            )
         )
+        self._keys = [key for key, _ in entries]
+        self._ranked = [c for _, c in entries]
+        self._key_of = {c.id: key for key, c in entries}
         self._ranked_key = (self.usage.version, store.version, now)
         return self._ranked
+
+    def _recount(self, account_id: str) -> None:
+        """
+        An account's live or recent count changed: move it to its new place
+        in the kept ranking (a bisection, not a sort). Its standing is worked
+        out again only when its recent count changed.
+        """
+        old = self._key_of.get(account_id)
+        if old is None:
+            return
+        keys, ranked = self._keys, self._ranked
+        index = bisect.bisect_left(keys, old)
+        candidate = ranked[index]
+        live, recent = self.table.counts_of(account_id)
+        if live == candidate.sessions and recent == candidate.recent:
+            return
+        del keys[index], ranked[index]
+        same_standing = recent == candidate.recent
+        candidate = attrs.evolve(candidate, sessions=live, recent=recent)
+        known = old[:4] if same_standing else standing(candidate)
+        new = (*known, live + recent, account_id)
+        index = bisect.bisect_left(keys, new)
+        keys.insert(index, new)
+        ranked.insert(index, candidate)
+        self._key_of[account_id] = new
 
     def at_risk(self, account: Account) -> bool:
         """
@@ -195,16 +236,14 @@ class Placement:
         with live and recent counts, and why it cannot take one (or None).
         For explaining; :meth:`pick` is the fast path.
         """
-        counts = self.table.live_counts(now)
-        recent = self.table.recent_counts(now)
+        self.table.live_counts(now)
+        self.table.recent_counts(now)
         store = self.pool.store
         out = []
         for candidate in self.ranking(now):
             account = store.get(candidate.id)
             if account is None:
                 continue
-            candidate = attrs.evolve(candidate, sessions=counts.get(candidate.id, 0),
-                                     recent=recent.get(candidate.id, 0))
             why = self.pool.why_unusable(account)
             if why is None and self.usage.exhausted_until(candidate.id, now) is not None:
                 why = self.usage.get(candidate.id).exhausted_reason or "usage limit reached"
@@ -247,41 +286,35 @@ class Placement:
         self, now: float, oauth_only: bool = False, exclude: Collection[str] = ()
     ) -> Choice:
         """
-        Rank the candidates for a new placement with their live and recent
-        conversations, without placing anything: the best one and the next
-        best, with the reason. The ranking is sorted by each candidate's best
-        possible standing, so the walk stops as soon as no further candidate
-        can beat the runner-up.
+        The best account for a new conversation and the next best, with the
+        reason, without placing anything. The kept ranking is already in
+        order, so this is the first two accounts that can take a request.
 
         :raises NoAccount: when none can take it.
         """
-        counts = self.table.live_counts(now)
-        recent = self.table.recent_counts(now)
+        # expire idle conversations and faded placements first: each one
+        # moves its account in the kept ranking
+        self.table.live_counts(now)
+        self.table.recent_counts(now)
+        ranked = self.ranking(now)
         store = self.pool.store
         best: Candidate | None = None
         second: Candidate | None = None
-        best_key: tuple[Any, ...] | None = None
-        second_key: tuple[Any, ...] | None = None
-        for candidate in self.ranking(now):
+        for candidate in ranked:
             if candidate.id in exclude or (oauth_only and not candidate.oauth):
                 continue
-            if second_key is not None and bound(candidate) > second_key[:4]:
-                break  # sorted by bound: nothing further can place first or second
             account = store.get(candidate.id)
             if account is None or self.pool.why_unusable(account) is not None:
                 continue
-            live, fresh = counts.get(candidate.id, 0), recent.get(candidate.id, 0)
-            if live or fresh:
-                candidate = attrs.evolve(candidate, sessions=live, recent=fresh)
-            key = order(candidate)
-            if best_key is None or key < best_key:
-                second, second_key = best, best_key
-                best, best_key = candidate, key
-            elif second_key is None or key < second_key:
-                second, second_key = candidate, key
+            if best is None:
+                best = candidate
+            else:
+                second = candidate
+                break  # kept in order: the first two that can take it
         if best is None:
             raise self._nothing(oauth_only)
-        if best.oauth and best.score.exhausted:
+        chosen = best
+        if chosen.oauth and chosen.score.exhausted:
             soonest = min(
                 (u for u in (self.usage.exhausted_until(c, now) for c in store.ids()) if u),
                 default=None,
@@ -291,7 +324,7 @@ class Placement:
                 503, "usage_limit_reached",
                 f"every account has reached its usage limit{when}; add one with `cx add`",
             )
-        return explain(best, second)
+        return explain(chosen, second)
 
     def _forced(
         self, identity: Identity, now: float, exclude: Collection[str]

@@ -43,13 +43,15 @@ SHORT_WINDOW_MAX_SECONDS = 6 * 3600
 #: the band of a long (weekly) window: 40% of a week is days of work (and on a
 #: big plan, dozens of conversations), so protecting it starves the pool; a
 #: long window only keeps this much for the conversations it already has
-LONG_WINDOW_BAND = 0.10
+LONG_WINDOW_BAND = 0.40
 #: a long window in the last fifth of its length is not protected at all:
 #: what is left of it is lost at its reset unless it is spent
 EXPIRING_SOON = 0.2
-#: expiry pressure is divided by 1 + this x (live + recent conversations):
-#: a sooner reset still draws new conversations, but an account that already
-#: carries many has to reset much sooner to draw more (see bench/routing_sim.py)
+#: expiry pressure is divided by 1 + this x the conversations placed in the
+#: last :data:`RECENT` seconds: a sooner reset still draws new conversations,
+#: but one that just took several has to reset much sooner to draw more
+#: (chosen with bench/routing_sim.py: fewer moves and less API-key spend than
+#: pressure alone, or damping by live conversations too)
 LOAD_DAMPING = 4.0
 #: a conversation placed this recently is not in the usage numbers yet
 RECENT = 600.0
@@ -182,9 +184,12 @@ def tier(candidate: Candidate) -> int:
     0: usable login; 1: login below the threshold (but above
     :data:`LOW_FLOOR`); 2: API key; 3: login nearly out; 4: exhausted login.
     """
-    if not candidate.oauth:
+    return _tier(candidate.oauth, candidate.effective)
+
+
+def _tier(oauth: bool, score: Score) -> int:
+    if not oauth:
         return 2
-    score = candidate.effective
     if score.usable:
         return 0
     if score.exhausted:
@@ -218,19 +223,22 @@ def standing(candidate: Candidate) -> tuple[int, int, float, float]:
     score = candidate.effective
     usable = score.usable
     headroom, pressure = _banded(score)
-    if usable and LOAD_DAMPING and pressure:
-        pressure /= 1.0 + LOAD_DAMPING * (candidate.sessions + candidate.recent)
-    return (tier(candidate), 0 if usable else 1, -pressure if usable else 0.0, -headroom)
+    if usable and pressure and candidate.recent:
+        pressure /= 1.0 + LOAD_DAMPING * candidate.recent
+    return (
+        _tier(candidate.oauth, score), 0 if usable else 1, -pressure if usable else 0.0,
+        -headroom,
+    )
 
 
 def bound(candidate: Candidate) -> tuple[int, int, float, float]:
     """
     The best standing a candidate can have whatever its load: its standing
-    with no live or recent conversations. Load only makes a standing worse,
-    so a walk through candidates sorted by this can stop early.
+    with no recent conversations. Recent placements only make a standing
+    worse.
     """
-    if candidate.sessions or candidate.recent:
-        candidate = attrs.evolve(candidate, sessions=0, recent=0)
+    if candidate.recent:
+        candidate = attrs.evolve(candidate, recent=0)
     return standing(candidate)
 
 
@@ -288,14 +296,21 @@ class Choice:
 
     chosen: Candidate
     runner_up: Candidate | None
-    basis: str
+
+    @property
+    def basis(self) -> str:
+        """
+        What decided: the first part of the two candidates' order that
+        differs (worked out when asked, not when placing).
+        """
+        return _basis(self.chosen, self.runner_up)
 
     @property
     def concentrating(self) -> bool:
         other = self.runner_up
-        return other is not None and self.basis in (PRESSURE, HEADROOM) and (
+        return other is not None and (
             self.chosen.sessions + self.chosen.recent > other.sessions + other.recent
-        )
+        ) and self.basis in (PRESSURE, HEADROOM)
 
     def short(self) -> str:
         """
@@ -413,19 +428,24 @@ def _tier_words(chosen: Candidate, other: Candidate) -> str:
 def explain(chosen: Candidate, runner_up: Candidate | None) -> Choice:
     """
     Why ``chosen`` went before ``runner_up`` (the next in :func:`rank`'s order).
+    Cheap: the comparison is made when the reason is read.
     """
+    return Choice(chosen, runner_up)
+
+
+def _basis(chosen: Candidate, runner_up: Candidate | None) -> str:
     if runner_up is None:
-        return Choice(chosen, None, ONLY)
+        return ONLY
     mine, theirs = _order(chosen), _order(runner_up)
     for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         if a != b:
             basis = _BASES[index]
             if basis == PRESSURE and bound(chosen) >= bound(runner_up):
-                basis = LOAD  # equal or worse without conversations: the load decided
-            elif basis == PRESSURE and _horizon(chosen) == _horizon(runner_up):
-                basis = HEADROOM  # the same reset: the headroom made the difference
-            return Choice(chosen, runner_up, basis)
-    return Choice(chosen, runner_up, NAME)
+                return LOAD  # equal or worse without conversations: the load decided
+            if basis == PRESSURE and _horizon(chosen) == _horizon(runner_up):
+                return HEADROOM  # the same reset: the headroom made the difference
+            return basis
+    return NAME
 
 
 def _horizon(candidate: Candidate) -> float:

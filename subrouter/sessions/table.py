@@ -13,7 +13,7 @@ every conversation ever seen.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -63,6 +63,8 @@ class SessionTable:
         self._recent: deque[tuple[float, str]] = deque()
         self._recent_counts: dict[str, int] = {}
         self.version = 0  # bumped on every change worth saving
+        #: called with an account id whenever its live or recent count changed
+        self.on_count: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return len(self._all)
@@ -91,6 +93,14 @@ class SessionTable:
             self._counts[account_id] = value
         else:
             self._counts.pop(account_id, None)
+        if self.on_count is not None:
+            self.on_count(account_id)
+
+    def counts_of(self, account_id: str) -> tuple[int, int]:
+        """
+        An account's live and recent counts as they stand (nothing expired).
+        """
+        return self._counts.get(account_id, 0), self._recent_counts.get(account_id, 0)
 
     def live_counts(self, now: float) -> dict[str, int]:
         """
@@ -114,6 +124,8 @@ class SessionTable:
                 counts[account_id] = left
             else:
                 del counts[account_id]
+            if self.on_count is not None:
+                self.on_count(account_id)
         return counts
 
     def touch(
@@ -186,6 +198,8 @@ class SessionTable:
                 self.recent_counts(now)
                 self._recent.append((now, account_id))
                 self._recent_counts[account_id] = self._recent_counts.get(account_id, 0) + 1
+                if self.on_count is not None:
+                    self.on_count(account_id)
         self.version += 1
         return assignment
 
