@@ -47,6 +47,9 @@ LONG_WINDOW_BAND = 0.40
 #: a long window in the last fifth of its length is not protected at all:
 #: what is left of it is lost at its reset unless it is spent
 EXPIRING_SOON = 0.2
+#: the same for a short (5-hour) window, as a fraction of its length (0: a
+#: short window is always protected)
+SHORT_TAIL = 0.0
 #: expiry pressure is divided by 1 + this x the conversations placed in the
 #: last :data:`RECENT` seconds: a sooner reset still draws new conversations,
 #: but one that just took several has to reset much sooner to draw more
@@ -121,7 +124,8 @@ def score_windows(windows: Iterable[Window]) -> Score:
         remaining = 1.0 - min(max(window.used_percent, 0.0), 100.0) / 100.0
         headroom = min(headroom, remaining)
         if window.window_seconds <= SHORT_WINDOW_MAX_SECONDS:
-            margin = min(margin, remaining - MIN_NEW_SESSION_HEADROOM)
+            if not 0 < window.reset_after <= SHORT_TAIL * window.window_seconds:
+                margin = min(margin, remaining - MIN_NEW_SESSION_HEADROOM)
         elif not 0 < window.reset_after <= EXPIRING_SOON * window.window_seconds:
             margin = min(margin, remaining - LONG_WINDOW_BAND)
         if 0 < window.window_seconds <= SHORT_WINDOW_MAX_SECONDS and (
