@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from subrouter.transcripts.events import (
     CHUNK,
+    USAGE_FIELDS,
     body_pieces,
     chunk_payload,
     envelope,
@@ -113,6 +114,8 @@ class _Stream:
     #: recorded bytes not yet written as chunk events (reads are coalesced)
     pending: bytearray = attrs.Factory(bytearray)
     written: int = 0
+    #: joins an Anthropic turn's usage events into one record
+    usage_state: dict[str, Any] = attrs.Factory(dict)
 
 
 class Recorder:
@@ -356,7 +359,7 @@ class Recorder:
             # usage may sit in any complete line of an SSE/NDJSON stream
             parts = (stream.tail + data).split(b"\n")
             stream.tail = parts.pop()[-_JSON_KEEP:]
-            for usage in usage_in_lines(parts):
+            for usage in usage_in_lines(parts, stream.usage_state):
                 self._usage(conversation, usage, at)
         if stream.kept is not None:
             stream.kept.append(data)
@@ -410,7 +413,7 @@ class Recorder:
         self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
                                             payload), at, stream.size)
         if stream.direction == "upstream_to_client":
-            found = list(usage_in_lines([stream.tail]))
+            found = list(usage_in_lines([stream.tail], stream.usage_state))
             if not found and stream.kept is not None and stream.tail:
                 try:
                     one = usage_of(json.loads(b"".join(stream.kept)))
@@ -481,8 +484,7 @@ class Recorder:
         self._usage_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         summary = self._summary(conversation)
         with self._summary_lock:
-            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
-                        "reasoning_tokens", "total_tokens"):
+            for key in USAGE_FIELDS:
                 summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
             summary.usage["requests"] = summary.usage.get("requests", 0) + 1
 
