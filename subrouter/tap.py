@@ -19,11 +19,14 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from subrouter import config as parse
+from subrouter.accounts.claude_credentials import DEFAULT_TOKEN_URL as ANTHROPIC_TOKEN_URL
+from subrouter.accounts.claude_credentials import DEFAULT_USAGE_URL as ANTHROPIC_USAGE_URL
 from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
 
 DEFAULT_ADDR = "127.0.0.1:31415"
 DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
 DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"
+DEFAULT_ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
 DEFAULT_ACCOUNTS_DIR = "~/.codex-accounts"
 DEFAULT_IDLE_TIMEOUT = "5m"
 DEFAULT_STATE_DIR = "~/.subrouter"
@@ -64,6 +67,10 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    anthropic_upstream: str = DEFAULT_ANTHROPIC_UPSTREAM
+    anthropic_token_url: str = ANTHROPIC_TOKEN_URL
+    anthropic_usage_url: str = ANTHROPIC_USAGE_URL
+    overload_wait: float = 120.0
 
 
 class Options(usage.Options):
@@ -89,7 +96,16 @@ class Options(usage.Options):
         ["codex-upstream", None, DEFAULT_CODEX_UPSTREAM,
          "Base URL for ChatGPT (OAuth) logins."],
         ["openai-upstream", None, DEFAULT_OPENAI_UPSTREAM, "Base URL for API-key accounts."],
+        ["anthropic-upstream", None, DEFAULT_ANTHROPIC_UPSTREAM,
+         "Base URL for Claude profiles and Anthropic API keys."],
         ["token-url", None, DEFAULT_TOKEN_URL, "OAuth token endpoint for refreshes."],
+        ["anthropic-token-url", None, ANTHROPIC_TOKEN_URL,
+         "OAuth token endpoint for Claude profiles' refreshes."],
+        ["anthropic-usage-url", None, ANTHROPIC_USAGE_URL,
+         "The Anthropic OAuth usage endpoint (Claude profiles' 5-hour and weekly windows)."],
+        ["overload-wait", None, "2m",
+         "How long one request may wait out an overloaded upstream (Anthropic 529, Codex "
+         "'at capacity') on its own account before the error is passed on (0: never wait)."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
         ["codex-home", None, None,
@@ -189,7 +205,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         raise usage.UsageError("--fetch-usage: must be true or false")
     durations = {}
-    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl"):
+    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl", "overload-wait"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     for name in ("session-idle-ttl", "usage-interval"):
         if durations[name] <= 0:
@@ -249,6 +265,16 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        anthropic_upstream=_checked(
+            "anthropic-upstream", parse.parse_http_url, opts["anthropic-upstream"]
+        ),
+        anthropic_token_url=_checked(
+            "anthropic-token-url", parse.parse_http_url, opts["anthropic-token-url"]
+        ),
+        anthropic_usage_url=_checked(
+            "anthropic-usage-url", parse.parse_http_url, opts["anthropic-usage-url"]
+        ),
+        overload_wait=durations["overload-wait"],
     )
 
 
@@ -270,13 +296,14 @@ class _StartupService(Service):
         accounts = self._store.accounts()
         Logger().info(
             "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
-            "codex upstream {codex}, openai upstream {openai}",
+            "codex upstream {codex}, openai upstream {openai}, anthropic upstream {anthropic}",
             version=_version(),
             addr=self._config.addr,
             count=len(accounts),
             accounts_dir=self._config.accounts_dir,
             codex=self._config.codex_upstream,
             openai=self._config.openai_upstream,
+            anthropic=self._config.anthropic_upstream,
         )
 
 
@@ -356,6 +383,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         clock=reactor,
         run_blocking=run_blocking,
         codex_auth=config.codex_auth,
+        anthropic_token_url=config.anthropic_token_url,
     )
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
@@ -363,10 +391,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
-    upstreams = Upstreams.from_text(config.codex_upstream, config.openai_upstream)
+    upstreams = Upstreams.from_text(
+        config.codex_upstream, config.openai_upstream, config.anthropic_upstream
+    )
     poller = UsagePoller(
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
+        anthropic_usage_url=config.anthropic_usage_url,
     )
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
