@@ -53,7 +53,7 @@ ROOT = "http://127.0.0.1:31415"
 
 def test_a_daemon_that_is_down_is_named_with_what_to_do() -> None:
     get = answers({ROOT + "/_subrouter/health": ConnectionRefusedError(111, "refused")})
-    with pytest.raises(NotReady, match=r"not running at http://127\.0\.0\.1:31415.*subrouter serve"):
+    with pytest.raises(NotReady, match=r"not running at http://127\.0\.0\.1:31415.*serve"):
         check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get)
     check_daemon(ROOT, {"SUBROUTER_SKIP_HEALTH_CHECK": "1"}, usable=serves_claude,
                  no_account=NO_ACCOUNT, get_json=get)
