@@ -413,6 +413,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
