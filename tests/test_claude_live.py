@@ -18,7 +18,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from tests.live import Daemon, make_config, read_all, reactor, sleep, start_daemon
+from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
 from tests.support.anthropic_backend import (
     FakeAnthropicBackend,
     write_anthropic_key,
