@@ -178,6 +178,8 @@ class FakeAnthropicBackend:
     :ivar reject_refresh: refresh tokens the token endpoint refuses (400
         ``invalid_grant``).
     :ivar token_gate: when set, the token endpoint waits for it to fire.
+    :ivar unified_headers: whether subscription answers carry the
+        ``anthropic-ratelimit-unified-*`` headers (a 429 always does).
 
     Records:
 
@@ -196,6 +198,7 @@ class FakeAnthropicBackend:
         self.utilization: dict[str, tuple[float, float]] = {}
         self.reject_refresh: set[str] = set()
         self.token_gate: Deferred[None] | None = None
+        self.unified_headers = True
         self.requests: list[SeenRequest] = []
         self.refreshes: list[str] = []
         self.port = 0
@@ -338,7 +341,7 @@ class FakeAnthropicBackend:
             return self._json(request, seen, 429, error_body(
                 "rate_limit_error",
                 f"{USAGE_LIMIT_MESSAGE}|{int(time.time()) + self.resets_in_seconds}"))
-        if oauth:
+        if oauth and self.unified_headers:
             self._unified_headers(request, token, rejected=False)
         try:
             document = seen.json()
