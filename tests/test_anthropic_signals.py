@@ -1,6 +1,6 @@
 """
 What Anthropic's answers say: the unified rate-limit headers, the OAuth usage
-document, rejections, overloads, and token usage in the neutral shape.
+document, rejections and overloads.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from twisted.web.http_headers import Headers
 from subrouter.sessions import anthropic
 from subrouter.sessions.scheduler import score_windows
 from subrouter.sessions.usage import worth_waiting_out
-from subrouter.transcripts.events import usage_in_lines, usage_of
-from tests.support.anthropic_backend import message_events, message_json, sse
 
 NOW = 1_900_000_000.0
 
@@ -80,23 +78,3 @@ def test_overloads_are_waited_out_and_nothing_else_is() -> None:
     assert not worth_waiting_out(503, b"upstream connect error")
     assert not worth_waiting_out(429, b'{"error":{"type":"overloaded_error"}}')
     assert not worth_waiting_out(500, b"internal error")
-
-
-def test_a_streamed_turn_gives_one_usage_record() -> None:
-    body = b"".join(sse(e) for e in message_events(model="claude-x", input_tokens=20,
-                                                    cache_creation=300, cache_read=1000,
-                                                    output_tokens=7))
-    state: dict[str, Any] = {}
-    lines = body.split(b"\n")
-    records = list(usage_in_lines(lines[:5], state)) + list(usage_in_lines(lines[5:], state))
-    assert records == [{
-        "input_tokens": 1320, "cached_input_tokens": 1000, "cache_creation_input_tokens": 300,
-        "output_tokens": 7, "reasoning_tokens": 0, "total_tokens": 1327, "model": "claude-x",
-    }]
-
-
-def test_a_json_message_gives_its_usage() -> None:
-    record = usage_of(message_json(model="claude-y"))
-    assert record is not None
-    assert (record["input_tokens"], record["cached_input_tokens"], record["output_tokens"],
-            record["model"]) == (1320, 1000, 7, "claude-y")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from subrouter.accounts.store import AccountKind
-from subrouter.upstream.routing import Upstreams, split_uri
+from subrouter.upstream.routing import OPENAI, Upstreams, split_uri
 
 UP = Upstreams.from_text("https://chatgpt.com/backend-api/codex/", "https://api.openai.com")
 OAUTH, KEY = AccountKind.OAUTH, AccountKind.APIKEY
@@ -36,7 +36,7 @@ OAUTH, KEY = AccountKind.OAUTH, AccountKind.APIKEY
     ],
 )
 def test_path_rules(kind: AccountKind, path: bytes, expected: bytes) -> None:
-    assert UP.provider(kind).url(path, b"") == expected
+    assert UP.provider(kind, OPENAI).url(path, b"") == expected
 
 
 def test_query_string_is_kept_byte_for_byte() -> None:

@@ -88,91 +88,16 @@ def chunk_payload(direction: str, stream_id: str, index: int, offset: int,
 # -- token usage ---------------------------------------------------------------
 
 USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-                "total_tokens", "cache_creation_input_tokens")
+                "total_tokens")
 
 
-def _count(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-
-def anthropic_usage(usage: dict[str, Any], model: Any, output: bool = True) -> dict[str, Any]:
-    """
-    An Anthropic ``usage`` object in the provider-neutral shape.
-
-    Anthropic counts cache reads and cache writes apart from ``input_tokens``;
-    OpenAI's ``input_tokens`` includes the cached part. So that totals and
-    cache-hit ratios (cached input / input) mean the same for both, the
-    neutral ``input_tokens`` is all three, ``cached_input_tokens`` the cache
-    reads, and ``cache_creation_input_tokens`` the cache writes.
-
-    :param output: whether its ``output_tokens`` count (``message_start``
-        carries a placeholder that ``message_delta`` replaces).
-    """
-    fresh = _count(usage.get("input_tokens"))
-    written = _count(usage.get("cache_creation_input_tokens"))
-    read = _count(usage.get("cache_read_input_tokens"))
-    out = _count(usage.get("output_tokens")) if output else 0
-    return {
-        "input_tokens": fresh + written + read,
-        "cached_input_tokens": read,
-        "cache_creation_input_tokens": written,
-        "output_tokens": out,
-        "reasoning_tokens": 0,
-        "total_tokens": fresh + written + read + out,
-        "model": model if isinstance(model, str) else None,
-    }
-
-
-def _anthropic_event(
-    document: dict[str, Any], state: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """
-    Usage from a Messages stream event: ``message_start`` holds the input side
-    (kept in ``state`` until the turn's ``message_delta``, which holds the
-    final output count), so one turn gives one record. Without ``state`` each
-    event gives its own part.
-    """
-    kind = document.get("type")
-    if kind == "message_start":
-        message = document.get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
-            return None
-        start = anthropic_usage(message["usage"], message.get("model"), output=False)
-        if state is None:
-            return start
-        state["start"] = start
-        return None
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    start = (state or {}).pop("start", None)
-    if start is None:
-        record = anthropic_usage({"output_tokens": usage.get("output_tokens")}, None)
-    else:
-        record = dict(start)
-        record["output_tokens"] = _count(usage.get("output_tokens"))
-        record["total_tokens"] = record["input_tokens"] + record["output_tokens"]
-    return record if any(v for k, v in record.items() if k != "model") else None
-
-
-def usage_of(document: Any, state: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def usage_of(document: Any) -> dict[str, Any] | None:
     """
     Token usage and model of a ``response.completed`` event, a Responses
-    answer, a Chat Completions answer, an Anthropic Messages answer or its
-    stream's ``message_start``/``message_delta``; None when it carries none.
-
-    :param state: per-stream memory joining an Anthropic turn's events.
+    answer or a Chat Completions answer; None when it carries none.
     """
     if not isinstance(document, dict):
         return None
-    kind = document.get("type")
-    if kind in ("message_start", "message_delta"):
-        return _anthropic_event(document, state)
-    if kind == "message" and isinstance(document.get("usage"), dict):
-        # a whole Messages answer (Responses and Chat Completions answers
-        # name their ``object`` instead)
-        whole = anthropic_usage(document["usage"], document.get("model"))
-        return whole if whole["total_tokens"] else None
     inner = document.get("response")
     source: dict[str, Any] = inner if isinstance(inner, dict) else document
     usage = source.get("usage")
@@ -206,15 +131,10 @@ def usage_of(document: Any, state: dict[str, Any] | None = None) -> dict[str, An
     return record
 
 
-def usage_in_lines(
-    lines: Iterable[bytes], state: dict[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
+def usage_in_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     """
     Usage records in SSE or NDJSON lines (``data:`` stripped, ``[DONE]`` and
     blank lines skipped). Only lines that can hold usage are parsed.
-
-    :param state: per-stream memory (see :func:`usage_of`); give the same
-        dict for every call on one stream.
     """
     for line in lines:
         line = line.strip()
@@ -223,7 +143,7 @@ def usage_in_lines(
         if not line or line == b"[DONE]" or b'"usage"' not in line:
             continue
         try:
-            found = usage_of(json.loads(line), state)
+            found = usage_of(json.loads(line))
         except ValueError:
             continue
         if found is not None:

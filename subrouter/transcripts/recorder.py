@@ -27,7 +27,6 @@ from twisted.logger import Logger
 
 from subrouter.transcripts.events import (
     CHUNK,
-    USAGE_FIELDS,
     body_pieces,
     chunk_payload,
     envelope,
@@ -59,19 +58,15 @@ class Conversation:
     user: str | None = None
     account: str | None = None
 
-    @property
-    def base_id(self) -> str:
-        return self.session_id
-
     def identity(self, request_id: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "agent_type": self.agent,
             "session_id": self.session_id,
-            "agent_session_id": self.base_id,
+            "agent_session_id": self.session_id,
             "request_id": request_id,
         }
         if self.agent == "codex":
-            payload["codex_session_id"] = self.base_id
+            payload["codex_session_id"] = self.session_id
         return payload
 
     _path: str | None = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -79,7 +74,8 @@ class Conversation:
     def relative_path(self) -> str:
         if self._path is None:
             self._path = os.path.join(
-                "by-agent", safe_name(self.agent), "by-session", safe_name(self.base_id) + ".jsonl"
+                "by-agent", safe_name(self.agent),
+                "by-session", safe_name(self.session_id) + ".jsonl",
             )
         return self._path
 
@@ -114,8 +110,6 @@ class _Stream:
     #: recorded bytes not yet written as chunk events (reads are coalesced)
     pending: bytearray = attrs.Factory(bytearray)
     written: int = 0
-    #: joins an Anthropic turn's usage events into one record
-    usage_state: dict[str, Any] = attrs.Factory(dict)
 
 
 class Recorder:
@@ -359,7 +353,7 @@ class Recorder:
             # usage may sit in any complete line of an SSE/NDJSON stream
             parts = (stream.tail + data).split(b"\n")
             stream.tail = parts.pop()[-_JSON_KEEP:]
-            for usage in usage_in_lines(parts, stream.usage_state):
+            for usage in usage_in_lines(parts):
                 self._usage(conversation, usage, at)
         if stream.kept is not None:
             stream.kept.append(data)
@@ -413,7 +407,7 @@ class Recorder:
         self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
                                             payload), at, stream.size)
         if stream.direction == "upstream_to_client":
-            found = list(usage_in_lines([stream.tail], stream.usage_state))
+            found = list(usage_in_lines([stream.tail]))
             if not found and stream.kept is not None and stream.tail:
                 try:
                     one = usage_of(json.loads(b"".join(stream.kept)))
@@ -484,7 +478,8 @@ class Recorder:
         self._usage_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         summary = self._summary(conversation)
         with self._summary_lock:
-            for key in USAGE_FIELDS:
+            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
+                        "reasoning_tokens", "total_tokens"):
                 summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
             summary.usage["requests"] = summary.usage.get("requests", 0) + 1
 

@@ -4,10 +4,10 @@ The providers: where each kind of credential sends a request, and the headers
 that carry the credential.
 
 A provider is one small object: its base URL, its path rules and its
-credential headers. The proxy and the relay ask ``Upstreams.provider(kind)``
-for the one that matches the chosen account and never look at the kind
-themselves, so a new provider is one new class here and one line in
-``Upstreams``.
+credential headers. The proxy and the relay ask
+``Upstreams.provider(account.kind, account.provider)`` for the one that
+matches the chosen account and never look at the kind themselves, so a new
+provider is one new class here and one line in ``Upstreams``.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class Upstreams:
             AnthropicAPI(base, oauth=False),
         )
 
-    def provider(self, kind: str, provider: str = OPENAI) -> Provider:
+    def provider(self, kind: str, provider: str) -> Provider:
         """
         The provider for an account of ``kind`` (``oauth`` or ``apikey``)
         from ``provider`` (``openai`` or ``anthropic``).
