@@ -700,6 +700,7 @@ def _status_row(account: Account, result: dict[str, object] | None, active: bool
     row: dict[str, object] = {
         "id": account.id,
         "kind": account.kind.value,
+        "provider": account.provider,
         "plan": account.plan,
         "active": active,
         "windows": [],
@@ -729,7 +730,8 @@ def _bar(used: float, width: int = 20) -> str:
 def _render(row: dict[str, object], colour: bool) -> str:
     name = str(row["id"])
     if row["kind"] == "apikey":
-        name = f"{name.removeprefix('apikey:')} (api key)"
+        kind = "anthropic key" if row.get("provider") == ANTHROPIC else "api key"
+        name = f"{name.removeprefix('apikey:')} ({kind})"
     plan = f" [{row['plan']}]" if row.get("plan") else ""
     active = " (active)" if row.get("active") else ""
     lines = [f"{name}{plan}{active}"]
