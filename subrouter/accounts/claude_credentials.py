@@ -23,13 +23,10 @@ from subrouter.upstream.routing import ANTHROPIC
 
 CREDENTIALS_FILE = ".credentials.json"
 ID_PREFIX = "claude:"
-#: the OAuth client Claude Code refreshes its tokens as, and the endpoint it
-#: uses (public: robinebers/openusage docs/providers/claude.md, "refresh via
-#: platform.claude.com/v1/oauth/token"; the client id is the CLI's published
-#: one, seen in every third-party tool that refreshes Claude Code logins)
+#: the OAuth client Claude Code refreshes its tokens as (the CLI's public
+#: client id, used by every third-party tool that refreshes Claude Code
+#: logins; the endpoint is ``config.DEFAULT_ANTHROPIC_TOKEN_URL``)
 CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
-DEFAULT_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
-DEFAULT_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
 
 
 def dir_name(name: str) -> str:

@@ -13,15 +13,16 @@ the poller never stops on an error.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account, AccountStore
+from subrouter.config import DEFAULT_ANTHROPIC_USAGE_URL
 from subrouter.errors import describe_failure_reason
 from subrouter.sessions.anthropic import windows_from_oauth_usage
 from subrouter.sessions.scheduler import Window
@@ -30,8 +31,6 @@ from subrouter.upstream.routing import ANTHROPIC, ANTHROPIC_OAUTH_BETA
 
 _log = Logger()
 
-DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
-DEFAULT_ANTHROPIC_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
 FETCH_TIMEOUT = 10.0
 
 
@@ -46,7 +45,7 @@ class UsagePoller:
         *,
         store: AccountStore,
         refresher: TokenRefresher,
-        http: Any,
+        http: HTTPClient,
         usage_url: str,
         usage: UsageBook,
         clock: IReactorTime,
@@ -123,7 +122,9 @@ class UsagePoller:
         except RefreshFailed as e:
             self._usage.record_failure(account.id, e.reason, now)
             return
-        headers = {"Authorization": [f"Bearer {account.secret}"], "Accept": ["application/json"]}
+        headers: dict[bytes | str, list[bytes | str]] = {
+            "Authorization": [f"Bearer {account.secret}"], "Accept": ["application/json"]
+        }
         url = self._url
         if account.provider == ANTHROPIC:
             # cx-accounts.md §5.3: the bearer plus the OAuth beta flag
