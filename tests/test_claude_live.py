@@ -26,7 +26,7 @@ from tests.support.anthropic_backend import (
 )
 from tests.support.codex_backend import FakeCodexBackend
 from tests.support.tlsca import TestCA
-from tests.support.upstream import write_oauth_account
+from tests.support.upstream import FakeUpstream, json_response, write_oauth_account
 
 CLIENT_TOKEN = "sk-ant-oat01-the-clients-own"
 TOKENS = {"claude:alpha": "sk-ant-oat01-alpha", "claude:beta": "sk-ant-oat01-beta"}
@@ -392,3 +392,38 @@ async def test_an_agent_with_no_account_of_its_kind_gets_a_clear_503(
         assert backend.messages() == []
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_codex_at_capacity_is_waited_out_on_the_same_login(
+    tmp_path: Path, ca: TestCA, upstream: FakeUpstream
+) -> None:
+    for email in ("a@example.com", "b@example.com"):
+        write_oauth_account(store(tmp_path), email, exp=time.time() + 86400, account_id=email)
+    capacity = {"error": {"type": "server_is_overloaded",
+                          "message": "Selected model is at capacity. Please try a different "
+                                     "model."}}
+    answers = [json_response(503, capacity, headers={b"retry-after": b"1"}),
+               json_response(200, {"ok": 1})]
+
+    async def handler(exchange: Any) -> None:
+        await answers.pop(0)(exchange)
+
+    upstream.script(b"/backend-api/codex/responses", handler)
+    running = await start_daemon(make_config(tmp_path, upstream, ca, overload_wait=5.0))
+    try:
+        deadline = time.monotonic() + 5
+        while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
+            assert time.monotonic() < deadline
+            await sleep(0.02)
+        started = time.monotonic()
+        status, body = await codex_turn(running, "busy")
+        assert status == 200 and json.loads(body) == {"ok": 1}
+        assert time.monotonic() - started >= 1.0  # the Retry-After was honoured
+        turns = [r for r in upstream.requests if r.path == b"/backend-api/codex/responses"]
+        assert len(turns) == 2
+        assert len({r.header(b"chatgpt-account-id") for r in turns}) == 1
+        rows = (await running.get_json("/_subrouter/accounts"))["accounts"]
+        assert all(r["exhausted_until"] is None for r in rows)
+    finally:
+        await running.stop()

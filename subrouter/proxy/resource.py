@@ -217,6 +217,8 @@ class _ProxiedRequest:
                 return OutOfQuota(body, self._resets_in(account, response),
                                   f"HTTP {response.code}")
             if worth_waiting_out(response.code, body.data):
+                # the pause before the next try is the exchange's, not idleness
+                self._disarm_timer()
                 return Overloaded(body, retry_after(response.headers), f"HTTP {response.code}",
                                   drop=body.stop)
             self._answer_prefix(body)
