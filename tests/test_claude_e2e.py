@@ -105,7 +105,7 @@ def profiles_used(backend: FakeAnthropicBackend) -> list[str]:
 async def test_a_turn_completes_with_the_profiles_credentials(
     tmp_path: Path, daemon: tuple[Daemon, str], backend: FakeAnthropicBackend, cli: str
 ) -> None:
-    _, socket_path = daemon
+    running, socket_path = daemon
     result = await claude(tmp_path, socket_path, cli, "-p", "say hi")
     assert result.exit_code == 0, result.output
     assert "hello from fake claude" in result.stdout
@@ -118,6 +118,11 @@ async def test_a_turn_completes_with_the_profiles_credentials(
         assert seen.header("x-claude-code-session-id")
         assert (seen.header("user-agent") or "").startswith("claude-cli/")
     assert all(CLIENT_TOKEN not in str(r.headers) for r in backend.requests)
+    # the profile the conversation was placed on is the one whose token went out
+    (session,) = [s for s in await running.get_json("/_subrouter/sessions")
+                  if s["agent"] == "claude" and not s["fallback"]]
+    assert session["session"] == messages[-1].header("x-claude-code-session-id")
+    assert profiles_used(backend) == [session["account"]] * len(messages)
 
 
 @pytest_twisted.ensureDeferred
