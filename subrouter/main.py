@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             claude_code.run(args[1:])
         except claude_code.WrapperError as e:
             sys.stderr.write(f"{prog} claude: {e}\n")
-            raise SystemExit(2) from None
+            raise SystemExit(e.code) from None
         return
     if not args and prog == "sr":
         # `sr` alone is the interactive account view, like `cx`

@@ -49,14 +49,16 @@ def answers(table: dict[str, tuple[int, Any] | Exception]) -> Any:
 
 
 ROOT = "http://127.0.0.1:31415"
+SKIP = "SUBROUTER_CLAUDE_SKIP_CHECK"
 
 
 def test_a_daemon_that_is_down_is_named_with_what_to_do() -> None:
     get = answers({ROOT + "/_subrouter/health": ConnectionRefusedError(111, "refused")})
     with pytest.raises(NotReady, match=r"not running at http://127\.0\.0\.1:31415.*serve"):
-        check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get)
-    check_daemon(ROOT, {"SUBROUTER_SKIP_HEALTH_CHECK": "1"}, usable=serves_claude,
-                 no_account=NO_ACCOUNT, get_json=get)
+        check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get,
+                 skip_env=SKIP)
+    check_daemon(ROOT, {SKIP: "1"}, usable=serves_claude, no_account=NO_ACCOUNT,
+                 get_json=get, skip_env=SKIP)
 
 
 def test_a_daemon_without_an_anthropic_credential_says_how_to_add_one() -> None:
@@ -65,13 +67,16 @@ def test_a_daemon_without_an_anthropic_credential_says_how_to_add_one() -> None:
     get = answers({ROOT + "/_subrouter/health": (200, {"ok": True}),
                    ROOT + "/_subrouter/accounts": (200, {"accounts": rows})})
     with pytest.raises(NotReady, match="cx claude add"):
-        check_daemon(ROOT + "/", {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get)
+        check_daemon(ROOT + "/", {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get,
+                 skip_env=SKIP)
     rows.append({"provider": "anthropic", "usable": True})
-    check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get)
+    check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get,
+                 skip_env=SKIP)
     # an accounts listing it may not read is not its business
     get = answers({ROOT + "/_subrouter/health": (200, {"ok": True}),
                    ROOT + "/_subrouter/accounts": (401, None)})
-    check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get)
+    check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get,
+                 skip_env=SKIP)
 
 
 def fake_claude(tmp_path: Path) -> Path:
@@ -95,7 +100,7 @@ def run_subrouter(args: list[str], env: dict[str, str]) -> subprocess.CompletedP
 
 def test_every_argument_after_claude_is_claudes_and_its_status_is_ours(tmp_path: Path) -> None:
     script = fake_claude(tmp_path)
-    env = dict(os.environ, SUBROUTER_CLAUDE_BIN=str(script), SUBROUTER_SKIP_HEALTH_CHECK="1",
+    env = dict(os.environ, SUBROUTER_CLAUDE_BIN=str(script), SUBROUTER_CLAUDE_SKIP_CHECK="1",
                SUBROUTER_CLAUDE_BASE_URL="http://127.0.0.1:4444")
     done = run_subrouter(["claude", "-p", "hi there", "--help", "list"], env)
     assert done.returncode == 7, done.stderr
@@ -108,9 +113,9 @@ def test_a_missing_daemon_stops_before_claude_runs(tmp_path: Path) -> None:
     script = fake_claude(tmp_path)
     env = dict(os.environ, SUBROUTER_CLAUDE_BIN=str(script),
                SUBROUTER_CLAUDE_BASE_URL="http://127.0.0.1:9")
-    env.pop("SUBROUTER_SKIP_HEALTH_CHECK", None)
+    env.pop("SUBROUTER_CLAUDE_SKIP_CHECK", None)
     done = run_subrouter(["claude", "-p", "hi"], env)
-    assert done.returncode == 2
+    assert done.returncode == 69  # EX_UNAVAILABLE, as subrouter codex
     assert "Subrouter is not running at http://127.0.0.1:9" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "claude.args").exists()
@@ -118,7 +123,7 @@ def test_a_missing_daemon_stops_before_claude_runs(tmp_path: Path) -> None:
 
 def test_a_missing_claude_is_a_clear_error(tmp_path: Path) -> None:
     env = dict(os.environ, SUBROUTER_CLAUDE_BIN=str(tmp_path / "nope"),
-               SUBROUTER_SKIP_HEALTH_CHECK="1")
+               SUBROUTER_CLAUDE_SKIP_CHECK="1")
     done = run_subrouter(["claude"], env)
     assert done.returncode == 2 and "install Claude Code" in done.stderr
 

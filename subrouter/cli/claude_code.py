@@ -23,10 +23,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from subrouter.cli.health import NotReady, check_daemon
+from subrouter.cli.health import EXIT_UNAVAILABLE, NotReady, check_daemon
 from subrouter.sessions.keys import normalise_email
 
 DEFAULT_BASE_URL = "http://127.0.0.1:31415"
+SKIP_CHECK_ENV = "SUBROUTER_CLAUDE_SKIP_CHECK"
 NO_ACCOUNT = (
     "Subrouter has no usable Claude profile or Anthropic key: run `cx claude add` or "
     "`cx add-key --provider anthropic`"
@@ -36,7 +37,13 @@ NO_ACCOUNT = (
 class WrapperError(Exception):
     """
     The wrapper cannot start Claude Code; the message says how to fix it.
+
+    :ivar code: the exit status.
     """
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def claude_environ(environ: Mapping[str, str]) -> dict[str, str]:
@@ -90,9 +97,9 @@ def run(args: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
     env = claude_environ(os.environ if environ is None else environ)
     try:
         check_daemon(env["ANTHROPIC_BASE_URL"], env, usable=serves_claude,
-                     no_account=NO_ACCOUNT)
+                     no_account=NO_ACCOUNT, skip_env=SKIP_CHECK_ENV)
     except NotReady as e:
-        raise WrapperError(str(e)) from None
+        raise WrapperError(str(e), EXIT_UNAVAILABLE) from None
     binary = env.get("SUBROUTER_CLAUDE_BIN", "").strip() or "claude"
     try:
         os.execvpe(binary, [binary, *args], env)

@@ -5,8 +5,9 @@ Before an agent is started through Subrouter (``subrouter claude``,
 agent can use? Asked once, quickly, so a user whose daemon is down hears
 that at once instead of watching the agent retry for a minute.
 
-``SUBROUTER_SKIP_HEALTH_CHECK=1`` skips the check (for a daemon that is
-started later, or one behind something that hides ``/_subrouter``).
+Each wrapper names its own variable that skips the check (for a daemon that
+is started later, or one behind something that hides ``/_subrouter``):
+``SUBROUTER_CLAUDE_SKIP_CHECK=1`` for ``subrouter claude``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-SKIP_ENV = "SUBROUTER_SKIP_HEALTH_CHECK"
 #: the whole check stays well under a human's notice
 TIMEOUT = 0.3
+#: the exit status when Subrouter cannot serve the agent (EX_UNAVAILABLE)
+EXIT_UNAVAILABLE = 69
 
 
 class NotReady(Exception):
@@ -58,6 +60,7 @@ def check_daemon(
     *,
     usable: Callable[[dict[str, Any]], bool],
     no_account: str,
+    skip_env: str,
     get_json: Callable[[str, float], tuple[int, Any]] = _get_json,
     timeout: float = TIMEOUT,
 ) -> None:
@@ -67,9 +70,10 @@ def check_daemon(
 
     :param usable: whether a row of ``/_subrouter/accounts`` serves the agent.
     :param no_account: the message when none does.
+    :param skip_env: the variable that skips the check when set (not ``0``).
     :raises NotReady: saying what to do.
     """
-    if environ.get(SKIP_ENV, "").strip() not in ("", "0"):
+    if environ.get(skip_env, "").strip() not in ("", "0"):
         return
     root = daemon_root(base_url)
     try:
@@ -78,12 +82,12 @@ def check_daemon(
         reason = getattr(e, "reason", None) or e
         raise NotReady(
             f"Subrouter is not running at {root} ({reason}): start it with "
-            f"`subrouter serve` (or set {SKIP_ENV}=1 to start the agent anyway)"
+            f"`subrouter serve` in another terminal (or set {skip_env}=1 to skip this check)"
         ) from None
     if status != 200:
         raise NotReady(
             f"{root}/_subrouter/health answered HTTP {status}: is that Subrouter? "
-            f"(set {SKIP_ENV}=1 to start the agent anyway)"
+            f"(set {skip_env}=1 to skip this check)"
         )
     try:
         status, listing = get_json(root + "/_subrouter/accounts", timeout)

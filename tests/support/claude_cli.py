@@ -2,7 +2,7 @@
 Run the real Claude Code CLI from a test through ``subrouter claude``, kept on
 loopback.
 
-:func:`claude_binary` finds (or installs, see :mod:`tests.support.npm_tool`)
+:func:`claude_binary` finds (or installs, see :mod:`tests.support.npm_tools`)
 the pinned CLI; :func:`write_claude_home` makes a ``CLAUDE_CONFIG_DIR``
 signed in with a Claude subscription (far-future token, so the CLI never
 refreshes against its built-in token endpoint); :func:`run_claude` runs one
@@ -30,10 +30,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from .codex_cli import CodexResult, _Collect
-from .npm_tool import npm_tool
+from .npm_tools import NpmTool
 
 #: the CLI version these helpers were worked out against
 CLAUDE_VERSION = "2.1.332"
+CLAUDE = NpmTool(name="claude-code", package="@anthropic-ai/claude-code",
+                 version=CLAUDE_VERSION, bin="claude", env_var="SUBROUTER_CLAUDE_TEST_BIN")
 REPO = Path(__file__).resolve().parents[2]
 _KILL_GRACE = 3.0
 
@@ -45,13 +47,7 @@ def claude_binary() -> str:
     ``$SUBROUTER_CLAUDE_TEST_BIN`` if set, else the pinned CLI from the cache,
     installed there on first use.
     """
-    configured = os.environ.get("SUBROUTER_CLAUDE_TEST_BIN")
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise AssertionError(f"SUBROUTER_CLAUDE_TEST_BIN={configured!r} is not executable")
-        return configured
-    return npm_tool("@anthropic-ai/claude-code", CLAUDE_VERSION, "claude",
-                    f"claude-code-{CLAUDE_VERSION}")
+    return CLAUDE.executable()
 
 
 def netns_problem() -> str | None:
