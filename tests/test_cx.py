@@ -56,7 +56,12 @@ def test_add_key_writes_the_cx_format_privately(tmp_path: Path) -> None:
     assert path.read_text().startswith('{\n  "email"') and path.read_text().endswith("}\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    code, out, _ = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456")
+    # an existing label is never replaced silently: --force off a terminal
+    code, out, err = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456")
+    assert code == 1 and "--force" in err and out == ""
+    assert json.loads(path.read_text())["auth"]["OPENAI_API_KEY"] == "sk-work-123"
+    code, out, _ = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456",
+                      "--force")
     assert out == "Updated API key account: work\n"
     assert json.loads(path.read_text())["addedAt"] == document["addedAt"]
     code, _, err = cx(tmp_path, "add-key", "--label", "x", "--key", "nope")
