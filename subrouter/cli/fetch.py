@@ -78,6 +78,13 @@ async def get_daemon_json(reactor: Any, environ: Mapping[str, str], path: str,
         await pool.closeCachedConnections()
 
 
+class _WallClock:
+    def seconds(self) -> float:
+        import time
+
+        return time.time()
+
+
 @attrs.frozen
 class Listing:
     """
@@ -102,6 +109,8 @@ async def account_listing(reactor: Any, store_dir: str, state_dir: str,
     from subrouter.accounts.activate import load_all
 
     accounts, _ = load_all(store_dir)
+    if reactor is None:  # driven without one (tests): nothing to ask, nothing to fetch
+        reactor, ask_daemon, fetch = _WallClock(), False, False
     if ask_daemon and accounts:
         answer = await get_daemon_json(reactor, environ, "/_subrouter/accounts")
         rows = answer.get("accounts") if isinstance(answer, dict) else None
@@ -127,7 +136,7 @@ async def _local_listing(reactor: Any, store_dir: str, state_dir: str,
     from subrouter.sessions.table import SessionTable
     from subrouter.sessions.usage import UsageBook
 
-    http, pool = command_http(reactor, environ)
+    http, pool = command_http(reactor, environ) if fetch else (None, None)
     store = AccountStore(store_dir, deferToThread)
     store.scan_now()
     refresher = TokenRefresher(store=store, http=http, token_url=token_url, clock=reactor,
@@ -139,11 +148,12 @@ async def _local_listing(reactor: Any, store_dir: str, state_dir: str,
     poller = UsagePoller(store=store, refresher=refresher, http=http, usage_url=usage_url,
                          usage=book, clock=reactor, score_ttl=0)
     logins = [a for a in store.accounts() if a.is_oauth and a.problem is None] if fetch else []
-    try:
-        await DeferredList([Deferred.fromCoroutine(poller.fetch(a)) for a in logins],
-                           consumeErrors=True)
-    finally:
-        await pool.closeCachedConnections()
+    if pool is not None:
+        try:
+            await DeferredList([Deferred.fromCoroutine(poller.fetch(a)) for a in logins],
+                               consumeErrors=True)
+        finally:
+            await pool.closeCachedConnections()
     placement = Placement(AccountPool(store, refresher), table, book, reactor)
     rows = placement.describe_accounts()["accounts"]
     failed = sum(1 for r in rows if r["kind"] == "oauth" and r.get("usage_error")

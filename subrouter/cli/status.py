@@ -354,5 +354,5 @@ COMMANDS = [
             run=status),
 ]
 
-DEFAULT = Command("", InteractiveOptions,
+DEFAULT = Command("interactive", InteractiveOptions,
                   "The accounts ranked and numbered, and a prompt to switch.", run=interactive)

@@ -110,14 +110,15 @@ def activate_and_report(ctx: Context, account: Account, options: Any, *,
         streams.say(f"Synced {tool} auth: {path}\n")
     for tool, why in done.failed:
         streams.warn(f"Warning: {tool} auth sync failed: {why}\n")
-    streams.say(
-        f"Pinned: the daemon's auto-switch keeps {account.id} active until it runs out "
-        "(`cx switch --auto` to let it choose again).\n")
     if gui:
         _restart_codex_app(ctx)
     else:
-        tools = ", ".join(["Codex", *(tool for tool, _ in done.synced)])
+        names = ["Codex", *(tool for tool, _ in done.synced)]
+        tools = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
         streams.say(f"Restart any running {tools} sessions to use the new account.\n")
+    streams.say(
+        f"Pinned: the daemon's auto-switch keeps {account.id} active until it runs out "
+        "(`cx switch --auto` to let it choose again).\n")
     return 0
 
 
