@@ -34,16 +34,13 @@ from subrouter.accounts.store import (
     scan_directory,
 )
 from subrouter.files import atomic_write, dump_json, ensure_private_directory, locked
+from subrouter.timefmt import rfc3339
 
 
 class StoreError(Exception):
     """
     A command cannot do what was asked; the message says why.
     """
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def accounts_dir(store: str) -> str:
@@ -126,7 +123,7 @@ def save_auth(store: str, account_id: str, auth: Mapping[str, Any],
                 raise StoreError(f"storage key collision: {path} holds {document.get('email')}")
             created = False
         document["email"] = account_id
-        document.setdefault("addedAt", now_rfc3339())
+        document.setdefault("addedAt", rfc3339())
         document["auth"] = dict(auth)
         if extra:
             document.update(extra)
@@ -403,7 +400,7 @@ def read_pin(state_dir: str) -> str | None:
 def write_pin(state_dir: str, account_id: str) -> None:
     ensure_private_directory(state_dir)
     atomic_write(os.path.join(state_dir, PIN_FILE),
-                 dump_json({"account": account_id, "pinnedAt": now_rfc3339()}))
+                 dump_json({"account": account_id, "pinnedAt": rfc3339()}))
 
 
 def clear_pin(state_dir: str) -> bool:

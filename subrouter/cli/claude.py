@@ -25,7 +25,9 @@ from subrouter.accounts.claude import (
 from subrouter.cli import render
 from subrouter.cli.console import Context
 from subrouter.cli.dispatch import Command, CommandOptions, Group
+from subrouter.config import DEFAULT_ANTHROPIC_USAGE_URL
 from subrouter.files import ensure_private_directory
+from subrouter.timefmt import rfc3339
 
 
 class _Selector(CommandOptions):
@@ -35,7 +37,7 @@ class _Selector(CommandOptions):
 class _List(CommandOptions):
     summary = "The Claude profiles, the active one starred, with their Anthropic usage."
     optFlags = [["no-usage", None, "Do not fetch usage."]]
-    optParameters = [["usage-url", None, "https://api.anthropic.com/api/oauth/usage",
+    optParameters = [["usage-url", None, DEFAULT_ANTHROPIC_USAGE_URL,
                       "The Anthropic OAuth usage endpoint."]]
 
 
@@ -95,7 +97,7 @@ def switch(ctx: Context, sub: Any) -> int:
     profiles: dict[str, Any] = registry["profiles"]
     name = find(registry, sub["profile"])
     registry["active"] = name
-    profiles[name]["lastUsed"] = manage.now_rfc3339()
+    profiles[name]["lastUsed"] = rfc3339()
     save(store, registry)
     folder = config_dir(store, profiles[name])
     streams.stdout.write(
@@ -141,7 +143,7 @@ def run(ctx: Context, sub: Any) -> int:
     if not name or name not in profiles:
         raise manage.StoreError("no Claude profile to run: add one with `cx claude add`")
     registry["active"] = name
-    profiles[name]["lastUsed"] = manage.now_rfc3339()
+    profiles[name]["lastUsed"] = rfc3339()
     save(store, registry)
     environ = dict(ctx.environ, CLAUDE_CONFIG_DIR=config_dir(store, profiles[name]))
     binary = ctx.environ.get("SUBROUTER_CLAUDE_BIN") or "claude"
@@ -214,7 +216,7 @@ def _add(store: str, registry: dict[str, Any], name: str | None, streams: Any) -
     email = answer.get("email") if isinstance(answer.get("email"), str) else None
     final = name or email or "default"
     profiles = registry["profiles"]
-    profiles[final] = {"name": final, "createdAt": manage.now_rfc3339(), "dir": directory}
+    profiles[final] = {"name": final, "createdAt": rfc3339(), "dir": directory}
     if not registry.get("active"):
         registry["active"] = final
     save(store, registry)

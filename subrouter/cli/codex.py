@@ -26,9 +26,9 @@ import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from subrouter.config import DEFAULT_CODEX_BASE_URL
 from subrouter.sessions.keys import normalise_email
 
-DEFAULT_BASE_URL = "http://127.0.0.1:31415/v1"
 DUMMY_KEY_ENV = "SUBROUTER_CODEX_DUMMY_API_KEY"
 SKIP_CHECK_ENV = "SUBROUTER_CODEX_SKIP_CHECK"
 #: the whole check (both requests) takes at most this long
@@ -121,7 +121,7 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
 
     :raises WrapperError: for an invalid ``SUBROUTER_CODEX_USER_EMAIL``.
     """
-    base = environ.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    base = environ.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_CODEX_BASE_URL
     raw_email = environ.get("SUBROUTER_CODEX_USER_EMAIL", "").strip()
     account = environ.get("SUBROUTER_CODEX_ACCOUNT_ID", "").strip()
     if len(account) > 256:
@@ -179,7 +179,7 @@ def run(args: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
     talks_to_model = not (args and args[0] in UNTOUCHED) and not any(
         a in ("-h", "--help", "-V", "--version") for a in args[:1])
     if talks_to_model and env.get(SKIP_CHECK_ENV, "").strip() in ("", "0"):
-        base = env.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_BASE_URL
+        base = env.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_CODEX_BASE_URL
         problem = check_daemon(base)
         if problem is not None:
             raise WrapperError(f"{problem} (or set {SKIP_CHECK_ENV}=1 to skip this check)",

@@ -26,7 +26,7 @@ from subrouter.cli.console import Context, Streams
 from subrouter.cli.dispatch import Command, Group, chosen, leaf
 from subrouter.cli.entry import CommandFailed, react
 from subrouter.cli.gemini import GeminiOptions
-from subrouter.config import expand_path
+from subrouter.config import DEFAULT_ACCOUNTS_DIR, DEFAULT_STATE_DIR, expand_path
 
 __all__ = ["CxOptions", "Streams", "cx_process", "execute", "run_cx"]
 
@@ -41,8 +41,8 @@ class CxOptions(Group):
                "OpenAI API keys (`cx add-key`), which one Codex uses, and their usage.")
     version = f"cx (subrouter) {subrouter.__version__}"
     optParameters = [
-        ["accounts-dir", None, "~/.codex-accounts", "The cx account store."],
-        ["state-dir", None, "~/.subrouter",
+        ["accounts-dir", None, DEFAULT_ACCOUNTS_DIR, "The cx account store."],
+        ["state-dir", None, DEFAULT_STATE_DIR,
          "The daemon's state folder (exhaustion marks, the switch pin)."],
     ]
     default = status.DEFAULT

@@ -20,10 +20,11 @@ from typing import Any
 import attrs
 
 from subrouter.accounts.store import Account
+from subrouter.config import DEFAULT_ADDR
 
 #: how long a command waits for a running daemon before computing on its own
 DAEMON_TIMEOUT = 0.5
-DEFAULT_DAEMON = "http://127.0.0.1:31415"
+DEFAULT_DAEMON = "http://" + DEFAULT_ADDR
 
 
 def daemon_origin(environ: Mapping[str, str]) -> str:
@@ -135,7 +136,10 @@ async def _local_listing(reactor: Any, store_dir: str, state_dir: str,
     from subrouter.sessions.placement import Placement
     from subrouter.sessions.table import SessionTable
     from subrouter.sessions.usage import UsageBook
+    from subrouter.web.admin import accounts_json
 
+    http: Any
+    pool: Any
     http, pool = command_http(reactor, environ) if fetch else (None, None)
     store = AccountStore(store_dir, deferToThread)
     store.scan_now()
@@ -155,7 +159,7 @@ async def _local_listing(reactor: Any, store_dir: str, state_dir: str,
         finally:
             await pool.closeCachedConnections()
     placement = Placement(AccountPool(store, refresher), table, book, reactor)
-    rows = placement.describe_accounts()["accounts"]
+    rows = accounts_json(placement)["accounts"]
     failed = sum(1 for r in rows if r["kind"] == "oauth" and r.get("usage_error")
                  and not r.get("windows"))
     return Listing(rows, "local", fetched=len(logins), failed=failed)
@@ -167,7 +171,7 @@ def saved_marks(state_dir: str) -> dict[str, Any]:
     cannot use is its business, never moved or rewritten here).
     """
     from subrouter.accounts.activate import StoreError, read_json_object
-    from subrouter.sessions.state import STATE_FILE
+    from subrouter.jobs.state_file import STATE_FILE
 
     if not state_dir:
         return {}

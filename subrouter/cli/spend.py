@@ -19,8 +19,10 @@ from subrouter.cli.console import Context, prompt, prompt_secret
 from subrouter.cli.dispatch import Command, CommandOptions
 from subrouter.cli.entry import CommandFailed
 from subrouter.cli.render import mask
+from subrouter.config import DEFAULT_OPENAI_UPSTREAM
+from subrouter.timefmt import rfc3339
 
-DEFAULT_OPENAI_URL = "https://api.openai.com"
+DEFAULT_OPENAI_URL = DEFAULT_OPENAI_UPSTREAM
 
 
 class AddAdminKeyOptions(CommandOptions):
@@ -94,7 +96,7 @@ async def add_admin_key(ctx: Context, sub: Any) -> int:
     from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
     ensure_private_directory(os.path.dirname(path))
-    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": manage.now_rfc3339()}))
+    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": rfc3339()}))
     streams.stdout.write(f"Added admin key: {label}\n")
     return 0
 
@@ -231,7 +233,7 @@ async def spend_usage(ctx: Context, sub: Any) -> int:
             streams.stderr.write(f"cx: {label}: {value.value}\n")
             continue
         snapshot = dict(value, adminKeyLabel=admin, projectId=project,
-                        projectName=project_name, fetchedAt=manage.now_rfc3339())
+                        projectName=project_name, fetchedAt=rfc3339())
         cache_name = f"{_SAFE_LABEL.sub('_', admin)}__{_SAFE_LABEL.sub('_', project or 'all')}"
         cache = os.path.join(store, "usage-cache", cache_name + ".json")
         ensure_private_directory(os.path.dirname(cache))

@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 from subrouter.accounts import activate as manage
-from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
+from subrouter.accounts.refresh import codex_auth_path
 from subrouter.cli import render
 from subrouter.cli.console import Context, prompt
 from subrouter.cli.dispatch import Command, CommandOptions
 from subrouter.cli.entry import CommandFailed
+from subrouter.config import DEFAULT_TOKEN_URL, DEFAULT_USAGE_URL
 from subrouter.sessions.scheduler import (
     API_KEY,
     EXHAUSTED,
@@ -35,8 +36,6 @@ from subrouter.sessions.scheduler import (
     rank,
     score_windows,
 )
-
-DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 
 
 class ListOptions(CommandOptions):

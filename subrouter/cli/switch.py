@@ -15,12 +15,13 @@ from typing import Any
 from twisted.python import usage
 
 from subrouter.accounts import activate as manage
-from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
+from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
 from subrouter.cli.accounts import sync_active_to_store
 from subrouter.cli.console import Context
 from subrouter.cli.dispatch import Command, CommandOptions
 from subrouter.cli.entry import CommandFailed
+from subrouter.config import DEFAULT_TOKEN_URL
 
 
 class SwitchOptions(CommandOptions):
