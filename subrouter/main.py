@@ -88,9 +88,10 @@ def _main(args: list[str], prog: str) -> int:
             sys.stderr.write(f"{prog} codex: {e}\n")
             return e.code
         return 0
-    if not args and prog == "sr":
+    if prog == "sr" and (not args or args[0].split("=")[0] in ("--accounts-dir",
+                                                               "--state-dir")):
         # `sr` alone is the interactive account view, like `cx`
-        args = ["cx"]
+        args = ["cx", *args]
     if args and args[0] in _CX_COMMANDS:
         # the direct aliases: `subrouter list` is `subrouter cx list`
         args = ["cx", *args]

@@ -53,25 +53,29 @@ def prompt_secret(streams: Streams, question: str) -> str:
     Ask for a secret: on a terminal, echo is off while it is typed (and back
     on afterwards, even after Ctrl-C); from a pipe, one line is read.
     """
-    streams.stderr.write(question)
-    streams.stderr.flush()
     fileno = getattr(streams.stdin, "fileno", None)
     try:
         fd = fileno() if fileno else -1
     except (OSError, ValueError):
         fd = -1
     if fd < 0 or not os.isatty(fd):
+        streams.stderr.write(question)
+        streams.stderr.flush()
         return streams.stdin.readline().strip()
     import termios
 
     before = termios.tcgetattr(fd)
     quiet = list(before)
     quiet[3] = quiet[3] & ~termios.ECHO
-    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+    # echo goes off before the question shows, so nothing typed is ever echoed;
+    # TCSANOW: waiting for output to drain could block on a terminal not read
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
     try:
+        streams.stderr.write(question)
+        streams.stderr.flush()
         answer = streams.stdin.readline()
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, before)
+        termios.tcsetattr(fd, termios.TCSANOW, before)
         streams.stderr.write("\n")
     return answer.strip()
 

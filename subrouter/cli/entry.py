@@ -115,9 +115,11 @@ def react(main: Callable[[Any], Awaitable[int | None]], *, interruptible: bool =
     carried: list[BaseException] = []
 
     async def wrapped(reactor: Any) -> int:
-        if interruptible:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
+            if interruptible:
+                # once the reactor has installed its own handlers (after startup)
+                await task.deferLater(reactor, 0, lambda: None)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             return int(await main(reactor) or 0)
         except BaseException as e:  # re-raised below, outside the reactor
             carried.append(e)
