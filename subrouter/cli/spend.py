@@ -263,7 +263,7 @@ async def attach(ctx: Context, sub: Any) -> int:
     store, streams = ctx.store, ctx.streams
     from subrouter.files import atomic_write, dump_json
 
-    account = manage.find(store, sub["label"])
+    account = manage.find(store, sub["api-key-label"])
     if account.kind is not AccountKind.APIKEY:
         raise CommandFailed(f"{account.id} is not an API-key account")
     admins = _admin_keys_map(store)
