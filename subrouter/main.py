@@ -18,6 +18,7 @@ from twisted.python import usage
 
 import subrouter
 from subrouter.cli.cx import CxOptions, run_cx
+from subrouter.cli.daemon import InstallDaemonOptions, UninstallDaemonOptions
 from subrouter.tap import Options as ServeOptions
 
 SubCommand = tuple[str, None, type[usage.Options], str]
@@ -43,6 +44,10 @@ class SubrouterOptions(usage.Options):
         ("serve", None, ServeOptions, "Run the proxy in the foreground."),
         ("cx", None, CxOptions, "Manage Codex accounts (same as the cx command)."),
         ("codex", None, _CodexHelp, "Run codex through Subrouter: subrouter codex [args...]."),
+        ("install-daemon", None, InstallDaemonOptions,
+         "Run Subrouter as a login service (launchd or systemd --user)."),
+        ("uninstall-daemon", None, UninstallDaemonOptions,
+         "Stop that service and remove what install-daemon wrote."),
     ]
     optFlags = [["version", None, "Print the version and exit."]]
     optParameters = [
@@ -120,6 +125,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         task.react(_serve, (options.subOptions, options["log-format"]))
     elif options.subCommand == "cx":
         raise SystemExit(run_cx(options.subOptions))
+    elif options.subCommand in ("install-daemon", "uninstall-daemon"):
+        raise SystemExit(_daemon_command(options.subCommand, options.subOptions))
+
+
+def _daemon_command(command: str, options: usage.Options) -> int:
+    from subrouter.cli import daemon
+
+    if command == "uninstall-daemon":
+        return daemon.run_uninstall(options)
+
+    def check_serve_args(args: list[str]) -> None:
+        ServeOptions().parseOptions(args)
+
+    return daemon.run_install(options, check_serve_args=check_serve_args)
 
 
 def cx_main(argv: Sequence[str] | None = None) -> None:
