@@ -93,7 +93,7 @@ class InstallDaemonOptions(usage.Options):
         self["serve-args"] = list(serve_args)
 
     def postOptions(self) -> None:
-        host, _ = _checked("addr", parse.parse_addr, self["addr"])
+        host, _ = _checked_addr(self["addr"])
         if not parse.is_loopback(host):
             raise usage.UsageError(
                 f"--addr: {self['addr']} is not a loopback address. install-daemon sets up "
@@ -121,6 +121,13 @@ class UninstallDaemonOptions(usage.Options):
     )
     optFlags = [["dry-run", "n", "Print what would be removed and run, and change nothing."]]
     optParameters = [["bin-dir", None, "~/bin", "Where install-daemon put the links."]]
+
+
+def _checked_addr(value: str) -> tuple[str, int]:
+    try:
+        return parse.parse_addr(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--addr: {e}") from None
 
 
 def _checked(option: str, parser: Callable[[str], object], value: str) -> object:
