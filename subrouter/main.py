@@ -52,6 +52,8 @@ class SubrouterOptions(usage.Options):
     optFlags = [["version", None, "Print the version and exit."]]
     optParameters = [
         ["log-format", None, "text", "Log format for serve: text or json."],
+        ["log-file", None, None,
+         "Append serve's log to this file (reopened on SIGHUP) instead of stdout."],
     ]
 
     def opt_version(self) -> None:
@@ -68,19 +70,21 @@ class SubrouterOptions(usage.Options):
 _CX_COMMANDS = frozenset(name for name, _, _, _ in CxOptions.subCommands)
 
 
-def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
+def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str | None) -> Any:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner
 
-    from subrouter.logs import json_observer, text_observer
+    from subrouter.logs import ReopenableFile, json_observer, text_observer
     from subrouter.tap import build_service
 
-    observer = json_observer() if log_format == "json" else text_observer()
+    stream = ReopenableFile(log_file) if log_file else None
+    observer = json_observer(stream) if log_format == "json" else text_observer(stream)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     service = build_service(options.config, reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    return Deferred()  # runs until SIGINT/SIGTERM stops the reactor
+    reactor.callWhenRunning(service.install_signal_handlers, reactor)
+    return Deferred()  # runs until SIGINT/SIGTERM stops the reactor (after a drain)
 
 
 def _parse(options: usage.Options, argv: Sequence[str], prog: str) -> None:
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if options.subCommand == "serve":
         from twisted.internet import task
 
-        task.react(_serve, (options.subOptions, options["log-format"]))
+        task.react(_serve, (options.subOptions, options["log-format"], options["log-file"]))
     elif options.subCommand == "cx":
         raise SystemExit(run_cx(options.subOptions))
     elif options.subCommand in ("install-daemon", "uninstall-daemon"):

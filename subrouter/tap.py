@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, Service
 from twisted.python import usage
 
 from subrouter import config as parse
 from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
+
+if TYPE_CHECKING:
+    from subrouter.lifecycle import Daemon
 
 DEFAULT_ADDR = "127.0.0.1:31415"
 DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
@@ -30,6 +33,8 @@ DEFAULT_STATE_DIR = "~/.subrouter"
 DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 #: how often the account directory is checked for changes
 ACCOUNT_RESCAN_INTERVAL = 2.0
+#: how long a stop waits for requests in flight
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 @attrs.frozen
@@ -64,6 +69,7 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
 
 class Options(usage.Options):
@@ -113,6 +119,12 @@ class Options(usage.Options):
         ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
         ["cx-switch-interval", None, "10m",
          "Make the best login active for local agents this often (0: never)."],
+        ["drain-timeout", None, "30s",
+         "At SIGTERM/SIGINT, how long requests and WebSockets in flight may take to end "
+         "before they are cut."],
+        ["account-rescan-interval", None, "2s",
+         "How often the account store is checked for changes (0: only at start and on "
+         "SIGHUP)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -122,6 +134,10 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def opt_version(self) -> None:
+        print(f"subrouter {_version()}")
+        raise SystemExit(0)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -212,7 +228,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval"):
+                 "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     return Config(
         endpoint=endpoint,
@@ -249,13 +265,15 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        account_rescan_interval=durations["account-rescan-interval"],
+        drain_timeout=durations["drain-timeout"],
     )
 
 
 class _StartupService(Service):
     """
-    Scans the account store before the listener starts, and logs what the
-    daemon is about to serve.
+    Scans the account store before the listener starts; says what the
+    daemon serves once it listens.
     """
 
     def __init__(self, config: Config, store: Any) -> None:
@@ -263,10 +281,12 @@ class _StartupService(Service):
         self._store = store
 
     def startService(self) -> None:
-        from twisted.logger import Logger
-
         super().startService()
         self._store.scan_now()
+
+    def announce(self) -> None:
+        from twisted.logger import Logger
+
         accounts = self._store.accounts()
         Logger().info(
             "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
@@ -303,7 +323,7 @@ def _version() -> str:
     return subrouter.__version__
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: Any) -> Daemon:
     """
     Assemble the daemon.
 
@@ -311,7 +331,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param reactor: the reactor everything runs on.
     """
     from autobahn.twisted.resource import WebSocketResource
-    from twisted.application.internet import StreamServerEndpointService, TimerService
+    from twisted.application.internet import TimerService
+    from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
@@ -320,7 +341,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.accounts.store import AccountStore
     from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.jobs.transcript_sync import GsutilSync
+    from subrouter.lifecycle import Daemon, Listener
     from subrouter.proxy.resource import ProxyResource
+    from subrouter.routing.inflight import InFlight
     from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.placement import Placement
     from subrouter.sessions.state import StateSaver, load_state
@@ -343,7 +366,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
-    top = MultiService()
+    inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
     agent = make_agent(reactor, pool, tls)
@@ -387,15 +410,30 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
         recorder=recorder,
     )
-    admin = AdminResource(accounts, placement)
+    admin = AdminResource(accounts, placement, inflight)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
+                     reactor=reactor)
 
-    _StartupService(config, store).setServiceParent(top)
-    rescan = TimerService(config.account_rescan_interval, store.rescan)
-    rescan.clock = reactor
-    rescan.setName("account-rescan")
-    rescan.setServiceParent(top)
+    async def reread_accounts() -> int:
+        await store.rescan()
+        return len(store.accounts())
+
+    top = Daemon(
+        inflight, reactor, config.drain_timeout,
+        first_poll=poller.run_once if config.fetch_usage else None,
+        reload=lambda: Deferred.fromCoroutine(reread_accounts()),
+    )
+    startup = _StartupService(config, store)
+    startup.setServiceParent(top)
+    # bound before any job starts: a daemon that cannot listen does nothing
+    Listener(serverFromString(reactor, config.endpoint), site, config.addr,
+             announce=startup.announce).setServiceParent(top)
+    if config.account_rescan_interval > 0:
+        rescan = TimerService(config.account_rescan_interval, store.rescan)
+        rescan.clock = reactor
+        rescan.setName("account-rescan")
+        rescan.setServiceParent(top)
     PoolService(pool).setServiceParent(top)
     if recorder is not None:
         RecorderService(recorder).setServiceParent(top)
@@ -431,11 +469,6 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         polling.clock = reactor
         polling.setName("usage-poller")
         polling.setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-    # a port that cannot be bound stops the daemon instead of idling
-    listener._raiseSynchronously = True
-    listener.setName("listener")
-    listener.setServiceParent(top)
     return top
 
 
@@ -445,4 +478,6 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor)
+    daemon = build_service(options.config, reactor)
+    reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
+    return daemon
