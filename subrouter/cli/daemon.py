@@ -29,14 +29,12 @@ import attrs
 from twisted.python import usage
 
 from subrouter import config as parse
+from subrouter.config import DEFAULT_ADDR, DEFAULT_CX_SWITCH_INTERVAL, DEFAULT_DRAIN_TIMEOUT
 from subrouter.files import atomic_write
 
 LAUNCHD_LABEL = "ai.manaflow.subrouter"
 SYSTEMD_UNIT = "subrouter.service"
-DEFAULT_ADDR = "127.0.0.1:31415"
 DEFAULT_TRANSCRIPTS = "~/.subrouter/transcripts"
-DEFAULT_SWITCH_INTERVAL = "10m"
-DEFAULT_DRAIN_TIMEOUT = "30s"
 #: how long the supervisor waits after SIGTERM beyond the drain before SIGKILL
 STOP_MARGIN = 15
 ENTRY_POINTS = ("subrouter", "sr", "cx")
@@ -79,7 +77,7 @@ class InstallDaemonOptions(usage.Options):
     optParameters = [
         ["addr", None, DEFAULT_ADDR, "HOST:PORT to listen on; loopback only."],
         ["transcripts", None, DEFAULT_TRANSCRIPTS, "Where transcripts are recorded."],
-        ["cx-switch-interval", None, DEFAULT_SWITCH_INTERVAL,
+        ["cx-switch-interval", None, DEFAULT_CX_SWITCH_INTERVAL,
          "Make the best login active for local agents this often (0: never)."],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "How long a stop waits for requests in flight."],
@@ -208,7 +206,7 @@ class Settings:
 
     addr: str = DEFAULT_ADDR
     transcripts: str | None = DEFAULT_TRANSCRIPTS
-    cx_switch_interval: str = DEFAULT_SWITCH_INTERVAL
+    cx_switch_interval: str = DEFAULT_CX_SWITCH_INTERVAL
     drain_timeout: str = DEFAULT_DRAIN_TIMEOUT
     bin_dir: str = "~/bin"
     shims: bool = True
