@@ -382,7 +382,7 @@ def build_service(config: Config, reactor: Any) -> Daemon:
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, inflight=inflight,
     )
     admin = AdminResource(accounts, placement, inflight)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
