@@ -471,9 +471,13 @@ class RelayServerProtocol(WebSocketServerProtocol):
             self.end_now()
 
     def end_now(self) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendClose(GOING_AWAY, GOING_AWAY_REASON)
-        self._close_upstream(GOING_AWAY, "client going away")
+        _going_away(self)
+        upstream = self.upstream
+        if upstream is not None and upstream.state == upstream.STATE_OPEN:
+            upstream.client = None
+            _going_away(upstream)
+        else:
+            self._close_upstream(1000, None)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.tracked and self.factory.inflight is not None:
@@ -496,6 +500,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
             upstream.sendClose(code, reason or None)
         elif upstream.state != upstream.STATE_CLOSED and upstream.transport is not None:
             upstream.transport.loseConnection()
+
+
+def _going_away(protocol: Any) -> None:
+    """
+    Close with 1001, the code RFC 6455 gives an endpoint that goes away.
+    autobahn's ``sendClose`` lets applications send only 1000 and
+    3000-4999, so the frame goes out the way the protocol itself sends it.
+    """
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode(),
+                                isReply=False)
 
 
 _END_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
