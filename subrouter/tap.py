@@ -166,7 +166,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
+                f"warning: --addr {opts['addr']} is not loopback: anyone who can "
                 "reach it can use your accounts\n"
             )
         endpoint = parse.listen_endpoint(host, port)
