@@ -50,13 +50,24 @@ _LINUX_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sb
 _TOOLS = ("codex", "gsutil")
 
 
+class _VersionedOptions(usage.Options):
+    def opt_version(self) -> None:
+        """
+        Print Subrouter's version and exit.
+        """
+        import subrouter
+
+        print(f"subrouter {subrouter.__version__}")
+        raise SystemExit(0)
+
+
 class InstallError(Exception):
     """
     Something that stops an install or uninstall, said in one line.
     """
 
 
-class InstallDaemonOptions(usage.Options):
+class InstallDaemonOptions(_VersionedOptions):
     """
     ``subrouter install-daemon``.
     """
@@ -107,7 +118,7 @@ class InstallDaemonOptions(usage.Options):
                 )
 
 
-class UninstallDaemonOptions(usage.Options):
+class UninstallDaemonOptions(_VersionedOptions):
     """
     ``subrouter uninstall-daemon``.
     """
