@@ -77,7 +77,11 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str |
     from subrouter.logs import ReopenableFile, json_observer, text_observer
     from subrouter.tap import build_service
 
-    stream = ReopenableFile(log_file) if log_file else None
+    try:
+        stream = ReopenableFile(log_file) if log_file else None
+    except OSError as e:
+        sys.stderr.write(f"subrouter: --log-file: cannot open {log_file}: {e.strerror or e}\n")
+        raise SystemExit(1) from None
     observer = json_observer(stream) if log_format == "json" else text_observer(stream)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     service = build_service(options.config, reactor)

@@ -587,8 +587,12 @@ def carry_out(plan: Plan, run: Runner, out: IO[str]) -> None:
     for command in plan.commands:
         code, output = run(command.argv)
         if code != 0 and command.check:
+            hint = ""
+            if command.argv[:2] == ("systemctl", "--user") and "bus" in output.lower():
+                hint = ("; is a systemd user session running for you? (over SSH: "
+                        "`loginctl enable-linger` for your user, then log in again)")
             raise InstallError(f"`{command.shown()}` failed (exit {code})"
-                               + (f": {output}" if output else ""))
+                               + (f": {output}" if output else "") + hint)
         out.write(f"ran: {command.shown()}\n")
     for path in plan.removals:
         os.unlink(path)
