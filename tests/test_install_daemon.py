@@ -34,6 +34,14 @@ if [ -n "$FAKE_FAIL" ] && [ "$name $1 $2" = "$FAKE_FAIL" ]; then
   echo "Failed to connect to bus: No medium found" >&2; exit 1
 fi
 if [ "$name $2" = "systemctl is-active" ]; then exit "${FAKE_ACTIVE:-3}"; fi
+if [ "$name $1" = "launchctl bootstrap" ] && [ -n "$FAKE_BUSY" ]; then
+  # refuse while the booted-out agent "still runs": FAKE_BUSY more times
+  count=$(cat "$FAKE_RECORD.busy" 2>/dev/null || echo 0)
+  if [ "$count" -lt "$FAKE_BUSY" ]; then
+    echo $((count + 1)) > "$FAKE_RECORD.busy"
+    echo "Bootstrap failed: 5: Input/output error" >&2; exit 5
+  fi
+fi
 exit 0
 """
 
@@ -90,10 +98,11 @@ def _recorded(tmp_path: Path) -> list[str]:
     return record.read_text().splitlines() if record.exists() else []
 
 
-def _install(host: Host, *argv: str) -> tuple[int, str, str]:
+def _install(host: Host, *argv: str, slept: list[float] | None = None
+             ) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = daemon.run_install(_options(InstallDaemonOptions, *argv), host=host, stdout=out,
-                              stderr=err)
+                              stderr=err, sleep=(slept if slept is not None else []).append)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -399,3 +408,23 @@ def test_install_daemon_from_the_console_script_on_this_machine(
     assert result.stderr.startswith("subrouter install-daemon: serve option after --: ")
     assert "--idle-timeout" in result.stderr
     assert not (home / ".config/systemd/user/subrouter.service").exists()
+
+
+def test_bootstrap_is_retried_while_the_old_agent_drains(tmp_path: Path, fakes: Path) -> None:
+    host = _host(tmp_path, "darwin", fakes, FAKE_BUSY="2")
+    slept: list[float] = []
+    code, _, err = _install(host, slept=slept)
+    assert (code, err) == (0, "")
+    assert [c.split()[1] for c in _recorded(tmp_path)] == [
+        "bootout", "bootstrap", "bootstrap", "bootstrap", "kickstart"]
+    assert slept == [1.0, 1.0]
+
+
+def test_bootstrap_gives_up_after_the_stop_timeout(tmp_path: Path, fakes: Path) -> None:
+    host = _host(tmp_path, "darwin", fakes, FAKE_BUSY="1000")
+    slept: list[float] = []
+    code, _, err = _install(host, "--drain-timeout", "5s", slept=slept)
+    assert code == 1
+    assert len(slept) == 5 + daemon.STOP_MARGIN
+    assert "launchctl bootstrap gui/501" in err
+    assert "Bootstrap failed: 5: Input/output error" in err

@@ -22,6 +22,7 @@ import plistlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
@@ -365,11 +366,14 @@ def render_user_unit(host: Host, settings: Settings) -> str:
 @attrs.frozen
 class Command:
     """
-    A command to run; ``check`` False means its failure is expected and ignored.
+    A command to run; ``check`` False means its failure is expected and
+    ignored; ``retry_for`` seconds during which a failure is tried again,
+    once a second.
     """
 
     argv: tuple[str, ...]
     check: bool = True
+    retry_for: float = 0.0
 
     def shown(self) -> str:
         import shlex
@@ -469,7 +473,10 @@ def plan_install(host: Host, settings: Settings, active: bool = False) -> Plan:
         domain = launchd_domain(host)
         commands = [
             Command(("launchctl", "bootout", domain, target), check=False),
-            Command(("launchctl", "bootstrap", domain, target)),
+            # the agent just booted out may still be draining: launchd refuses
+            # to bootstrap the label again until it has exited
+            Command(("launchctl", "bootstrap", domain, target),
+                    retry_for=stop_timeout(settings)),
             Command(("launchctl", "kickstart", "-k", f"{domain}/{LAUNCHD_LABEL}")),
         ]
         notes.append(f"logs: {host.expand('~/Library/Logs/subrouter.log')} "
@@ -564,7 +571,8 @@ def describe(plan: Plan, out: IO[str]) -> None:
         out.write(f"would skip {reason}\n")
 
 
-def carry_out(plan: Plan, run: Runner, out: IO[str]) -> None:
+def carry_out(plan: Plan, run: Runner, out: IO[str],
+              sleep: Callable[[float], None] = time.sleep) -> None:
     """
     Perform ``plan``: directories, files and links first, then the commands
     (which load what was written), then the removals (an uninstall stops the
@@ -586,6 +594,11 @@ def carry_out(plan: Plan, run: Runner, out: IO[str]) -> None:
         out.write(f"skipped {reason}\n")
     for command in plan.commands:
         code, output = run(command.argv)
+        waited = 0.0
+        while code != 0 and waited < command.retry_for:
+            sleep(1.0)
+            waited += 1.0
+            code, output = run(command.argv)
         if code != 0 and command.check:
             hint = ""
             if command.argv[:2] == ("systemctl", "--user") and "bus" in output.lower():
@@ -636,6 +649,7 @@ def run_install(
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     check_serve_args: Callable[[list[str]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """
     ``subrouter install-daemon``; returns the exit status.
@@ -661,7 +675,7 @@ def run_install(
         if options["dry-run"]:
             describe(plan, out)
             return 0
-        carry_out(plan, run, out)
+        carry_out(plan, run, out, sleep)
     except (InstallError, OSError) as e:
         err.write(f"subrouter install-daemon: {e}\n")
         return 1
