@@ -49,6 +49,7 @@ DEFAULT_CX_SWITCH_INTERVAL = "10m"
 DEFAULT_TRANSCRIPT_MAX_BODY = "16M"
 DEFAULT_TRANSCRIPT_SYNC_INTERVAL = "5m"
 DEFAULT_TRANSCRIPT_SYNC_TIMEOUT = "30m"
+DEFAULT_DRAIN_TIMEOUT = "30s"
 #: how often the account directory is checked for changes
 ACCOUNT_RESCAN_INTERVAL = 2.0
 
@@ -89,6 +90,7 @@ class Config:
     anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
     anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL
     overload_wait: float = 120.0
+    drain_timeout: float = 30.0
 
 
 # -- parsers -------------------------------------------------------------------

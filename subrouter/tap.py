@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
@@ -27,6 +27,7 @@ from subrouter.config import (
     DEFAULT_ANTHROPIC_USAGE_URL,
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
     DEFAULT_OVERLOAD_WAIT,
@@ -41,6 +42,9 @@ from subrouter.config import (
     DEFAULT_USAGE_URL,
     Config,
 )
+
+if TYPE_CHECKING:
+    from subrouter.lifecycle import Daemon
 
 
 class Options(usage.Options):
@@ -103,6 +107,12 @@ class Options(usage.Options):
          "How long one mirror run may take."],
         ["cx-switch-interval", None, DEFAULT_CX_SWITCH_INTERVAL,
          "Make the best login active for local agents this often (0: never)."],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
+         "At SIGTERM/SIGINT, how long requests and WebSockets in flight may take to end "
+         "before they are cut."],
+        ["account-rescan-interval", None, "2s",
+         "How often the account store is checked for changes (0: only at start and on "
+         "SIGHUP)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -112,6 +122,10 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def opt_version(self) -> None:
+        print(f"subrouter {_version()}")
+        raise SystemExit(0)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -168,7 +182,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
+                f"warning: --addr {opts['addr']} is not loopback: anyone who can "
                 "reach it can use your accounts\n"
             )
         endpoint = parse.listen_endpoint(host, port)
@@ -208,7 +222,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval"):
+                 "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     return Config(
         endpoint=endpoint,
@@ -255,13 +269,15 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             "anthropic-usage-url", parse.parse_http_url, opts["anthropic-usage-url"]
         ),
         overload_wait=durations["overload-wait"],
+        account_rescan_interval=durations["account-rescan-interval"],
+        drain_timeout=durations["drain-timeout"],
     )
 
 
 class _StartupService(Service):
     """
-    Scans the account store before the listener starts, and logs what the
-    daemon is about to serve.
+    Scans the account store before the listener starts; says what the
+    daemon serves once it listens.
     """
 
     def __init__(self, config: Config, store: Any) -> None:
@@ -269,10 +285,12 @@ class _StartupService(Service):
         self._store = store
 
     def startService(self) -> None:
-        from twisted.logger import Logger
-
         super().startService()
         self._store.scan_now()
+
+    def announce(self) -> None:
+        from twisted.logger import Logger
+
         accounts = self._store.accounts()
         log = Logger()
         if not accounts:
@@ -317,7 +335,7 @@ def _version() -> str:
     return subrouter.__version__
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: Any) -> Daemon:
     """
     Assemble the daemon.
 
@@ -325,7 +343,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param reactor: the reactor everything runs on.
     """
     from autobahn.twisted.resource import WebSocketResource
-    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
@@ -335,7 +353,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.jobs import every
     from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.jobs.state_file import StateSaver, load_state
+    from subrouter.lifecycle import Daemon, Listener
     from subrouter.proxy.resource import ProxyResource
+    from subrouter.routing.inflight import InFlight
     from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.placement import Placement
     from subrouter.sessions.table import SessionTable
@@ -357,7 +377,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
-    top = MultiService()
+    inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
     agent = make_agent(reactor, pool, tls)
@@ -404,15 +424,30 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, inflight=inflight,
     )
-    admin = AdminResource(accounts, placement)
+    admin = AdminResource(accounts, placement, inflight)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
+                     reactor=reactor)
 
-    _StartupService(config, store).setServiceParent(top)
-    every("account-rescan", config.account_rescan_interval, store.rescan, reactor
-          ).setServiceParent(top)
+    async def reread_accounts() -> int:
+        await store.rescan()
+        return len(store.accounts())
+
+    top = Daemon(
+        inflight, reactor, config.drain_timeout,
+        first_poll=poller.run_once if config.fetch_usage else None,
+        reload=lambda: Deferred.fromCoroutine(reread_accounts()),
+    )
+    startup = _StartupService(config, store)
+    startup.setServiceParent(top)
+    # bound before any job starts: a daemon that cannot listen does nothing
+    Listener(serverFromString(reactor, config.endpoint), site, config.addr,
+             announce=startup.announce).setServiceParent(top)
+    if config.account_rescan_interval > 0:
+        every("account-rescan", config.account_rescan_interval, store.rescan, reactor
+              ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
     if recorder is not None:
         _recording_services(config, recorder, reactor).setServiceParent(top)
@@ -428,11 +463,6 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.fetch_usage:
         every("usage-poller", config.usage_interval, poller.run_once, reactor
               ).setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-    # a port that cannot be bound stops the daemon instead of idling
-    listener._raiseSynchronously = True
-    listener.setName("listener")
-    listener.setServiceParent(top)
     return top
 
 
@@ -466,4 +496,6 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor)
+    daemon = build_service(options.config, reactor)
+    reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
+    return daemon
