@@ -7,6 +7,11 @@ expiry: one refresh at a time per account in this process (concurrent callers
 wait for the same one), and an exclusive lock on the account's lock file
 around "re-read, refresh, write back", so a concurrent ``cx`` command never
 burns the same refresh token or loses the new one.
+
+With a shared store (``--state redis://``, :mod:`subrouter.accounts.shared`)
+the same holds across instances: the store's lock for the account is taken
+first, the newest token set any instance stored is taken over the file's,
+and a new set is stored before the lock is given back.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from subrouter.accounts import tokens
+from subrouter.accounts.shared import Lease, SharedTokens, TokenSet
 from subrouter.accounts.store import (
     Account,
     AccountFileError,
@@ -185,6 +191,7 @@ class TokenRefresher:
     :param clock: the source of time.
     :param run_blocking: runs file work off the reactor thread.
     :param codex_auth: the path of Codex's active ``auth.json``.
+    :param shared: the token side of a state shared with other instances.
     """
 
     def __init__(
@@ -196,8 +203,10 @@ class TokenRefresher:
         clock: IReactorTime,
         run_blocking: BlockingRunner,
         codex_auth: str,
+        shared: SharedTokens | None = None,
     ) -> None:
         self._store = store
+        self.shared = shared
         self._http = http
         self._token_url = token_url
         self._clock = clock
@@ -278,12 +287,27 @@ class TokenRefresher:
         return waiter
 
     async def _refresh(self, account: Account, force: bool) -> Account:
+        lease: Lease | None = None
+        if self.shared is not None:
+            # another instance may be refreshing this login: wait for it
+            lease = await self.shared.acquire(account.id)
+        try:
+            return await self._refresh_under_lock(account, force)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _refresh_under_lock(self, account: Account, force: bool) -> Account:
         try:
             held: _Held = await self._run_blocking(lambda: _lock_and_read(account.source))
         except (OSError, AccountFileError) as e:
             raise self._failed(account, f"cannot read its account file: {e}", terminal=False) from e
         try:
             current = held.account
+            if self.shared is not None:
+                newest = await self.shared.newest(current.id)
+                if newest is not None and _newer(newest, current):
+                    current = await self._adopt(held, newest)
             if current.secret != account.secret and not self.needs_refresh(current):
                 # someone else (cx, or Codex via "sync active") refreshed it
                 self._store.replace(current)
@@ -299,6 +323,8 @@ class TokenRefresher:
             path = current.source
             version = await self._run_blocking(lambda: _write_account(path, document))
             refreshed = parse_account(dump_json(document), path)
+            if self.shared is not None:
+                await self.shared.publish(refreshed.id, _token_set(new_tokens, now))
             # still under the account's lock: a `cx switch` of this account
             # either ran before (and is mirrored over now) or waits and reads
             # the new tokens; neither can put the spent refresh token back
@@ -331,6 +357,61 @@ class TokenRefresher:
             _log.info("updated {path}, where {account} is active", path=self._codex_auth,
                       account=refreshed.id)
         return refreshed
+
+    async def _adopt(self, held: _Held, newest: TokenSet) -> Account:
+        """
+        Take a newer token set (from another instance) over the file's, under
+        the file's lock: write it to the file and Codex's ``auth.json``.
+        """
+        document = held.document
+        path = held.account.source
+        apply_new_tokens(document, newest.as_tokens(), newest.last_refresh)
+        version = await self._run_blocking(lambda: _write_account(path, document))
+        adopted = parse_account(dump_json(document), path)
+        try:
+            await self._run_blocking(
+                lambda: _mirror_into_codex_auth(self._codex_auth, adopted.id,
+                                                newest.as_tokens(), newest.last_refresh)
+            )
+        except OSError as e:
+            _log.warn("could not update {path} with the new tokens of {account}: {error}",
+                      path=self._codex_auth, account=adopted.id, error=str(e))
+        self._store.replace(adopted, version)
+        self._failures.pop(adopted.id, None)
+        held.account = adopted
+        _log.info("took the newer tokens of {account} another instance stored",
+                  account=adopted.id)
+        return adopted
+
+    async def adopt_if_newer(self, account_id: str, newest: TokenSet) -> bool:
+        """
+        Write a token set another instance stored into this account's file
+        when it is newer than the file's. Never raises.
+
+        :return: whether it was taken.
+        """
+        account = self._store.get(account_id)
+        if account is None or not account.is_oauth or not _newer(newest, account):
+            return False
+        if account_id in self._inflight:
+            return False  # that refresh takes the newest set itself
+        try:
+            held: _Held = await self._run_blocking(lambda: _lock_and_read(account.source))
+        except (OSError, AccountFileError) as e:
+            _log.warn("cannot take the newer tokens of {account}: {error}",
+                      account=account_id, error=str(e))
+            return False
+        try:
+            if not _newer(newest, held.account):
+                return False
+            await self._adopt(held, newest)
+            return True
+        except OSError as e:
+            _log.warn("cannot take the newer tokens of {account}: {error}",
+                      account=account_id, error=str(e))
+            return False
+        finally:
+            held.release()
 
     async def _call_token_endpoint(self, account: Account) -> dict[str, str]:
         body = json.dumps(
@@ -388,6 +469,38 @@ class TokenRefresher:
             "token refresh for {account} failed: {reason}", account=account.id, reason=reason
         )
         return RefreshFailed(account.id, reason, terminal)
+
+
+def _newer(tokens: TokenSet, account: Account) -> bool:
+    """
+    Whether a stored set is newer than an account's: other tokens that
+    expire later.
+    """
+    if tokens.refresh_token == account.refresh_token and tokens.access_token == account.secret:
+        return False
+    return tokens.expires_at > (account.expires_at or 0.0)
+
+
+def _token_set(new: dict[str, str], now: float) -> TokenSet:
+    return TokenSet(
+        access_token=new["access_token"],
+        refresh_token=new["refresh_token"],
+        id_token=new["id_token"],
+        expires_at=tokens.expires_at(new["access_token"]) or now,
+        last_refresh=now,
+    )
+
+
+def token_set_of(account: Account, last_refresh: float) -> TokenSet | None:
+    """
+    An account's current tokens as a :class:`TokenSet` (None for API keys
+    and logins without a refresh token or a readable expiry).
+    """
+    if (not account.is_oauth or not account.refresh_token or not account.secret
+            or account.expires_at is None):
+        return None
+    return TokenSet(account.secret, account.refresh_token, account.id_token,
+                    account.expires_at, last_refresh)
 
 
 def _describe(error: BaseException) -> str:
