@@ -38,9 +38,11 @@ from zope.interface import implementer
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, write_error
+from subrouter.routing.identity import identify
 from subrouter.routing.usage import UsagePoller, bounded
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import BadAccountSelector
-from subrouter.sessions.placement import Identity, NoAccount, Placement, identify
+from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
     is_overload,
     retry_after,

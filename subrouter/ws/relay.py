@@ -46,8 +46,9 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
-from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
+from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import is_usage_limit
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
