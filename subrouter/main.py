@@ -70,6 +70,8 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
     from subrouter.logs import json_observer, text_observer
     from subrouter.tap import build_service
 
+    # workers started by --workers log the way their parent does
+    os.environ.setdefault("SUBROUTER_LOG_FORMAT", log_format)
     observer = json_observer() if log_format == "json" else text_observer()
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     service = build_service(options.config, reactor)

@@ -64,6 +64,16 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    #: the shared state (None: embedded, under state_dir) and its key
+    state_url: Any = None
+    state_key: bytes | None = attrs.field(default=None, repr=False)
+    workers: int = 1
+    #: set in a worker process: its index, the adopted listening fd, its parent
+    worker_index: int | None = None
+    listen_fd: int | None = None
+    worker_parent: int | None = None
+    #: the serve options as given, for starting workers
+    serve_args: tuple[str, ...] = ()
 
 
 class Options(usage.Options):
@@ -113,6 +123,14 @@ class Options(usage.Options):
         ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
         ["cx-switch-interval", None, "10m",
          "Make the best login active for local agents this often (0: never)."],
+        ["state", None, "embedded",
+         "Where sticky sessions, limits and token sets are shared: embedded (under "
+         "--state-dir) or redis://[:password@]host:port/db for several workers/instances."],
+        ["state-key-file", None, None,
+         "With --state redis://: the file holding the key that encrypts token sets in "
+         "Redis (the same on every instance)."],
+        ["workers", None, "1",
+         "Serve the port with this many worker processes (needs --state redis://)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -122,6 +140,11 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # kept for --workers: each worker is started with the same options
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -214,6 +237,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
                  "cx-switch-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    shared = _shared_state_options(opts, listen)
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -249,7 +273,51 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        serve_args=tuple(getattr(opts, "raw_args", ())),
+        **shared,
     )
+
+
+def _shared_state_options(opts: usage.Options, listen: str | None) -> dict[str, Any]:
+    """
+    ``--state``, ``--state-key-file`` and ``--workers``, and whether this
+    process is a worker its parent started.
+    """
+    from subrouter.jobs import workers as w
+    from subrouter.state.settings import parse_state, read_key_file
+
+    url = _checked("state", parse_state, opts["state"])
+    key = None
+    if url is not None:
+        if not opts["state-key-file"]:
+            raise usage.UsageError(
+                "--state redis://...: needs --state-key-file FILE, the key that encrypts "
+                "token sets in Redis (make one with: (umask 077; openssl rand -base64 32 | "
+                "tr '+/' '-_' > FILE))"
+            )
+        key = _checked("state-key-file", read_key_file, parse.expand_path(opts["state-key-file"]))
+    elif opts["state-key-file"]:
+        raise usage.UsageError("--state-key-file: only used with --state redis://...")
+    text = str(opts["workers"]).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise usage.UsageError("--workers: must be a whole number, 1 or more")
+    count = int(text)
+    if count > 1 and url is None:
+        raise usage.UsageError(
+            f"--workers {count}: workers share sticky sessions, limits and token refreshes "
+            "through Redis; add --state redis://host:port/db (and --state-key-file)"
+        )
+    if count > 1 and listen is not None:
+        raise usage.UsageError("--workers: listens on --addr only, not on --listen")
+    env = os.environ
+    index = env.get(w.WORKER_ENV)
+    if index is None or count == 1:
+        return {"state_url": url, "state_key": key, "workers": count}
+    return {
+        "state_url": url, "state_key": key, "workers": count, "worker_index": int(index),
+        "listen_fd": int(env.get(w.LISTEN_FD_ENV, str(w.LISTEN_FD))),
+        "worker_parent": int(env[w.PARENT_ENV]) if env.get(w.PARENT_ENV) else None,
+    }
 
 
 class _StartupService(Service):
@@ -343,6 +411,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
+    if config.workers > 1 and config.worker_index is None:
+        return _supervisor(config, reactor)
     top = MultiService()
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
@@ -360,6 +430,16 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
     book = UsageBook()
+    shared = None
+    if config.state_url is not None and config.state_key is not None:
+        from subrouter.state.service import SharedState, shared_state_service
+
+        shared = SharedState.create(
+            config.state_url, config.state_key, reactor, book, config.session_idle_ttl,
+            {"addr": config.addr, "worker": config.worker_index,
+             "parent": config.worker_parent, "workers": config.workers},
+        )
+        refresher.shared = shared.tokens
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
@@ -387,7 +467,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
         recorder=recorder,
     )
-    admin = AdminResource(accounts, placement)
+    admin = AdminResource(accounts, placement,
+                          health_extra=_health_extra(config, shared) if shared else None)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
 
@@ -431,11 +512,60 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         polling.clock = reactor
         polling.setName("usage-poller")
         polling.setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-    # a port that cannot be bound stops the daemon instead of idling
-    listener._raiseSynchronously = True
+    if shared is not None:
+        shared_state_service(shared, store, refresher, reactor).setServiceParent(top)
+    listener: Service
+    if config.listen_fd is not None:
+        from subrouter.jobs.workers import AdoptedPort
+
+        listener = AdoptedPort(reactor, config.listen_fd, site, config.worker_parent)
+    else:
+        listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
+        # a port that cannot be bound stops the daemon instead of idling
+        listener._raiseSynchronously = True  # type: ignore[attr-defined]
     listener.setName("listener")
     listener.setServiceParent(top)
+    return top
+
+
+def _health_extra(config: Config, shared: Any) -> Any:
+    def extra() -> dict[str, Any]:
+        import os as _os
+
+        state = shared.describe()
+        answer: dict[str, Any] = {"state": state, "pid": _os.getpid()}
+        if config.worker_index is not None:
+            # the workers of this machine's parent, as they announce themselves
+            answer["worker"] = config.worker_index
+            answer["workers"] = sorted(
+                ({"index": i.get("worker"), "pid": i.get("pid")} for i in state["instances"]
+                 if i.get("parent") == config.worker_parent
+                 and i.get("host") == shared.registry.info["host"]),
+                key=lambda row: row["index"] if row["index"] is not None else -1,
+            )
+        return answer
+
+    return extra
+
+
+def _supervisor(config: Config, reactor: Any) -> MultiService:
+    """
+    The parent of ``--workers N``: it opens the port and runs the workers.
+    """
+    from functools import partial
+
+    from subrouter.jobs.workers import Supervisor, open_listener, worker_command
+
+    host, port = parse.parse_addr(config.addr)
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    top = MultiService()
+    supervisor = Supervisor(
+        argv=worker_command(config.serve_args), count=config.workers,
+        listener=partial(open_listener, host, port), reactor=reactor,
+    )
+    supervisor.setName("supervisor")
+    supervisor.setServiceParent(top)
     return top
 
 

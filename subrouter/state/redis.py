@@ -350,7 +350,9 @@ class UsageSync:
         def done(_: object) -> None:
             self._running = False
 
-        d.addCallbacks(merge, failed).addBoth(done)
+        d.addCallbacks(merge, failed)
+        d.addErrback(lambda f: _log.failure("synchronising the rate-limit book failed", f))
+        d.addBoth(done)
         return d
 
 

@@ -129,12 +129,20 @@ class AdminResource(Resource):
     The ``/_subrouter/`` tree.
     """
 
-    def __init__(self, pool: AccountPool, placement: Placement) -> None:
+    def __init__(
+        self, pool: AccountPool, placement: Placement,
+        health_extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
-        self.putChild(
-            b"health",
-            JSONEndpoint(lambda: {"ok": True, "version": subrouter.__version__}),
-        )
+
+        def health() -> dict[str, Any]:
+            answer: dict[str, Any] = {"ok": True, "version": subrouter.__version__}
+            if health_extra is not None:
+                # the shared state and the workers, when there are any
+                answer.update(health_extra())
+            return answer
+
+        self.putChild(b"health", JSONEndpoint(health))
         self.putChild(b"accounts", JSONEndpoint(lambda: accounts_json(placement)))
         self.putChild(b"sessions", JSONEndpoint(lambda: sessions_json(placement)))
 
