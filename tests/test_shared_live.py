@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

@@ -56,7 +56,7 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))  # noqa: S104
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
