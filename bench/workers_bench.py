@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import proxy_bench as pb  # noqa: E402
+import proxy_bench as pb
 
 DIRECT = "direct"
 ONE = "1 worker"

@@ -172,7 +172,7 @@ async def test_two_workers_serve_one_port_share_state_and_drain_on_sigterm(
         await pool.closeCachedConnections()
         if not proc.ended.called:
             transport.signalProcess(signal.SIGTERM)
-    code, killed_by = await proc.ended
+    code, _ = await proc.ended
     output = proc.output.decode()
     assert code == 0, output
     assert "worker 0 (pid" in output and "worker 1 (pid" in output
