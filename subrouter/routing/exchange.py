@@ -26,8 +26,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.routing.identity import Identity
 from subrouter.routing.usage import UsagePoller, bounded
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.placement import NoAccount, Placement
 
 #: accounts one request may try when they turn out exhausted
