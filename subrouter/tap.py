@@ -443,6 +443,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
+    shared_placement = None
+    if shared is not None:
+        from subrouter.routing.shared import SharedPlacement
+
+        shared_placement = SharedPlacement(placement, shared.sessions, reactor)
+        # Redis may have lost what it had (or never had it): push this
+        # instance's view each time it is reachable again; nothing is replaced
+        shared.link.on_reconnect(
+            lambda: shared.sessions.restore(table.dump(), reactor.seconds()).addErrback(
+                lambda f: None)
+        )
     upstreams = Upstreams.from_text(config.codex_upstream, config.openai_upstream)
     poller = UsagePoller(
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
@@ -462,10 +473,11 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        shared=shared_placement,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, shared=shared_placement,
     )
     admin = AdminResource(accounts, placement,
                           health_extra=_health_extra(config, shared) if shared else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,4 +137,117 @@ async def test_twenty_concurrent_requests_on_an_expired_login_refresh_it_once(
     finally:
         if not gate.called:
             gate.callback(None)
+        await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_conversation_alternating_between_instances_stays_on_one_account(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    backend = Backend(upstream)
+    daemons = await start_instances(tmp_path, upstream, ca, redis)
+    try:
+        # other conversations first, so "first in the ranking" is not the answer
+        for n in range(4):
+            await turn(daemons[n % 3], f"other-{n}")
+        seen = set()
+        for n in range(9):
+            code, body = await turn(daemons[n % 3], "the-conversation")
+            assert code == 200
+            seen.add(workspace_of(body))
+        assert len(seen) == 1, seen
+        served = {ws for session, ws in backend.served if session == "the-conversation"}
+        assert served == seen
+    finally:
+        await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_thirty_new_conversations_spread_as_one_instance_would(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    Backend(upstream)
+    daemons = await start_instances(tmp_path, upstream, ca, redis)
+    try:
+        placed: Counter[str] = Counter()
+        for n in range(30):
+            code, body = await turn(daemons[n % 3], f"new-{n}")
+            assert code == 200
+            placed[workspace_of(body)] += 1
+        assert placed == {"ws-a": 10, "ws-b": 10, "ws-c": 10}
+    finally:
+        await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exhaustion_mark_is_seen_by_every_instance_within_a_second(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    backend = Backend(upstream)
+    daemons = await start_instances(tmp_path, upstream, ca, redis)
+    try:
+        code, body = await turn(daemons[0], "first")
+        first = workspace_of(body)
+        email = next(e for e, w in LOGINS.items() if w == first)
+        backend.exhausted.add(first)
+        code, body = await turn(daemons[0], "first")  # 429 there: marked, moved
+        assert code == 200 and workspace_of(body) != first
+        marked_at = time.monotonic()
+        pending = {1, 2}
+        while pending:
+            for n in sorted(pending):
+                listing = await daemons[n].get_json("/_subrouter/accounts")
+                row = next(r for r in listing["accounts"] if r["id"] == email)
+                if row["exhausted_until"]:
+                    pending.discard(n)
+            assert time.monotonic() - marked_at < 1.0, pending
+            await sleep(0.02)
+        # and no instance places a new conversation there
+        for n in range(6):
+            code, body = await turn(daemons[n % 3], f"after-{n}")
+            assert workspace_of(body) != first
+    finally:
+        await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_go_on_while_redis_is_down_and_state_converges_after(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    backend = Backend(upstream)
+    daemons = await start_instances(tmp_path, upstream, ca, redis)
+    try:
+        code, body = await turn(daemons[0], "before")
+        before = workspace_of(body)
+        redis.stop()
+        # every instance keeps serving, from its own view
+        for n in range(6):
+            code, body = await turn(daemons[n % 3], f"during-{n}")
+            assert code == 200
+        code, body = await turn(daemons[0], "before")
+        assert code == 200 and workspace_of(body) == before
+        during = workspace_of((await turn(daemons[1], "placed-while-down"))[1])
+        for daemon in daemons:
+            health = await daemon.get_json("/_subrouter/health")
+            assert health["state"]["reachable"] is False
+        redis.start()  # empty: persistence is off
+        deadline = time.monotonic() + 15
+        for daemon in daemons:
+            while not (await daemon.get_json("/_subrouter/health"))["state"]["reachable"]:
+                assert time.monotonic() < deadline
+                await sleep(0.1)
+        await sleep(0.5)
+        # what the instances knew is back in Redis: conversations keep their
+        # accounts wherever they go next
+        for n in range(3):
+            code, body = await turn(daemons[(n + 1) % 3], "before")
+            assert workspace_of(body) == before
+            code, body = await turn(daemons[(n + 2) % 3], "placed-while-down")
+            assert workspace_of(body) == during
+        assert redis.command("EXISTS", "subrouter:a:codex:before") == "1"
+        # (each daemon's log sees every instance's events: one process here)
+        downs = [e for e in daemons[0].log if "is unreachable (" in str(e.get("log_format", ""))]
+        assert len(downs) == 3  # logged once per instance
+        del backend
+    finally:
         await stop_all(daemons)

@@ -44,6 +44,7 @@ from subrouter.routing.exchange import (
     Verdict,
 )
 from subrouter.routing.identity import identify
+from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
@@ -95,9 +96,11 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         idle_timeout: float,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
     ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.shared = shared
         self.placement = placement
         self.poller = poller
         self.refresher = refresher
@@ -171,6 +174,7 @@ class _ProxiedRequest:
             gone=lambda: self.gone,
             oauth_only=is_backend_path(self.path),
             poller=proxy.poller,
+            shared=proxy.shared,
         )
         result = await exchange.run(self._attempt)
         if isinstance(result, NoAccount):

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller, bounded
 from subrouter.sessions.identity import Identity
 from subrouter.sessions.placement import NoAccount, Placement
@@ -100,6 +101,7 @@ class Exchange(Generic[T, H]):
     :param oauth_only: only ChatGPT logins can serve this path.
     :param gone: tells whether the client has left (checked after each wait).
     :param poller: refreshes stale usage before a new conversation is placed.
+    :param shared: placement across instances (``--state redis://``).
     """
 
     placement: Placement
@@ -109,6 +111,7 @@ class Exchange(Generic[T, H]):
     gone: Callable[[], bool]
     oauth_only: bool = False
     poller: UsagePoller | None = None
+    shared: SharedPlacement | None = None
     tried: list[str] = attrs.Factory(list)
 
     async def run(self, attempt: Attempt[T, H]) -> Sent[T] | OutOfQuota[H] | NoAccount | Gone:
@@ -120,14 +123,22 @@ class Exchange(Generic[T, H]):
             account was usable at all; ``GONE`` when the client left or the
             transport already answered.
         """
+        shared = self.shared
+        view = await shared.look_up(self.identity) if shared is not None else None
         if not await self._usage_fresh_enough():
             return GONE
         last: OutOfQuota[H] | None = None
         while True:
             try:
-                account = self.placement.choose(
-                    self.identity, oauth_only=self.oauth_only, exclude=self.tried
-                )
+                if shared is None:
+                    account = self.placement.choose(
+                        self.identity, oauth_only=self.oauth_only, exclude=self.tried
+                    )
+                else:
+                    account = shared.choose(self.identity, view, oauth_only=self.oauth_only,
+                                            exclude=self.tried)
+                    account = await shared.placed(self.identity, view, account,
+                                                  oauth_only=self.oauth_only, exclude=self.tried)
             except NoAccount as e:
                 return last if last is not None else e
             self.tried.append(account.id)

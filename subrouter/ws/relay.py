@@ -47,6 +47,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
+from subrouter.routing.shared import SharedPlacement
 from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
@@ -280,6 +281,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             clock=relay.reactor,
             gone=lambda: False,
             oauth_only=is_backend_path(path),
+            shared=relay.shared,
         )
 
         async def attempt(
@@ -505,6 +507,7 @@ class RelayFactory(WebSocketServerFactory):
     :param upstreams: the upstream base URLs.
     :param tls: the HTTPS policy whose certificate checks the upstream
         ``wss://`` connections get too.
+    :param shared: placement across instances (``--state redis://``).
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -518,9 +521,11 @@ class RelayFactory(WebSocketServerFactory):
         tls: IPolicyForHTTPS,
         reactor: Any,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
+        self.shared = shared
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
