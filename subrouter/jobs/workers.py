@@ -74,7 +74,7 @@ class _Worker(protocol.ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid if self.transport is not None else None  # type: ignore[attr-defined]
+        self.pid = self.transport.pid if self.transport is not None else None
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -200,7 +200,7 @@ def _signal(worker: _Worker, signum: int) -> None:
     if transport is None:
         return
     try:
-        transport.signalProcess(signum)  # type: ignore[attr-defined]
+        transport.signalProcess(signum)
     except error.ProcessExitedAlready:
         pass
 
