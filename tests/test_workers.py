@@ -219,3 +219,43 @@ def _connections_to(pid: int, port: int) -> int:
             if state == "01" and inode in inodes and int(remote.split(":")[1], 16) == port:
                 count += 1
     return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_supervisor_restarts_a_dead_worker_and_stops_all_on_stop(
+    tmp_path: Path,
+) -> None:
+    from subrouter.jobs.workers import Supervisor, open_listener
+
+    # a stand-in worker: reports its listening fd's port, then waits for SIGTERM
+    script = (
+        "import os, signal, socket, sys, time\n"
+        "s = socket.socket(fileno=int(os.environ['SUBROUTER_LISTEN_FD']))\n"
+        "print('worker', os.environ['SUBROUTER_WORKER'], os.getpid(), s.getsockname()[1],"
+        " flush=True)\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    supervisor = Supervisor(
+        argv=[sys.executable, "-c", script], count=2,
+        listener=lambda: open_listener("127.0.0.1", 0), reactor=reactor,
+    )
+    supervisor.startService()
+    try:
+        deadline = time.monotonic() + 20
+        while len(supervisor.workers) < 2 or not all(w.pid for w in supervisor.workers.values()):
+            assert time.monotonic() < deadline
+            await sleep(0.05)
+        first = dict((i, w.pid) for i, w in supervisor.workers.items())
+        os.kill(first[0], signal.SIGKILL)
+        while supervisor.restarts < 1 or 0 not in supervisor.workers:
+            assert time.monotonic() < deadline, supervisor.workers
+            await sleep(0.05)
+        assert supervisor.workers[0].pid != first[0]
+        assert supervisor.workers[1].pid == first[1]  # the other one was left alone
+    finally:
+        await supervisor.stopService()
+    assert supervisor.workers == {}
+    for pid in first.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -77,8 +77,8 @@ class _Worker(protocol.ProcessProtocol):
         self.pid = self.transport.pid if self.transport is not None else None
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
         self.supervisor.ended(self, reason)
+        self.ended.callback(None)
 
 
 class Supervisor(Service):
