@@ -63,7 +63,7 @@ def _day(at: float) -> str:
 
 def _days(since: float, until: float) -> list[str]:
     names = []
-    at = float(calendar.timegm(time.gmtime(since)[:3] + (0, 0, 0)))
+    at = since // DAY * DAY
     while at < until:
         names.append(_day(at))
         at += DAY
@@ -150,8 +150,7 @@ class RedisUsageStore:
 
     def _read(self, since: float, until: float) -> tuple[list[Any], str]:
         now = time.time()
-        raw_horizon = float(calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0))) \
-            - self.raw_days * DAY
+        raw_horizon = now // DAY * DAY - self.raw_days * DAY
         out: list[Any] = []
 
         def fetch(method: str, key: str, *args: Any) -> list[Any]:
@@ -188,7 +187,7 @@ class RedisUsageStore:
         self.local.maintain(now)
         if isInIOThread() or not self._link.up:
             return
-        today = float(calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0)))
+        today = now // DAY * DAY
         horizon = today - self.raw_days * DAY
         try:
             keys = self._call(lambda: self._link.call("keys", PREFIX + "usage:raw:*",
