@@ -251,3 +251,42 @@ async def test_requests_go_on_while_redis_is_down_and_state_converges_after(
         del backend
     finally:
         await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_known_conversation_costs_one_round_trip_and_events_none(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    from subrouter.state import redis as shared
+
+    rate_limits = json.dumps({"type": "codex.rate_limits", "rate_limits": {
+        "primary": {"used_percent": 12.0, "window_minutes": 300, "resets_in_seconds": 999}}})
+    upstream.script(RESPONSES, sse([rate_limits] * 300 + ['{"type":"response.completed"}']))
+    daemons = await start_instances(tmp_path, upstream, ca, redis, count=2)
+    link = daemons[1].service.getServiceNamed("shared-state").state.link
+    calls: list[str] = []
+    original = link.call
+
+    def counting(method: str, *args: Any, **kw: Any) -> Any:
+        script = args[0] if method == "eval" else None
+        calls.append({shared._LOOKUP: "lookup", shared._ASSIGN: "assign",
+                      shared._SYNC_USAGE: "usage-sync"}.get(script, method))
+        return original(method, *args, **kw)
+
+    link.call = counting
+    try:
+        code, _ = await turn(daemons[0], "known")
+        assert code == 200
+        calls.clear()
+        started = time.monotonic()
+        code, body = await turn(daemons[1], "known")
+        elapsed = time.monotonic() - started
+        assert code == 200 and body.count(b"codex.rate_limits") == 300
+        per_request = [c for c in calls if c in ("lookup", "assign")]
+        assert per_request == ["lookup"]
+        # the rest is the timers' (4 book syncs and one token sync a second)
+        timers = [c for c in calls if c not in ("lookup", "assign")]
+        assert len(timers) <= 6 * (elapsed + 0.5), (timers, elapsed)
+    finally:
+        link.call = original
+        await stop_all(daemons)

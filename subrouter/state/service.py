@@ -76,6 +76,7 @@ class _Link(MultiService):
     def __init__(self, state: SharedState) -> None:
         super().__init__()
         self._state = state
+        self.state = state  # for tests and introspection
 
     def startService(self) -> None:
         self._state.link.start()
@@ -100,6 +101,7 @@ def shared_state_service(
     The link and its timers, as one service.
     """
     top = _Link(state)
+    top.setName("shared-state")
 
     def usage() -> Deferred[Any] | None:
         return state.usage.tick()
