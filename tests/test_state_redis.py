@@ -61,7 +61,10 @@ def test_state_urls_parse_and_never_show_the_password() -> None:
     url = parse_state("redis://:s3cret@10.0.0.5:6380/2")
     assert url == RedisURL("10.0.0.5", 6380, 2, "s3cret")
     assert "s3cret" not in repr(url) and "s3cret" not in url.display()
-    assert parse_state("redis://localhost") == RedisURL("localhost", 6379, 0)
+    assert parse_state("redis://localhost", {}) == RedisURL("localhost", 6379, 0)
+    # a password kept off the command line
+    assert parse_state("redis://h:1/0", {"SUBROUTER_REDIS_PASSWORD": "pw"}) == RedisURL(
+        "h", 1, 0, "pw")
     for bad in ("http://x:1/0", "redis://:pw@/0", "redis://h:1/zero", "rediss://h:1/0"):
         with pytest.raises(ValueError):
             parse_state(bad)

@@ -31,6 +31,8 @@ CALL_TIMEOUT = 0.5
 WATCH_INTERVAL = 0.25
 #: the longest wait between two connection attempts while Redis is down
 MAX_RETRY_DELAY = 5.0
+#: at start, how long the first connection may take before "unreachable" is logged
+FIRST_CONNECT_GRACE = 2.0
 
 
 class Unavailable(Exception):
@@ -61,6 +63,7 @@ class RedisLink:
         self._down_logged = False
         self._watch: LoopingCall | None = None
         self._resyncs: list[Callable[[], object]] = []
+        self._started_at = 0.0
         #: how often the link went down; for the health endpoint
         self.outages = 0
 
@@ -79,6 +82,7 @@ class RedisLink:
         if factory is not None:
             factory.maxDelay = MAX_RETRY_DELAY
             factory.initialDelay = 0.2
+        self._started_at = self._clock.seconds()
         self._watch = LoopingCall(self._look)
         self._watch.clock = self._clock
         self._watch.start(WATCH_INTERVAL, now=False)
@@ -107,6 +111,8 @@ class RedisLink:
         if self._connected():
             if not self.up:
                 self._came_up()
+        elif not self._ever_up and self._clock.seconds() - self._started_at < FIRST_CONNECT_GRACE:
+            pass  # still connecting for the first time
         elif self.up or not self._down_logged:
             self._went_down("no connection")
 

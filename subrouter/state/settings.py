@@ -37,9 +37,15 @@ class RedisURL:
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 
-def parse_state(value: str) -> RedisURL | None:
+#: where the Redis password may come from instead of the URL, which every
+#: local user can read in the process list
+PASSWORD_ENV = "SUBROUTER_REDIS_PASSWORD"
+
+
+def parse_state(value: str, environ: dict[str, str] | None = None) -> RedisURL | None:
     """
-    Parse a ``--state`` value: ``embedded`` (None) or a Redis URL.
+    Parse a ``--state`` value: ``embedded`` (None) or a Redis URL. Without a
+    password in the URL, ``$SUBROUTER_REDIS_PASSWORD`` is used when set.
     """
     text = value.strip()
     if text in ("", "embedded", "local"):
@@ -64,6 +70,8 @@ def parse_state(value: str) -> RedisURL | None:
     if parts.username and not password:
         # redis://secret@host is a common slip for redis://:secret@host
         password = unquote(parts.username)
+    if password is None:
+        password = (os.environ if environ is None else environ).get(PASSWORD_ENV) or None
     return RedisURL(parts.hostname, port or DEFAULT_REDIS_PORT, int(path or 0), password)
 
 
