@@ -470,15 +470,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
               ).setServiceParent(top)
     if shared is not None:
         shared_state_service(shared, store, refresher, reactor).setServiceParent(top)
-    listener: Service
+    endpoint: Any = serverFromString(reactor, config.endpoint)
     if config.listen_fd is not None:
-        from subrouter.jobs.workers import AdoptedPort
+        # a worker: the port its --workers parent opened
+        from subrouter.jobs.workers import AdoptedEndpoint, ParentWatch
 
-        listener = AdoptedPort(reactor, config.listen_fd, site, config.worker_parent)
-    else:
-        listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-        # a port that cannot be bound stops the daemon instead of idling
-        listener._raiseSynchronously = True
+        endpoint = AdoptedEndpoint(reactor, config.listen_fd)
+        if config.worker_parent is not None:
+            ParentWatch(reactor, config.worker_parent).setServiceParent(top)
+    listener = StreamServerEndpointService(endpoint, site)
+    # a port that cannot be bound stops the daemon instead of idling
+    listener._raiseSynchronously = True
     listener.setName("listener")
     listener.setServiceParent(top)
     return top

@@ -27,10 +27,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -215,47 +216,54 @@ def worker_command(serve_args: Sequence[str]) -> list[str]:
             *(["--log-format", fmt] if fmt else []), "serve", *serve_args]
 
 
-class AdoptedPort(Service):
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
     """
-    A worker's listener: the socket its parent opened, adopted.
+    A worker's listening endpoint: the socket its parent opened, adopted.
     """
 
-    def __init__(self, reactor: Any, fd: int, factory: Any, parent_pid: int | None) -> None:
+    def __init__(self, reactor: Any, fd: int) -> None:
         self._reactor = reactor
         self._fd = fd
-        self._factory = factory
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        probe = socket.socket(fileno=os.dup(self._fd))
+        family = probe.family
+        probe.close()
+        try:
+            port = self._reactor.adoptStreamPort(self._fd, family, factory)
+        except Exception:
+            return fail()
+        os.close(self._fd)  # the port holds its own duplicate
+        return succeed(port)
+
+
+class ParentWatch(Service):
+    """
+    Stops a worker whose parent is gone (killed without the chance to stop
+    it): a worker must not serve on alone.
+    """
+
+    def __init__(self, reactor: Any, parent_pid: int) -> None:
+        self._reactor = reactor
         self._parent = parent_pid
-        self.port: Any = None
         self._watch: Any = None
 
     def startService(self) -> None:
         from twisted.internet.task import LoopingCall
 
         super().startService()
-        probe = socket.socket(fileno=os.dup(self._fd))
-        family = probe.family
-        probe.close()
-        self.port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
-        os.close(self._fd)  # the port holds its own duplicate
-        if self._parent is not None:
-            # a worker whose parent died (killed without the chance to stop
-            # it) must not serve on alone
-            self._watch = LoopingCall(self._check_parent)
-            self._watch.clock = self._reactor
-            self._watch.start(1.0, now=False)
+        self._watch = LoopingCall(self._check)
+        self._watch.clock = self._reactor
+        self._watch.start(1.0, now=False)
 
-    def _check_parent(self) -> None:
+    def _check(self) -> None:
         if os.getppid() != self._parent:
             _log.warn("the parent process {pid} is gone; stopping this worker", pid=self._parent)
             self._watch.stop()
             self._reactor.stop()
 
-    def stopService(self) -> Deferred[Any] | None:
+    def stopService(self) -> None:
         super().stopService()
         if self._watch is not None and self._watch.running:
             self._watch.stop()
-        port, self.port = self.port, None
-        if port is None:
-            return None
-        d: Deferred[Any] | None = port.stopListening()
-        return d
