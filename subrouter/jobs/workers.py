@@ -191,6 +191,35 @@ class Supervisor(Service):
         if sock is not None:
             sock.close()
 
+    def install_signal_handlers(self, reactor: Any) -> None:
+        """
+        SIGTERM/SIGINT stop the parent, which stops (drains) every worker; a
+        second one is passed on, so the workers end what is in flight now.
+        SIGHUP is passed on (the workers reread their accounts and reopen
+        their logs). Call it once the reactor runs.
+        """
+
+        def on_stop(number: int, frame: object) -> None:
+            reactor.callFromThread(self._stop_signal, reactor, number)
+
+        def on_reload(number: int, frame: object) -> None:
+            reactor.callFromThread(self._pass_on, number)
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_reload)
+
+    def _stop_signal(self, reactor: Any, number: int) -> None:
+        if self._stopping:
+            self._pass_on(signal.SIGTERM)
+            return
+        _log.info("{signal}: stopping the workers", signal=signal.Signals(number).name)
+        reactor.stop()
+
+    def _pass_on(self, number: int) -> None:
+        for worker in list(self.workers.values()):
+            _signal(worker, number)
+
     def describe(self) -> list[dict[str, Any]]:
         return [{"index": w.index, "pid": w.pid} for w in
                 sorted(self.workers.values(), key=lambda w: w.index)]
@@ -212,7 +241,9 @@ def worker_command(serve_args: Sequence[str]) -> list[str]:
     with the parent's serve options.
     """
     fmt = os.environ.get(LOG_FORMAT_ENV)
-    return [sys.executable, "-c", "from subrouter.main import main; main()",
+    # a session of its own: a Ctrl-C at the terminal reaches the parent only,
+    # which stops each worker once (a second signal would cut its drain short)
+    return [sys.executable, "-c", "import os; os.setsid(); from subrouter.main import main; main()",
             *(["--log-format", fmt] if fmt else []), "serve", *serve_args]
 
 
