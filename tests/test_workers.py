@@ -83,9 +83,16 @@ def test_workers_without_redis_are_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("drain", [
+    False,
+    # each worker drains as one daemon does: issue 10's SIGTERM drain. Strict,
+    # so the marker must go once that lands.
+    pytest.param(True, marks=pytest.mark.xfail(
+        strict=True, reason="the one-process SIGTERM drain (issue 10) is not on main yet")),
+], ids=["serve", "drain"])
 @pytest_twisted.ensureDeferred
 async def test_two_workers_serve_one_port_share_state_and_drain_on_sigterm(
-    tmp_path: Path, upstream: tuple[FakeUpstream, TestCA], redis: RedisServer
+    tmp_path: Path, upstream: tuple[FakeUpstream, TestCA], redis: RedisServer, drain: bool
 ) -> None:
     fake, ca = upstream
     accounts = tmp_path / "store"
@@ -161,28 +168,29 @@ async def test_two_workers_serve_one_port_share_state_and_drain_on_sigterm(
         served = {pid: _connections_to(pid, fake.port) for pid in pids}
         assert all(served.values()), served
 
-        # a slow stream on each worker, then SIGTERM to the parent: both
-        # streams finish whole, then everything exits
-        fake.script(b"/backend-api/codex/responses",
-                    sse([f"event-{i}" for i in range(10)], gaps=0.2))
-        readers = []
-        for n in range(8):
-            response = await client.request(
-                "POST", base + "/v1/responses", data=b'{"model":"m"}', unbuffered=True,
-                headers=Headers({b"session-id": [f"conv-{n}".encode()]}),
-            )
-            reader = StreamReader()
-            response.deliverBody(reader)
-            readers.append(reader)
-        # each worker holds its own upstream connections: both are streaming
-        streaming = {pid: _connections_to(pid, fake.port) for pid in pids}
-        assert all(streaming.values()), streaming
-        assert sum(streaming.values()) >= 8, streaming
-        await sleep(0.3)
-        transport.signalProcess(signal.SIGTERM)
-        for reader in readers:
-            assert await reader.done is None
-            assert reader.received.count(b"data: ") == 10
+        if drain:
+            # a slow stream on each worker, then SIGTERM to the parent: both
+            # streams finish whole, then everything exits
+            fake.script(b"/backend-api/codex/responses",
+                        sse([f"event-{i}" for i in range(10)], gaps=0.2))
+            readers = []
+            for n in range(8):
+                response = await client.request(
+                    "POST", base + "/v1/responses", data=b'{"model":"m"}', unbuffered=True,
+                    headers=Headers({b"session-id": [f"conv-{n}".encode()]}),
+                )
+                reader = StreamReader()
+                response.deliverBody(reader)
+                readers.append(reader)
+            # each worker holds its own upstream connections: both are streaming
+            streaming = {pid: _connections_to(pid, fake.port) for pid in pids}
+            assert all(streaming.values()), streaming
+            assert sum(streaming.values()) >= 8, streaming
+            await sleep(0.3)
+            transport.signalProcess(signal.SIGTERM)
+            for reader in readers:
+                assert await reader.done is None
+                assert reader.received.count(b"data: ") == 10
     finally:
         await pool.closeCachedConnections()
         if not proc.ended.called:
