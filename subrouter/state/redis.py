@@ -488,7 +488,7 @@ class SharedTokenSets:
                     continue
         now = self._clock.seconds()
         for account in store.accounts():
-            if not account.is_oauth or account.expires_at is None:
+            if not account.is_codex_login or account.expires_at is None:
                 continue
             theirs = remote.get(account.id)
             if theirs is None or account.expires_at > theirs:
