@@ -87,6 +87,8 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str |
     from subrouter.logs import ReopenableFile, json_observer, text_observer
     from subrouter.tap import build_service
 
+    # workers started by --workers log the way their parent does
+    os.environ.setdefault("SUBROUTER_LOG_FORMAT", log_format)
     try:
         stream = ReopenableFile(log_file) if log_file else None
     except OSError as e:

@@ -44,6 +44,7 @@ from subrouter.config import (
 )
 
 if TYPE_CHECKING:
+    from subrouter.jobs.workers import Supervisor
     from subrouter.lifecycle import Daemon
 
 
@@ -113,6 +114,14 @@ class Options(usage.Options):
         ["account-rescan-interval", None, "2s",
          "How often the account store is checked for changes (0: only at start and on "
          "SIGHUP)."],
+        ["state", None, "embedded",
+         "Where sticky sessions, limits and token sets are shared: embedded (under "
+         "--state-dir) or redis://[:password@]host:port/db for several workers/instances."],
+        ["state-key-file", None, None,
+         "With --state redis://: the file holding the key that encrypts token sets in "
+         "Redis (the same on every instance)."],
+        ["workers", None, "1",
+         "Serve the port with this many worker processes (needs --state redis://)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -122,6 +131,11 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # kept for --workers: each worker is started with the same options
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_version(self) -> None:
         print(f"subrouter {_version()}")
@@ -224,6 +238,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
                  "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    shared = _shared_state_options(opts, listen)
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -271,7 +286,51 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         overload_wait=durations["overload-wait"],
         account_rescan_interval=durations["account-rescan-interval"],
         drain_timeout=durations["drain-timeout"],
+        serve_args=tuple(getattr(opts, "raw_args", ())),
+        **shared,
     )
+
+
+def _shared_state_options(opts: usage.Options, listen: str | None) -> dict[str, Any]:
+    """
+    ``--state``, ``--state-key-file`` and ``--workers``, and whether this
+    process is a worker its parent started.
+    """
+    from subrouter.jobs import workers as w
+    from subrouter.state.settings import parse_state, read_key_file
+
+    url = _checked("state", parse_state, opts["state"])
+    key = None
+    if url is not None:
+        if not opts["state-key-file"]:
+            raise usage.UsageError(
+                "--state redis://...: needs --state-key-file FILE, the key that encrypts "
+                "token sets in Redis (make one with: (umask 077; openssl rand -base64 32 | "
+                "tr '+/' '-_' > FILE))"
+            )
+        key = _checked("state-key-file", read_key_file, parse.expand_path(opts["state-key-file"]))
+    elif opts["state-key-file"]:
+        raise usage.UsageError("--state-key-file: only used with --state redis://...")
+    text = str(opts["workers"]).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise usage.UsageError("--workers: must be a whole number, 1 or more")
+    count = int(text)
+    if count > 1 and url is None:
+        raise usage.UsageError(
+            f"--workers {count}: workers share sticky sessions, limits and token refreshes "
+            "through Redis; add --state redis://host:port/db (and --state-key-file)"
+        )
+    if count > 1 and listen is not None:
+        raise usage.UsageError("--workers: listens on --addr only, not on --listen")
+    env = os.environ
+    index = env.get(w.WORKER_ENV)
+    if index is None or count == 1:
+        return {"state_url": url, "state_key": key, "workers": count}
+    return {
+        "state_url": url, "state_key": key, "workers": count, "worker_index": int(index),
+        "listen_fd": int(env.get(w.LISTEN_FD_ENV, str(w.LISTEN_FD))),
+        "worker_parent": int(env[w.PARENT_ENV]) if env.get(w.PARENT_ENV) else None,
+    }
 
 
 class _StartupService(Service):
@@ -335,7 +394,7 @@ def _version() -> str:
     return subrouter.__version__
 
 
-def build_service(config: Config, reactor: Any) -> Daemon:
+def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     """
     Assemble the daemon.
 
@@ -377,6 +436,8 @@ def build_service(config: Config, reactor: Any) -> Daemon:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
+    if config.workers > 1 and config.worker_index is None:
+        return _supervisor(config, reactor)
     inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
@@ -395,9 +456,30 @@ def build_service(config: Config, reactor: Any) -> Daemon:
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
     book = UsageBook()
+    shared = None
+    if config.state_url is not None and config.state_key is not None:
+        from subrouter.state.service import SharedState, shared_state_service
+
+        shared = SharedState.create(
+            config.state_url, config.state_key, reactor, book, config.session_idle_ttl,
+            {"addr": config.addr, "worker": config.worker_index,
+             "parent": config.worker_parent, "workers": config.workers},
+        )
+        refresher.shared = shared.tokens
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
+    shared_placement = None
+    if shared is not None:
+        from subrouter.routing.shared import SharedPlacement
+
+        shared_placement = SharedPlacement(placement, shared.sessions, reactor)
+        # Redis may have lost what it had (or never had it): push this
+        # instance's view each time it is reachable again; nothing is replaced
+        shared.link.on_reconnect(
+            lambda: shared.sessions.restore(table.dump(), reactor.seconds()).addErrback(
+                lambda f: None)
+        )
     upstreams = Upstreams.from_text(
         config.codex_upstream, config.openai_upstream, config.anthropic_upstream
     )
@@ -420,13 +502,15 @@ def build_service(config: Config, reactor: Any) -> Daemon:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        shared=shared_placement,
         overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder, inflight=inflight,
+        recorder=recorder, shared=shared_placement, inflight=inflight,
     )
-    admin = AdminResource(accounts, placement, inflight)
+    admin = AdminResource(accounts, placement, inflight,
+                          health_extra=_health_extra(config, shared) if shared else None)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
                      reactor=reactor)
@@ -442,9 +526,16 @@ def build_service(config: Config, reactor: Any) -> Daemon:
     )
     startup = _StartupService(config, store)
     startup.setServiceParent(top)
+    endpoint: Any = serverFromString(reactor, config.endpoint)
+    if config.listen_fd is not None:
+        # a worker: the port its --workers parent opened
+        from subrouter.jobs.workers import AdoptedEndpoint, ParentWatch
+
+        endpoint = AdoptedEndpoint(reactor, config.listen_fd)
+        if config.worker_parent is not None:
+            ParentWatch(reactor, config.worker_parent).setServiceParent(top)
     # bound before any job starts: a daemon that cannot listen does nothing
-    Listener(serverFromString(reactor, config.endpoint), site, config.addr,
-             announce=startup.announce).setServiceParent(top)
+    Listener(endpoint, site, config.addr, announce=startup.announce).setServiceParent(top)
     if config.account_rescan_interval > 0:
         every("account-rescan", config.account_rescan_interval, store.rescan, reactor
               ).setServiceParent(top)
@@ -463,7 +554,48 @@ def build_service(config: Config, reactor: Any) -> Daemon:
     if config.fetch_usage:
         every("usage-poller", config.usage_interval, poller.run_once, reactor
               ).setServiceParent(top)
+    if shared is not None:
+        shared_state_service(shared, store, refresher, reactor).setServiceParent(top)
     return top
+
+
+def _health_extra(config: Config, shared: Any) -> Any:
+    def extra() -> dict[str, Any]:
+        import os as _os
+
+        state = shared.describe()
+        answer: dict[str, Any] = {"state": state, "pid": _os.getpid()}
+        if config.worker_index is not None:
+            # the workers of this machine's parent, as they announce themselves
+            answer["worker"] = config.worker_index
+            answer["workers"] = sorted(
+                ({"index": i.get("worker"), "pid": i.get("pid")} for i in state["instances"]
+                 if i.get("parent") == config.worker_parent
+                 and i.get("host") == shared.registry.info["host"]),
+                key=lambda row: row["index"] if row["index"] is not None else -1,
+            )
+        return answer
+
+    return extra
+
+
+def _supervisor(config: Config, reactor: Any) -> Supervisor:
+    """
+    The parent of ``--workers N``: it opens the port and runs the workers.
+    """
+    from functools import partial
+
+    from subrouter.jobs import workers
+
+    host, port = parse.parse_addr(config.addr)
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    supervisor = workers.Supervisor(
+        argv=workers.worker_command(config.serve_args), count=config.workers,
+        listener=partial(workers.open_listener, host, port), reactor=reactor,
+    )
+    supervisor.setName("supervisor")
+    return supervisor
 
 
 def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiService:

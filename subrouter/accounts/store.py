@@ -63,6 +63,7 @@ class Account:
     expires_at: float | None = None
     secret: str = attrs.field(default="", repr=False)
     refresh_token: str = attrs.field(default="", repr=False)
+    id_token: str = attrs.field(default="", repr=False)
     problem: str | None = None
 
     @property
@@ -161,6 +162,7 @@ def parse_account(raw: bytes, source: str) -> Account:
         expires_at=tokens.expires_at(access),
         secret=access,
         refresh_token=refresh,
+        id_token=id_token,
         problem=None if access else "the login has no access token (run `cx add` again)",
     )
 

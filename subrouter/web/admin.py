@@ -166,9 +166,18 @@ class AdminResource(Resource):
     """
 
     def __init__(self, pool: AccountPool, placement: Placement,
-                 inflight: InFlight | None = None) -> None:
+                 inflight: InFlight | None = None,
+                 health_extra: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.putChild(b"health", JSONEndpoint(lambda: health_json(inflight)))
+
+        def health() -> dict[str, Any]:
+            answer: dict[str, Any] = health_json(inflight)
+            if health_extra is not None:
+                # the shared state and the workers, when there are any
+                answer.update(health_extra())
+            return answer
+
+        self.putChild(b"health", JSONEndpoint(health))
         if inflight is not None:
             self.putChild(b"ready", ReadyEndpoint(inflight))
         self.putChild(b"accounts", JSONEndpoint(lambda: accounts_json(placement)))

@@ -52,6 +52,7 @@ from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
 from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
+from subrouter.routing.shared import SharedPlacement
 from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
@@ -292,6 +293,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             clock=relay.reactor,
             gone=lambda: False,
             oauth_only=is_backend_path(path),
+            shared=relay.shared,
         )
 
         async def attempt(
@@ -572,6 +574,7 @@ class RelayFactory(WebSocketServerFactory):
     :param upstreams: the upstream base URLs.
     :param tls: the HTTPS policy whose certificate checks the upstream
         ``wss://`` connections get too.
+    :param shared: placement across instances (``--state redis://``).
     :param inflight: where open connections are counted, for a graceful stop.
     """
 
@@ -586,10 +589,12 @@ class RelayFactory(WebSocketServerFactory):
         tls: IPolicyForHTTPS,
         reactor: Any,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
         inflight: InFlight | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
+        self.shared = shared
         self.inflight = inflight
         self.placement = placement
         self.refresher = refresher
