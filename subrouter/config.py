@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -31,6 +32,14 @@ DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 #: the Anthropic OAuth usage endpoint, for Claude profiles
 DEFAULT_ANTHROPIC_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
+#: where Claude profiles and Anthropic keys go
+DEFAULT_ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
+#: the endpoint Claude Code refreshes its OAuth tokens at (public:
+#: robinebers/openusage docs/providers/claude.md, "refresh via
+#: platform.claude.com/v1/oauth/token")
+DEFAULT_ANTHROPIC_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
+#: how long one request may wait out an overloaded upstream on its account
+DEFAULT_OVERLOAD_WAIT = "2m"
 #: where ``subrouter codex`` points Codex
 DEFAULT_CODEX_BASE_URL = "http://127.0.0.1:31415/v1"
 DEFAULT_IDLE_TIMEOUT = "5m"
@@ -41,6 +50,7 @@ DEFAULT_CX_SWITCH_INTERVAL = "10m"
 DEFAULT_TRANSCRIPT_MAX_BODY = "16M"
 DEFAULT_TRANSCRIPT_SYNC_INTERVAL = "5m"
 DEFAULT_TRANSCRIPT_SYNC_TIMEOUT = "30m"
+DEFAULT_DRAIN_TIMEOUT = "30s"
 #: how often the account directory is checked for changes
 ACCOUNT_RESCAN_INTERVAL = 2.0
 
@@ -77,6 +87,22 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    anthropic_upstream: str = DEFAULT_ANTHROPIC_UPSTREAM
+    anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
+    anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL
+    overload_wait: float = 120.0
+    drain_timeout: float = 30.0
+    #: the shared state (None: embedded, under state_dir; else a
+    #: subrouter.state.settings.RedisURL) and the key of its token sets
+    state_url: Any = None
+    state_key: bytes | None = attrs.field(default=None, repr=False)
+    workers: int = 1
+    #: set in a worker process: its index, the adopted listening fd, its parent
+    worker_index: int | None = None
+    listen_fd: int | None = None
+    worker_parent: int | None = None
+    #: the serve options as given, for starting workers
+    serve_args: tuple[str, ...] = ()
 
 
 # -- parsers -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
@@ -22,10 +22,15 @@ from subrouter.accounts.refresh import codex_auth_path
 from subrouter.config import (
     DEFAULT_ACCOUNTS_DIR,
     DEFAULT_ADDR,
+    DEFAULT_ANTHROPIC_TOKEN_URL,
+    DEFAULT_ANTHROPIC_UPSTREAM,
+    DEFAULT_ANTHROPIC_USAGE_URL,
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
+    DEFAULT_OVERLOAD_WAIT,
     DEFAULT_SESSION_IDLE_TTL,
     DEFAULT_STATE_DIR,
     DEFAULT_TOKEN_URL,
@@ -37,6 +42,10 @@ from subrouter.config import (
     DEFAULT_USAGE_URL,
     Config,
 )
+
+if TYPE_CHECKING:
+    from subrouter.jobs.workers import Supervisor
+    from subrouter.lifecycle import Daemon
 
 
 class Options(usage.Options):
@@ -62,7 +71,16 @@ class Options(usage.Options):
         ["codex-upstream", None, DEFAULT_CODEX_UPSTREAM,
          "Base URL for ChatGPT (OAuth) logins."],
         ["openai-upstream", None, DEFAULT_OPENAI_UPSTREAM, "Base URL for API-key accounts."],
+        ["anthropic-upstream", None, DEFAULT_ANTHROPIC_UPSTREAM,
+         "Base URL for Claude profiles and Anthropic API keys."],
         ["token-url", None, DEFAULT_TOKEN_URL, "OAuth token endpoint for refreshes."],
+        ["anthropic-token-url", None, DEFAULT_ANTHROPIC_TOKEN_URL,
+         "OAuth token endpoint for Claude profiles' refreshes."],
+        ["anthropic-usage-url", None, DEFAULT_ANTHROPIC_USAGE_URL,
+         "The Anthropic OAuth usage endpoint (Claude profiles' 5-hour and weekly windows)."],
+        ["overload-wait", None, DEFAULT_OVERLOAD_WAIT,
+         "How long one request may wait out an overloaded upstream (Anthropic 529, Codex "
+         "'at capacity') on its own account before the error is passed on (0: never wait)."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
         ["codex-home", None, None,
@@ -90,6 +108,20 @@ class Options(usage.Options):
          "How long one mirror run may take."],
         ["cx-switch-interval", None, DEFAULT_CX_SWITCH_INTERVAL,
          "Make the best login active for local agents this often (0: never)."],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
+         "At SIGTERM/SIGINT, how long requests and WebSockets in flight may take to end "
+         "before they are cut."],
+        ["account-rescan-interval", None, "2s",
+         "How often the account store is checked for changes (0: only at start and on "
+         "SIGHUP)."],
+        ["state", None, "embedded",
+         "Where sticky sessions, limits and token sets are shared: embedded (under "
+         "--state-dir) or redis://[:password@]host:port/db for several workers/instances."],
+        ["state-key-file", None, None,
+         "With --state redis://: the file holding the key that encrypts token sets in "
+         "Redis (the same on every instance)."],
+        ["workers", None, "1",
+         "Serve the port with this many worker processes (needs --state redis://)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -99,6 +131,15 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # kept for --workers: each worker is started with the same options
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        print(f"subrouter {_version()}")
+        raise SystemExit(0)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -122,9 +163,12 @@ class Options(usage.Options):
         if self.subCommand == "cx":
             # a one-shot command: run it now and leave before twistd checks a
             # pidfile, daemonizes or starts a reactor
-            from subrouter.cli.cx import run_cx
+            from subrouter.cli.cx import cx_process
+            from subrouter.cli.entry import guarded
 
-            raise SystemExit(run_cx(self.subOptions))
+            options: Any = self.subOptions
+            options.prog = "twistd subrouter cx"
+            guarded("cx", lambda: cx_process(options))
         self.config = config_from_options(self, self.stderr)
 
 
@@ -152,7 +196,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
+                f"warning: --addr {opts['addr']} is not loopback: anyone who can "
                 "reach it can use your accounts\n"
             )
         endpoint = parse.listen_endpoint(host, port)
@@ -161,12 +205,15 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
+    accounts_dir = parse.expand_path(opts["accounts-dir"])
+    if os.path.exists(accounts_dir) and not os.path.isdir(accounts_dir):
+        raise usage.UsageError(f"--accounts-dir: {accounts_dir} is a file, not a folder")
     codex_home = opts["codex-home"]
     fetch = str(opts["fetch-usage"]).strip().lower()
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         raise usage.UsageError("--fetch-usage: must be true or false")
     durations = {}
-    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl"):
+    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl", "overload-wait"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     for name in ("session-idle-ttl", "usage-interval"):
         if durations[name] <= 0:
@@ -189,13 +236,14 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval"):
+                 "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    shared = _shared_state_options(opts, listen)
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
         expose=expose,
-        accounts_dir=parse.expand_path(opts["accounts-dir"]),
+        accounts_dir=accounts_dir,
         codex_upstream=_checked("codex-upstream", parse.parse_http_url, opts["codex-upstream"]),
         openai_upstream=_checked(
             "openai-upstream", parse.parse_http_url, opts["openai-upstream"]
@@ -226,13 +274,69 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        anthropic_upstream=_checked(
+            "anthropic-upstream", parse.parse_http_url, opts["anthropic-upstream"]
+        ),
+        anthropic_token_url=_checked(
+            "anthropic-token-url", parse.parse_http_url, opts["anthropic-token-url"]
+        ),
+        anthropic_usage_url=_checked(
+            "anthropic-usage-url", parse.parse_http_url, opts["anthropic-usage-url"]
+        ),
+        overload_wait=durations["overload-wait"],
+        account_rescan_interval=durations["account-rescan-interval"],
+        drain_timeout=durations["drain-timeout"],
+        serve_args=tuple(getattr(opts, "raw_args", ())),
+        **shared,
     )
+
+
+def _shared_state_options(opts: usage.Options, listen: str | None) -> dict[str, Any]:
+    """
+    ``--state``, ``--state-key-file`` and ``--workers``, and whether this
+    process is a worker its parent started.
+    """
+    from subrouter.jobs import workers as w
+    from subrouter.state.settings import parse_state, read_key_file
+
+    url = _checked("state", parse_state, opts["state"])
+    key = None
+    if url is not None:
+        if not opts["state-key-file"]:
+            raise usage.UsageError(
+                "--state redis://...: needs --state-key-file FILE, the key that encrypts "
+                "token sets in Redis (make one with: (umask 077; openssl rand -base64 32 | "
+                "tr '+/' '-_' > FILE))"
+            )
+        key = _checked("state-key-file", read_key_file, parse.expand_path(opts["state-key-file"]))
+    elif opts["state-key-file"]:
+        raise usage.UsageError("--state-key-file: only used with --state redis://...")
+    text = str(opts["workers"]).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise usage.UsageError("--workers: must be a whole number, 1 or more")
+    count = int(text)
+    if count > 1 and url is None:
+        raise usage.UsageError(
+            f"--workers {count}: workers share sticky sessions, limits and token refreshes "
+            "through Redis; add --state redis://host:port/db (and --state-key-file)"
+        )
+    if count > 1 and listen is not None:
+        raise usage.UsageError("--workers: listens on --addr only, not on --listen")
+    env = os.environ
+    index = env.get(w.WORKER_ENV)
+    if index is None or count == 1:
+        return {"state_url": url, "state_key": key, "workers": count}
+    return {
+        "state_url": url, "state_key": key, "workers": count, "worker_index": int(index),
+        "listen_fd": int(env.get(w.LISTEN_FD_ENV, str(w.LISTEN_FD))),
+        "worker_parent": int(env[w.PARENT_ENV]) if env.get(w.PARENT_ENV) else None,
+    }
 
 
 class _StartupService(Service):
     """
-    Scans the account store before the listener starts, and logs what the
-    daemon is about to serve.
+    Scans the account store before the listener starts; says what the
+    daemon serves once it listens.
     """
 
     def __init__(self, config: Config, store: Any) -> None:
@@ -240,20 +344,30 @@ class _StartupService(Service):
         self._store = store
 
     def startService(self) -> None:
-        from twisted.logger import Logger
-
         super().startService()
         self._store.scan_now()
+
+    def announce(self) -> None:
+        from twisted.logger import Logger
+
         accounts = self._store.accounts()
-        Logger().info(
+        log = Logger()
+        if not accounts:
+            log.warn(
+                "no accounts in {accounts_dir}: add one with `cx add` (a ChatGPT login) or "
+                "`cx add-key` (an OpenAI API key); it is picked up within seconds, no restart",
+                accounts_dir=self._config.accounts_dir,
+            )
+        log.info(
             "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
-            "codex upstream {codex}, openai upstream {openai}",
+            "codex upstream {codex}, openai upstream {openai}, anthropic upstream {anthropic}",
             version=_version(),
             addr=self._config.addr,
             count=len(accounts),
             accounts_dir=self._config.accounts_dir,
             codex=self._config.codex_upstream,
             openai=self._config.openai_upstream,
+            anthropic=self._config.anthropic_upstream,
         )
 
 
@@ -280,7 +394,7 @@ def _version() -> str:
     return subrouter.__version__
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     """
     Assemble the daemon.
 
@@ -288,7 +402,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param reactor: the reactor everything runs on.
     """
     from autobahn.twisted.resource import WebSocketResource
-    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
@@ -298,7 +412,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.jobs import every
     from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.jobs.state_file import StateSaver, load_state
+    from subrouter.lifecycle import Daemon, Listener
     from subrouter.proxy.resource import ProxyResource
+    from subrouter.routing.inflight import InFlight
     from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.placement import Placement
     from subrouter.sessions.table import SessionTable
@@ -320,7 +436,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
-    top = MultiService()
+    if config.workers > 1 and config.worker_index is None:
+        return _supervisor(config, reactor)
+    inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
     agent = make_agent(reactor, pool, tls)
@@ -333,17 +451,42 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         clock=reactor,
         run_blocking=run_blocking,
         codex_auth=config.codex_auth,
+        anthropic_token_url=config.anthropic_token_url,
     )
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
     book = UsageBook()
+    shared = None
+    if config.state_url is not None and config.state_key is not None:
+        from subrouter.state.service import SharedState, shared_state_service
+
+        shared = SharedState.create(
+            config.state_url, config.state_key, reactor, book, config.session_idle_ttl,
+            {"addr": config.addr, "worker": config.worker_index,
+             "parent": config.worker_parent, "workers": config.workers},
+        )
+        refresher.shared = shared.tokens
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
-    upstreams = Upstreams.from_text(config.codex_upstream, config.openai_upstream)
+    shared_placement = None
+    if shared is not None:
+        from subrouter.routing.shared import SharedPlacement
+
+        shared_placement = SharedPlacement(placement, shared.sessions, reactor)
+        # Redis may have lost what it had (or never had it): push this
+        # instance's view each time it is reachable again; nothing is replaced
+        shared.link.on_reconnect(
+            lambda: shared.sessions.restore(table.dump(), reactor.seconds()).addErrback(
+                lambda f: None)
+        )
+    upstreams = Upstreams.from_text(
+        config.codex_upstream, config.openai_upstream, config.anthropic_upstream
+    )
     poller = UsagePoller(
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
+        anthropic_usage_url=config.anthropic_usage_url,
     )
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
@@ -359,22 +502,47 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        shared=shared_placement,
+        overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, shared=shared_placement, inflight=inflight,
     )
-    admin = AdminResource(accounts, placement)
+    admin = AdminResource(accounts, placement, inflight,
+                          health_extra=_health_extra(config, shared) if shared else None)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
     from subrouter.web import why
 
     admin.putChild(b"sessions", why.SessionsResource(placement))
     admin.putChild(b"placement", why.placement_resource(placement))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
+                     reactor=reactor)
 
-    _StartupService(config, store).setServiceParent(top)
-    every("account-rescan", config.account_rescan_interval, store.rescan, reactor
-          ).setServiceParent(top)
+    async def reread_accounts() -> int:
+        await store.rescan()
+        return len(store.accounts())
+
+    top = Daemon(
+        inflight, reactor, config.drain_timeout,
+        first_poll=poller.run_once if config.fetch_usage else None,
+        reload=lambda: Deferred.fromCoroutine(reread_accounts()),
+    )
+    startup = _StartupService(config, store)
+    startup.setServiceParent(top)
+    endpoint: Any = serverFromString(reactor, config.endpoint)
+    if config.listen_fd is not None:
+        # a worker: the port its --workers parent opened
+        from subrouter.jobs.workers import AdoptedEndpoint, ParentWatch
+
+        endpoint = AdoptedEndpoint(reactor, config.listen_fd)
+        if config.worker_parent is not None:
+            ParentWatch(reactor, config.worker_parent).setServiceParent(top)
+    # bound before any job starts: a daemon that cannot listen does nothing
+    Listener(endpoint, site, config.addr, announce=startup.announce).setServiceParent(top)
+    if config.account_rescan_interval > 0:
+        every("account-rescan", config.account_rescan_interval, store.rescan, reactor
+              ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
     if recorder is not None:
         _recording_services(config, recorder, reactor).setServiceParent(top)
@@ -383,18 +551,55 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         ).setServiceParent(top)
     if config.fetch_usage and config.cx_switch_interval > 0:
         switcher = AutoSwitch(placement=placement, poller=poller, codex_auth=config.codex_auth,
-                              environ=environ_for_agents(), run_blocking=run_blocking)
+                              environ=environ_for_agents(), run_blocking=run_blocking,
+                              state_dir=config.state_dir)
         every("cx-switch", config.cx_switch_interval, switcher.run_once, reactor
               ).setServiceParent(top)
     if config.fetch_usage:
         every("usage-poller", config.usage_interval, poller.run_once, reactor
               ).setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-    # a port that cannot be bound stops the daemon instead of idling
-    listener._raiseSynchronously = True
-    listener.setName("listener")
-    listener.setServiceParent(top)
+    if shared is not None:
+        shared_state_service(shared, store, refresher, reactor).setServiceParent(top)
     return top
+
+
+def _health_extra(config: Config, shared: Any) -> Any:
+    def extra() -> dict[str, Any]:
+        import os as _os
+
+        state = shared.describe()
+        answer: dict[str, Any] = {"state": state, "pid": _os.getpid()}
+        if config.worker_index is not None:
+            # the workers of this machine's parent, as they announce themselves
+            answer["worker"] = config.worker_index
+            answer["workers"] = sorted(
+                ({"index": i.get("worker"), "pid": i.get("pid")} for i in state["instances"]
+                 if i.get("parent") == config.worker_parent
+                 and i.get("host") == shared.registry.info["host"]),
+                key=lambda row: row["index"] if row["index"] is not None else -1,
+            )
+        return answer
+
+    return extra
+
+
+def _supervisor(config: Config, reactor: Any) -> Supervisor:
+    """
+    The parent of ``--workers N``: it opens the port and runs the workers.
+    """
+    from functools import partial
+
+    from subrouter.jobs import workers
+
+    host, port = parse.parse_addr(config.addr)
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    supervisor = workers.Supervisor(
+        argv=workers.worker_command(config.serve_args), count=config.workers,
+        listener=partial(workers.open_listener, host, port), reactor=reactor,
+    )
+    supervisor.setName("supervisor")
+    return supervisor
 
 
 def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiService:
@@ -427,4 +632,6 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor)
+    daemon = build_service(options.config, reactor)
+    reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
+    return daemon

@@ -11,22 +11,28 @@ import json
 from pathlib import Path
 
 import pytest_twisted
-from twisted.internet.threads import deferToThread
+from twisted.internet.defer import Deferred
 
 from subrouter.cli import why
-from subrouter.cli.cx import CxOptions, Streams, run_cx
-from tests.live import Daemon
+from subrouter.cli.console import Streams
+from subrouter.cli.cx import CxOptions, execute
+from subrouter.cli.entry import CommandFailed
+from tests.live import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream
 from tests.test_sessions_live import Backend, start, turn, workspace_of
 
 
-def cx(daemon: Daemon, *args: str) -> tuple[int, str, str]:
+async def cx(url: str, *args: str) -> tuple[int, str, str]:
     options = CxOptions()
-    options.parseOptions(["why", *args, "--url", daemon.url])
-    out, err = io.StringIO(), io.StringIO()
-    code = run_cx(options, Streams(out, err, io.StringIO(), {}))
-    return code, out.getvalue(), err.getvalue()
+    options.parseOptions(["why", *args, "--url", url])
+    out = io.StringIO()
+    try:
+        code = await Deferred.fromCoroutine(
+            execute(options, Streams(out, io.StringIO(), io.StringIO(), {}), reactor))
+    except CommandFailed as e:
+        return e.code, out.getvalue(), str(e)
+    return code, out.getvalue(), ""
 
 
 @pytest_twisted.ensureDeferred
@@ -80,15 +86,15 @@ async def test_every_request_says_why_and_the_daemon_explains_a_conversation(
         assert states[account]["unusable"] is not None  # it is marked exhausted
         assert upcoming["text"].startswith("a new conversation would go to")
 
-        code, out, err = await deferToThread(cx, daemon, "conv-1")
+        code, out, err = await cx(daemon.url, "conv-1")
         assert code == 0, err
         assert f"moved from {account}" in out
         assert "a new conversation would go to" in out
-        assert "ACCOUNT" in out and "busy@example.com" in out
-        code, out, _ = await deferToThread(cx, daemon, "codex/conv-1", "--json")
+        assert "headroom" in out and "busy@example.com" in out
+        code, out, _ = await cx(daemon.url, "codex/conv-1", "--json")
         assert code == 0 and json.loads(out)["conversation"]["session"] == "conv-1"
-        code, _, err = await deferToThread(cx, daemon, "unknown-conversation")
-        assert code == 1 and "no conversation unknown-conversation" in err
+        code, _, err = await cx(daemon.url, "unknown-conversation")
+        assert code != 0 and "no conversation unknown-conversation" in err
     finally:
         await daemon.stop()
 
@@ -107,31 +113,22 @@ async def test_accounts_carry_a_forecast_per_window(
             forecast = window["forecast"]
             assert forecast["reason"] == "not enough data"  # one poll so far
             assert forecast["empties_at"] is None and forecast["hours_left"] is None
-        forecasts = await deferToThread(why.daemon_forecasts, {"SUBROUTER_URL": daemon.url})
-        assert set(forecasts["fresh@example.com"]) == {"primary", "secondary"}
     finally:
         await daemon.stop()
 
 
-def test_cx_why_without_a_daemon_says_how_to_start_one() -> None:
-    options = CxOptions()
-    options.parseOptions(["why", "--url", "http://127.0.0.1:9"])
-    err = io.StringIO()
-    assert run_cx(options, Streams(io.StringIO(), err, io.StringIO(), {})) == 1
-    assert "cannot reach the Subrouter daemon at http://127.0.0.1:9" in err.getvalue()
-    assert "subrouter serve" in err.getvalue()
-
-
-def test_the_daemon_address_comes_from_the_option_the_environment_or_codex_base_url() -> None:
-    assert why.daemon_url({}, "http://h:1/") == "http://h:1"
-    assert why.daemon_url({"SUBROUTER_URL": "http://h:2"}) == "http://h:2"
-    assert why.daemon_url({"SUBROUTER_CODEX_BASE_URL": "http://h:3/v1"}) == "http://h:3"
-    assert why.daemon_url({}) == "http://127.0.0.1:31415"
+@pytest_twisted.ensureDeferred
+async def test_cx_why_without_a_daemon_says_how_to_start_one() -> None:
+    code, _, err = await cx("http://127.0.0.1:9")
+    assert code != 0
+    assert "cannot reach the Subrouter daemon at http://127.0.0.1:9" in err
+    assert "subrouter serve" in err
 
 
 def test_forecast_words() -> None:
     assert why.forecast_words({"reason": "not enough data"}) == "not enough data"
     assert why.forecast_words({"reason": None, "percent_per_hour": 12.0, "hours_left": 2.5,
                                "resets_first": False}) == "empties in 2h 30m (12.0%/h)"
+    assert why.forecast_words(None) == "-"
     assert why.forecast_words({"reason": None, "percent_per_hour": 2.0, "hours_left": 30,
-                               "resets_first": True}).startswith("resets before")
+                               "resets_first": True}).startswith("resets first")

@@ -32,7 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.errors import describe_failure_reason, write_error
+from subrouter.errors import describe_failure_reason, error_body, write_error
 from subrouter.proxy.bodies import Bounded, Discard, Prefix, content_length, request_body
 from subrouter.proxy.tap import Tap
 from subrouter.routing.exchange import (
@@ -40,11 +40,14 @@ from subrouter.routing.exchange import (
     GONE,
     Exchange,
     OutOfQuota,
+    Overloaded,
     Sent,
     Verdict,
 )
 from subrouter.routing.identity import identify
+from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller
+from subrouter.sessions import anthropic
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
@@ -52,11 +55,12 @@ from subrouter.sessions.usage import (
     retry_after,
     usage_limit_in_body,
     windows_from_headers,
+    worth_waiting_out,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
 from subrouter.upstream.client import set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
-from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
+from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
 _log = Logger()
 
@@ -80,6 +84,8 @@ class ProxyResource(Resource):
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
     :param recorder: the transcript recorder, when recording is on.
+    :param overload_wait: seconds one request may wait out an overloaded
+        upstream on its own account before the error is passed on.
     """
 
     isLeaf = True
@@ -95,9 +101,13 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         idle_timeout: float,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
+        overload_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.shared = shared
+        self.overload_wait = overload_wait
         self.placement = placement
         self.poller = poller
         self.refresher = refresher
@@ -135,6 +145,13 @@ class _ProxiedRequest:
         self.outcome = "ok"
         self.bytes_in = content_length(request)
         self.bytes_out = 0
+        #: for the request line: the conversation (a short hash), the agent,
+        #: why the account was chosen (set by placement reasons when known) and
+        #: the error given to the client
+        self.conversation = "-"
+        self.agent = "-"
+        self.reason = "-"
+        self.error: str | None = None
         self.tap: Tap | None = None
         self.exchange: Exchange[None, Prefix] | None = None
         # what is under way upstream, for the idle timer and a client that leaves
@@ -160,6 +177,8 @@ class _ProxiedRequest:
         except BadAccountSelector as e:
             self._fail(400, "invalid_account_selector", str(e))
             return
+        self.conversation = _short_hash(identity.session.key)
+        self.agent = identity.session.agent
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
@@ -172,11 +191,16 @@ class _ProxiedRequest:
             gone=lambda: self.gone,
             oauth_only=is_backend_path(self.path),
             poller=proxy.poller,
+            overload_wait=proxy.overload_wait,
+            shared=proxy.shared,
         )
         self.exchange = exchange
         result = await exchange.run(self._attempt)
         if isinstance(result, NoAccount):
             self._fail(result.status, result.kind, result.message)
+        elif isinstance(result, Overloaded):
+            # waited out as long as allowed: the upstream's own error
+            self._answer_prefix(result.held)
         elif isinstance(result, OutOfQuota):
             # no other account could take it: the last account's own answer
             if result.held is not None:
@@ -205,7 +229,13 @@ class _ProxiedRequest:
                 return GONE
             if _out_of_quota(response.code, body.data):
                 body.stop()
-                return OutOfQuota(body, retry_after(response.headers), f"HTTP {response.code}")
+                return OutOfQuota(body, self._resets_in(account, response),
+                                  f"HTTP {response.code}")
+            if worth_waiting_out(response.code, body.data):
+                # the pause before the next try is the exchange's, not idleness
+                self._disarm_timer()
+                return Overloaded(body, retry_after(response.headers), f"HTTP {response.code}",
+                                  drop=body.stop)
             self._answer_prefix(body)
             return Sent(None)
         if self.proxy.placement.at_risk(account):
@@ -232,7 +262,7 @@ class _ProxiedRequest:
         """
         self.account = account
         proxy = self.proxy
-        provider = proxy.upstreams.provider(account.kind)
+        provider = proxy.upstreams.provider(account.kind, account.provider)
         url = provider.url(self.path, self.query)
         headers = upstream_request_headers(
             self.request.requestHeaders,
@@ -290,9 +320,22 @@ class _ProxiedRequest:
         if not account.is_oauth:
             return
         now = self.clock.seconds()
-        windows = windows_from_headers(response.headers, now)
+        if account.provider == ANTHROPIC:
+            windows = anthropic.windows_from_headers(response.headers, now)
+        else:
+            windows = windows_from_headers(response.headers, now)
         if windows:
             self.proxy.placement.usage.record(account.id, windows, now, "headers")
+
+    def _resets_in(self, account: Account, response: IResponse) -> float | None:
+        """
+        When an account that ran out may be used again, as the answer says.
+        """
+        if account.provider == ANTHROPIC and anthropic.rejected(response.headers):
+            found = anthropic.rejection_reset(response.headers, self.clock.seconds())
+            if found is not None:
+                return found
+        return retry_after(response.headers)
 
     # -- answering ----------------------------------------------------------------
 
@@ -448,9 +491,9 @@ class _ProxiedRequest:
         self._disarm_timer()
         self.status = status
         self.outcome = kind
-        _log.warn("{method} {path}: {status} {message}", method=self.method.decode("ascii",
-                  "replace"), path=self.path.decode("ascii", "replace"), status=status,
-                  message=message)
+        self.error = message  # logged once, on the request line
+        if not (self.request.finished or self.request.startedWriting):
+            self.bytes_out += len(error_body(kind, message))
         write_error(self.request, status, kind, message)
 
     def _crashed(self, failure: Failure) -> None:
@@ -468,28 +511,49 @@ class _ProxiedRequest:
                 self.outcome = "client-gone"
             self._disarm_timer()
             self._stop_upstream()
-        account_id = _account_id(self.account)
+        account_id = self.account.id if self.account is not None else "-"
         method = self.method.decode("ascii", "replace")
         path = self.path.decode("ascii", "replace")
         duration_ms = round((self.clock.seconds() - self.started) * 1000, 1)
-        # the placement's reason is formatted here, once, only for the log
-        why = self.exchange.why if self.exchange is not None else "-"
-        # the text is built here once; the named fields are there for JSON logs
-        _log.info(
+        if self.exchange is not None:
+            # the placement's reason, formatted here once, only for the log
+            self.reason = self.exchange.why
+        line = (f"{method} {path} {self.status if self.status is not None else '-'} "
+                f"{self.outcome} account={account_id} conversation={self.conversation} "
+                f"agent={self.agent} why={self.reason} {duration_ms}ms in={self.bytes_in}B "
+                f"out={self.bytes_out}B")
+        if self.error:
+            line += f": {self.error}"
+        # one line per request, a warning when it failed; the text is built
+        # here once, the named fields are there for JSON logs
+        emit = _log.warn if self.error or (self.status or 0) >= 500 else _log.info
+        emit(
             "{request_line}",
-            request_line=f"{method} {path} {self.status} {self.outcome} account={account_id} "
-            f"why={why} {duration_ms}ms in={self.bytes_in}B out={self.bytes_out}B",
+            request_line=line,
+            conversation=self.conversation,
+            agent=self.agent,
+            why=self.reason,
+            error=self.error,
             method=method,
             path=path,
             status=self.status,
             outcome=self.outcome,
             account=account_id,
-            why=why,
             duration_ms=duration_ms,
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             log_category="request",
         )
+
+
+def _short_hash(key: str) -> str:
+    """
+    A conversation as the log shows it: 8 hex digits of its key's hash (the
+    key itself can be long, and is the client's business).
+    """
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:8]
 
 
 class _Relay(Protocol):

@@ -3,6 +3,11 @@
 Placing requests on accounts: the sticky assignment of a known conversation,
 a forced account, or the scheduler's pick for a new conversation.
 
+A conversation is only ever placed on its agent's provider: Claude Code's on
+Claude profiles and Anthropic keys, Codex's on ChatGPT logins and OpenAI keys
+(:func:`~subrouter.sessions.identity.provider_for_agent`); one with none of
+its kind gets a 503 saying how to add one, never another provider's account.
+
 Scores are cached and recomputed only when the rate-limit book or the store
 changed, or once a second as resets count down; the order of candidates is
 kept sorted, so placing a conversation walks a few entries, not every account.
@@ -25,6 +30,7 @@ from subrouter.sessions.reasons import FORCED, MOVED, NEW, Reason
 from subrouter.sessions.scheduler import Candidate, Choice, explain, order, standing
 from subrouter.sessions.table import Assignment, SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
+from subrouter.upstream.routing import ANTHROPIC, OPENAI
 
 _log = Logger()
 
@@ -85,7 +91,7 @@ class Placement:
             and now - cached[2] < RANKING_TTL
         ):
             return self._ranked
-        live = self.table.live_counts(now)
+        live = self.table.own_live_counts(now)
         recent = self.table.recent_counts(now)
         entries = sorted(
             (order(c), c)
@@ -203,20 +209,21 @@ class Placement:
         now = self.clock.seconds()
         session = identity.session
         store = self.pool.store
+        provider = identity.provider
         if identity.forced is not None:
             return self._forced(identity, now, exclude)
         sticky = self.table.get(session.agent, session.key)
         moved_from: str | None = None
         cause: str | None = None
         if sticky is not None:
-            cause = self._why_not_stay(sticky, now, oauth_only, exclude)
+            cause = self._why_not_stay(sticky, now, oauth_only, exclude, provider)
             if cause is None:
                 self.table.touch(session.agent, session.key, now, user_email=identity.email)
                 account = store.get(sticky.account_id)
                 assert account is not None
                 return account, None
             moved_from = sticky.account_id
-        choice = self.pick(now, oauth_only, exclude)
+        choice = self.pick(now, provider, oauth_only, exclude)
         best = choice.chosen
         reason = (
             Reason(NEW, now, best.id, choice) if moved_from is None or moved_from == best.id
@@ -228,6 +235,14 @@ class Placement:
         )
         account = store.get(best.id)
         assert account is not None
+        if not best.oauth and not session.fallback and moved_from != best.id:
+            # once per conversation (it stays on the key afterwards): this costs money
+            _log.warn(
+                "conversation {conversation} ({agent}) {moved} the pay-per-token API key "
+                "{account}: no ChatGPT login can take it",
+                conversation=session.key[:12], agent=session.agent, account=best.id,
+                moved=f"moved from {moved_from} to" if moved_from else "placed on",
+            )
         return account, reason
 
     def standings(self, now: float) -> list[tuple[Candidate, str | None]]:
@@ -236,7 +251,7 @@ class Placement:
         with live and recent counts, and why it cannot take one (or None).
         For explaining; :meth:`pick` is the fast path.
         """
-        self.table.live_counts(now)
+        self.table.own_live_counts(now)
         self.table.recent_counts(now)
         store = self.pool.store
         out = []
@@ -255,10 +270,12 @@ class Placement:
         """
         Why a conversation's next request would leave its account, or None.
         """
-        return self._why_not_stay(sticky, now, False, ())
+        provider = ANTHROPIC if sticky.agent == "claude" else OPENAI
+        return self._why_not_stay(sticky, now, False, (), provider)
 
     def _why_not_stay(
-        self, sticky: Assignment, now: float, oauth_only: bool, exclude: Collection[str]
+        self, sticky: Assignment, now: float, oauth_only: bool, exclude: Collection[str],
+        provider: str,
     ) -> str | None:
         """
         Why a conversation cannot stay on its account for this request, or
@@ -272,6 +289,8 @@ class Placement:
             usage = self.usage.get(account_id) if account_id in self.usage.ids() else None
             reason = usage.exhausted_reason if usage is not None else None
             return reason or "it failed this request"
+        if account.provider != provider:
+            return f"a {sticky.agent} conversation cannot use a{_credential(account.provider)}"
         if oauth_only and not account.is_oauth:
             return "this path needs a ChatGPT login"
         why = self.pool.why_unusable(account)
@@ -283,7 +302,8 @@ class Placement:
         return None
 
     def pick(
-        self, now: float, oauth_only: bool = False, exclude: Collection[str] = ()
+        self, now: float, provider: str = OPENAI, oauth_only: bool = False,
+        exclude: Collection[str] = (),
     ) -> Choice:
         """
         The best account for a new conversation and the next best, with the
@@ -294,9 +314,16 @@ class Placement:
         """
         # expire idle conversations and faded placements first: each one
         # moves its account in the kept ranking
-        self.table.live_counts(now)
+        self.table.own_live_counts(now)
         self.table.recent_counts(now)
         ranked = self.ranking(now)
+        shared = self.table.shared_counts
+        if shared is not None:
+            # every instance's live conversations (several workers): the kept
+            # order counts this one's only, so order by the shared counts here
+            ranked = sorted(
+                (attrs.evolve(c, sessions=shared.get(c.id, 0)) for c in ranked), key=order
+            )
         store = self.pool.store
         best: Candidate | None = None
         second: Candidate | None = None
@@ -304,7 +331,11 @@ class Placement:
             if candidate.id in exclude or (oauth_only and not candidate.oauth):
                 continue
             account = store.get(candidate.id)
-            if account is None or self.pool.why_unusable(account) is not None:
+            if (
+                account is None
+                or account.provider != provider
+                or self.pool.why_unusable(account) is not None
+            ):
                 continue
             if best is None:
                 best = candidate
@@ -312,17 +343,19 @@ class Placement:
                 second = candidate
                 break  # kept in order: the first two that can take it
         if best is None:
-            raise self._nothing(oauth_only)
+            raise self._nothing(provider, oauth_only)
         chosen = best
         if chosen.oauth and chosen.score.exhausted:
             soonest = min(
-                (u for u in (self.usage.exhausted_until(c, now) for c in store.ids()) if u),
+                (u for u in (self.usage.exhausted_until(a.id, now) for a in store.accounts()
+                             if a.provider == provider) if u),
                 default=None,
             )
             when = f" (the first resets in {int(soonest - now)}s)" if soonest else ""
+            add = "cx claude add" if provider == ANTHROPIC else "cx add"
             raise NoAccount(
                 503, "usage_limit_reached",
-                f"every account has reached its usage limit{when}; add one with `cx add`",
+                f"every account has reached its usage limit{when}; add one with `{add}`",
             )
         return explain(chosen, second)
 
@@ -339,6 +372,12 @@ class Placement:
         if account_id in exclude:
             raise NoAccount(
                 503, "account_unavailable", f"the requested account {account_id} failed"
+            )
+        if account.provider != identity.provider:
+            raise NoAccount(
+                503, "account_unavailable",
+                f"the requested account {account_id} is a{_credential(account.provider)}, "
+                f"which a {identity.session.agent} conversation cannot use",
             )
         why = self.pool.why_unusable(account)
         if why is not None:
@@ -358,17 +397,29 @@ class Placement:
         )
         return account, reason
 
-    def _nothing(self, oauth_only: bool) -> NoAccount:
+    def _nothing(self, provider: str, oauth_only: bool) -> NoAccount:
         store = self.pool.store
-        if not store.accounts():
-            return NoAccount(
-                503, "no_usable_account",
-                "no accounts are set up: run `cx add` to add a ChatGPT login "
-                "(or `cx add-key` for an API key)",
-            )
-        details = [f"{a.id}: {why}" for a, why in self.pool.unusable()]
-        kind = "ChatGPT login" if oauth_only else "account"
-        message = f"no usable {kind} right now; run `cx add` to add one"
+        own = [a for a in store.accounts() if a.provider == provider]
+        if provider == ANTHROPIC:
+            add = "run `cx claude add` or `cx add-key --provider anthropic`"
+            if not own:
+                return NoAccount(503, "no_usable_account",
+                                 f"no Claude profile or Anthropic key: {add}")
+            message = f"no usable Claude profile or Anthropic key right now; {add}"
+        else:
+            if not own:
+                return NoAccount(
+                    503, "no_usable_account",
+                    "no accounts are set up: run `cx add` to add a ChatGPT login "
+                    "(or `cx add-key` for an API key)",
+                )
+            kind = "ChatGPT login" if oauth_only else "account"
+            message = f"no usable {kind} right now; run `cx add` to add one"
+        details = [f"{a.id}: {why}" for a, why in self.pool.unusable() if a.provider == provider]
         if details:
             message += " (" + "; ".join(details) + ")"
         return NoAccount(503, "no_usable_account", message)
+
+
+def _credential(provider: str) -> str:
+    return "n Anthropic credential" if provider == ANTHROPIC else " ChatGPT/OpenAI credential"

@@ -16,6 +16,10 @@ transport the other's producer. Upstream messages are looked at as they pass
 (never re-encoded): a usage-limit error marks the account exhausted, and the
 connection is closed after the response in progress so the client reconnects
 and is placed anew; ``codex.rate_limits`` events feed the usage book.
+
+Open connections report to the daemon's in-flight tracker: at a stop, one
+between responses closes at once with 1001, one with a response under way
+closes with 1001 when that response ends (or when the drain times out).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from twisted.web.iweb import IPolicyForHTTPS
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
+from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
+from subrouter.routing.shared import SharedPlacement
 from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
@@ -243,10 +249,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
     factory: RelayFactory
     upstream: UpstreamProtocol | None = None
     account: Account | None = None
+    opened_at = 0.0
+    counts: list[int]
     identity: Identity | None = None
     closing_after_response = False
     conversation: Conversation | None = None
     request_id = ""
+    #: a client message went up and its response has not ended yet
+    responding = False
+    #: the daemon is stopping: close once the response under way ends
+    going_away = False
+    tracked = False
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -280,6 +293,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             clock=relay.reactor,
             gone=lambda: False,
             oauth_only=is_backend_path(path),
+            shared=relay.shared,
         )
 
         async def attempt(
@@ -310,6 +324,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
         return self._accepted(*result.value, why=exchange.why)
 
     def _accepted(self, account: Account, upstream: UpstreamProtocol, why: str = "-") -> Any:
+        # what the closing log line reports: messages and bytes each way
+        self.opened_at = self.factory.reactor.seconds()
+        self.counts = [0, 0, 0, 0]  # client→upstream messages, bytes; upstream→client
         self.account = account
         self.upstream = upstream
         upstream.client = self
@@ -335,7 +352,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                 "account": account.id,
                 "method": "GET",
                 "path": self.http_request_path,
-                "upstream": self.factory.upstreams.provider(account.kind).root.decode("ascii"),
+                "upstream": self.factory.upstreams.provider(
+                    account.kind, account.provider
+                ).root.decode("ascii"),
                 "upstream_url": getattr(upstream.factory, "url", None),
                 "headers": redact_headers(
                     (k.encode("latin-1"), [v.encode("latin-1")])
@@ -348,7 +367,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         self, account: Account, client: Headers, path: bytes, query: bytes, protocols: list[str]
     ) -> UpstreamProtocol:
         relay = self.factory
-        provider = relay.upstreams.provider(account.kind)
+        provider = relay.upstreams.provider(account.kind, account.provider)
         url = provider.url(path, query).decode("ascii")
         secure = url.startswith("https://")
         url = ("wss://" if secure else "ws://") + url.split("://", 1)[1]
@@ -394,11 +413,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
         # backpressure both ways: a full socket pauses the other side's reads
         _couple(self.transport, upstream.transport)
         _couple(upstream.transport, self.transport)
+        if self.factory.inflight is not None:
+            self.tracked = True
+            self.factory.inflight.websocket_opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.opened and upstream.state == upstream.STATE_OPEN:
+            self.responding = True
             upstream.sendMessage(payload, isBinary)
+            self.counts[0] += 1
+            self.counts[1] += len(payload)
             if self.conversation is not None and self.factory.recorder is not None:
                 self.factory.recorder.message(self.conversation, self.request_id,
                                               "client_to_upstream", payload, isBinary)
@@ -407,6 +432,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         self.sendMessage(payload, isBinary)
+        self.counts[2] += 1
+        self.counts[3] += len(payload)
         if self.conversation is not None and self.factory.recorder is not None:
             self.factory.recorder.message(self.conversation, self.request_id,
                                           "upstream_to_client", payload, isBinary)
@@ -424,6 +451,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
             except ValueError:
                 pass
         if any(marker in payload for marker in _RESPONSE_END) and _ends_response(payload):
+            self.responding = False
+            if self.going_away:
+                self.end_now()
+                return
             now = self.factory.reactor.seconds()
             if self.closing_after_response or (
                 self.factory.placement.usage.exhausted_until(self.account.id, now) is not None
@@ -444,13 +475,40 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
             self.sendClose(client_close_code(code), reason or None)
 
+    # -- a stopping daemon (routing.inflight.Drainable) -----------------------
+
+    def end_gracefully(self) -> None:
+        if self.responding:
+            self.going_away = True
+        else:
+            self.end_now()
+
+    def end_now(self) -> None:
+        _going_away(self)
+        upstream = self.upstream
+        if upstream is not None and upstream.state == upstream.STATE_OPEN:
+            upstream.client = None
+            _going_away(upstream)
+        else:
+            self._close_upstream(1000, None)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.tracked and self.factory.inflight is not None:
+            self.tracked = False
+            self.factory.inflight.websocket_closed(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
+            # a client that just exits drops the connection (1006): that is how
+            # agents end, not an error
+            how = "the client left" if code in (None, 1006) else f"closed ({code})"
+            up_messages, up_bytes, down_messages, down_bytes = self.counts
+            seconds = round(self.factory.reactor.seconds() - self.opened_at, 1)
             _log.info(
-                "WebSocket {path} via account {account} closed ({code})",
+                "WebSocket {path} via account {account}: {how} after {seconds}s; "
+                "{up_messages} messages ({up_bytes}B) up, {down_messages} ({down_bytes}B) down",
                 path=getattr(self, "http_request_path", "?"), account=self.account.id,
-                code=code,
+                how=how, code=code, seconds=seconds, up_messages=up_messages,
+                up_bytes=up_bytes, down_messages=down_messages, down_bytes=down_bytes,
             )
 
     def _close_upstream(self, code: int, reason: str | None) -> None:
@@ -462,6 +520,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
             upstream.sendClose(code, reason or None)
         elif upstream.state != upstream.STATE_CLOSED and upstream.transport is not None:
             upstream.transport.loseConnection()
+
+
+def _going_away(protocol: Any) -> None:
+    """
+    Close with 1001, the code RFC 6455 gives an endpoint that goes away.
+    autobahn's ``sendClose`` lets applications send only 1000 and
+    3000-4999, so the frame goes out the way the protocol itself sends it.
+    """
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode(),
+                                isReply=False)
 
 
 _END_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
@@ -505,6 +574,8 @@ class RelayFactory(WebSocketServerFactory):
     :param upstreams: the upstream base URLs.
     :param tls: the HTTPS policy whose certificate checks the upstream
         ``wss://`` connections get too.
+    :param shared: placement across instances (``--state redis://``).
+    :param inflight: where open connections are counted, for a graceful stop.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -518,9 +589,13 @@ class RelayFactory(WebSocketServerFactory):
         tls: IPolicyForHTTPS,
         reactor: Any,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
+        self.shared = shared
+        self.inflight = inflight
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
