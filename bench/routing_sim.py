@@ -382,8 +382,8 @@ class _Baseline(Placement):
         logins = [a for a in out if a.is_oauth]
         return logins or out
 
-    def pick(self, now: float, oauth_only: bool = False, exclude: Collection[str] = ()
-             ) -> Choice:
+    def pick(self, now: float, provider: str = "openai", oauth_only: bool = False,
+             exclude: Collection[str] = ()) -> Choice:
         usable = self._usable(now, oauth_only, exclude)
         if not usable:
             raise NoAccount(503, "usage_limit_reached", "nothing left")
