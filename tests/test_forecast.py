@@ -61,8 +61,8 @@ def test_a_window_that_resets_before_it_empties_says_so() -> None:
 def test_too_little_history_is_not_enough_data() -> None:
     meter = BurnMeter()
     assert meter.forecast("a", "primary", 10.0, None, T0).reason == NOT_ENOUGH_DATA
-    rising(meter, 20.0, 5, every=5)  # five minutes only
-    forecast = meter.forecast("a", "primary", 11.6, None, T0 + 5 * MIN)
+    rising(meter, 20.0, 4, every=2)  # four minutes only
+    forecast = meter.forecast("a", "primary", 11.3, None, T0 + 4 * MIN)
     assert forecast.reason == NOT_ENOUGH_DATA and forecast.empties_at is None
     assert forecast.as_json()["hours_left"] is None
 
@@ -94,8 +94,9 @@ def test_repeated_answers_keep_one_sample_a_minute() -> None:
 
 
 def test_tokens_refine_a_rate_the_whole_percents_hide() -> None:
-    # 1,000 tokens per percent; 3,000 tokens in the last 20 minutes = 9%/h,
-    # while the percent moved in whole steps
+    # 1,000 tokens per percent (calibrated over the window's history); 3,000
+    # tokens in the last 20 minutes = 9%/h, while the percent moved in whole
+    # steps (one point in the last 60 minutes)
     samples = [
         Sample(T0, 10.0, None, 0.0),
         Sample(T0 + 60 * MIN, 15.0, None, 5_000.0),
@@ -103,9 +104,8 @@ def test_tokens_refine_a_rate_the_whole_percents_hide() -> None:
     ]
     forecast = forecast_from(samples, 16.0, None, T0 + 120 * MIN, tokens=9_000.0)
     assert forecast.basis == "tokens"
-    # the hour before now began at the 60-minute sample: 4,000 tokens = 4% in 1 h
     assert forecast.percent_per_hour is not None
-    assert abs(forecast.percent_per_hour - 4.0) < 1e-6
+    assert abs(forecast.percent_per_hour - 9.0) < 1e-6
 
 
 def test_the_book_keeps_history_and_forecasts_each_window() -> None:

@@ -26,12 +26,14 @@ from typing import Any
 
 import attrs
 
-#: the rate is measured over about this much recent history
-HORIZON = 3600.0
+#: the rate is measured over about this much recent history (the simulation's
+#: forecasts an hour ahead erred by a median 37 min at 20 minutes, 102 at an
+#: hour: work comes in bursts)
+HORIZON = 1200.0
 #: ... and over up to this much when the recent part shows no rise yet
 LONG_HORIZON = 3 * 3600.0
 #: less history than this gives no rate
-MIN_SPAN = 10 * 60.0
+MIN_SPAN = 5 * 60.0
 #: a window that has not moved for this long is "not in use"
 IDLE_SPAN = 30 * 60.0
 #: repeated identical observations closer than this are not kept

@@ -10,24 +10,27 @@ reset is unknown: a window whose reset nobody reported is treated as one that
 just started). An account is usable for a new conversation while both
 headrooms are at least 0.40, and exhausted when either is gone.
 
-Candidates are ordered by tier (usable logins, then API keys, then logins
-that are low but not exhausted, then exhausted ones), then usable first, then
-(among usable ones) the higher expiry pressure, which spends healthy quota that
-resets soonest, then the higher headroom, then the fewer live conversations,
-then the id. Headroom and resets are compared in small bands (1%, one minute)
-so near-identical accounts share new conversations instead of one of them
-taking all of them.
+Candidates are ordered by tier (usable logins, then logins below the band but
+not exhausted, then API keys, which cost money per token, then exhausted
+logins), then usable first, then (among usable ones) the higher expiry
+pressure, which spends healthy quota that resets soonest, then the higher
+headroom, then the fewer live and recent conversations, then the id. Headroom
+and resets are compared in small bands (1%, one minute) so near-identical
+accounts share new conversations instead of one of them taking all of them.
+A weekly window in the last fifth of its week is spared the band: what is
+left of it is lost at its reset unless it is spent.
 
 Usage is only learnt after the fact (polls every few minutes, the headers of
 answers), so a burst of new conversations would all see the same numbers and
 all go to the same account. Each conversation placed on an account in the
 last :data:`RECENT` seconds therefore counts as :data:`RECENT_DEBIT` of its
-headroom already spent: the leader's lead shrinks with every conversation it
-takes, and a burst spreads over the accounts in proportion to their lead
-instead of piling onto one of them.
+headroom already spent, and divides its expiry pressure by
+``1 + LOAD_DAMPING x recent``: the leader's lead shrinks with every
+conversation it takes, and a burst spreads over the accounts instead of
+piling onto one of them. A guess never makes an account look exhausted.
 
-:func:`explain` says why the chosen candidate beat the next best one, from the
-same comparison the ranking made.
+:func:`explain` says why the chosen candidate beat the next best one (the
+first part of their order that differs), when the reason is read.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ import attrs
 
 MIN_NEW_SESSION_HEADROOM = 0.40
 SHORT_WINDOW_MAX_SECONDS = 6 * 3600
-#: the band of a long (weekly) window: 40% of a week is days of work (and on a
-#: big plan, dozens of conversations), so protecting it starves the pool; a
-#: long window only keeps this much for the conversations it already has
+#: the band of a long (weekly) window (the simulation tried 10%: more API-key
+#: spend and fewer turns served, as big plans took conversations meant for
+#: small ones' soon-renewed windows)
 LONG_WINDOW_BAND = 0.40
 #: a long window in the last fifth of its length is not protected at all:
 #: what is left of it is lost at its reset unless it is spent
 EXPIRING_SOON = 0.2
-#: the same for a short (5-hour) window, as a fraction of its length (0: a
-#: short window is always protected)
+#: the same for a short (5-hour) window, as a fraction of its length: 0, a
+#: short window is always protected (0.2 served slightly more turns in the
+#: simulation but moved twice as many conversations)
 SHORT_TAIL = 0.0
 #: expiry pressure is divided by 1 + this x the conversations placed in the
 #: last :data:`RECENT` seconds: a sooner reset still draws new conversations,
