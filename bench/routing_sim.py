@@ -51,7 +51,7 @@ Reported per policy: conversations and turns served, turns that failed
 old account still had headroom ("needless"), usage-limit answers met,
 quota left unused at each reset, API-key spend, the cache hit ratio, and the
 longest run of new conversations placed on one login in a row while another
-login was not known to be exhausted ("run": herding). The forecast is
+login was usable too ("run": herding). The forecast is
 checked against when each window actually filled.
 """
 
@@ -616,9 +616,11 @@ def run(workload: Workload, policy: str,
                 results.moved += 1
                 if previous in upstream.windows and upstream.has_headroom(previous):
                     results.needless += 1
+            # herding: new conversations in a row on one login while another
+            # was usable too (at least 40% left, not marked exhausted)
             choices = sum(1 for login in logins
                           if login != served_by and book.exhausted_until(login, now) is None
-                          and not book.score(login, True, now).exhausted)
+                          and book.score(login, True, now).usable)
             if new and served_by in upstream.windows and not choices:
                 run_account, run_length = "", 0  # nowhere else to go: not herding
             elif new and served_by in upstream.windows:
