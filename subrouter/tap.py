@@ -64,6 +64,7 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    header_timeout: float = 30.0
 
 
 class Options(usage.Options):
@@ -92,6 +93,8 @@ class Options(usage.Options):
         ["token-url", None, DEFAULT_TOKEN_URL, "OAuth token endpoint for refreshes."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
+        ["header-timeout", None, "30s",
+         "Drop a client that takes longer than this to send a request's line and headers."],
         ["codex-home", None, None,
          "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
         ["state-dir", None, DEFAULT_STATE_DIR,
@@ -184,6 +187,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
+    header_timeout = _checked("header-timeout", parse.parse_duration, opts["header-timeout"])
+    if header_timeout <= 0:
+        raise usage.UsageError("--header-timeout: must be more than zero")
     codex_home = opts["codex-home"]
     fetch = str(opts["fetch-usage"]).strip().lower()
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -228,6 +234,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             _checked("ca-bundle", parse.parse_pem_bundle, p) for p in opts["ca-bundle"]
         ),
         idle_timeout=idle,
+        header_timeout=header_timeout,
         codex_auth=(
             os.path.join(parse.expand_path(codex_home), "auth.json")
             if codex_home
@@ -390,6 +397,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     admin = AdminResource(accounts, placement)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    site.header_timeout = config.header_timeout
 
     _StartupService(config, store).setServiceParent(top)
     rescan = TimerService(config.account_rescan_interval, store.rescan)

@@ -12,6 +12,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
+
 _ADMIN = b"_subrouter"
 
 
@@ -74,12 +76,24 @@ class ProxyRequest(Request):
 class QuietSite(Site):
     """
     A Site without Twisted's access log: the proxy logs one structured line
-    per request itself, without the query string or any header.
+    per request itself, without the query string or any header. Its
+    connections are :class:`SubrouterChannel`: limits on the request head
+    answered with a JSON reason, and a deadline for a whole head.
+
+    :ivar header_timeout: seconds a client has to send a complete request head.
     """
 
     displayTracebacks = False
     noisy = False
     requestFactory = ProxyRequest
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def protocol(self) -> SubrouterChannel:  # type: ignore[override]
+        # a plain HTTP/1.1 channel: the listener is loopback TCP, never TLS
+        # with ALPN, so Twisted's HTTP/2-switching wrapper is not needed
+        channel = SubrouterChannel()
+        channel.header_timeout = self.header_timeout
+        return channel
 
     def log(self, request: http.Request) -> None:
         pass
