@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
-from subrouter.accounts.store import Account, AccountKind
+from subrouter.accounts.store import Account, AccountKind, header_value_problem
 from subrouter.cli.claude import ClaudeOptions
 from subrouter.config import expand_path
 
@@ -318,6 +318,7 @@ def _list(store: str, sub: usage.Options, streams: Streams) -> int:
     else:
         out = ["", *(
             f"  {_display(a)}{' *' if a.id == active else ''} (added {_added(a)})"
+            + (f" - unusable: {a.problem}" if a.problem else "")
             for a in accounts
         ), "", f"* = currently active in {auth_path}"]
         streams.stdout.write("\n".join(out) + "\n")
@@ -340,6 +341,10 @@ def _add_key(store: str, sub: usage.Options, streams: Streams) -> int:
     key = (sub["key"] or _prompt(streams, "API key (sk-...): ")).strip()
     if not key.startswith("sk-"):
         raise manage.StoreError("an API key starts with sk-")
+    unsendable = header_value_problem(key)
+    if unsendable is not None:
+        raise manage.StoreError(f"the key holds {unsendable}, which cannot go into an HTTP "
+                                "header; check what was pasted")
     _, created = manage.save_auth(
         store, f"apikey:{label}", {"auth_mode": "apikey", "OPENAI_API_KEY": key}
     )

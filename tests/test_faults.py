@@ -1,0 +1,119 @@
+"""
+Faults a user or an upstream can cause, over real sockets: each gets an answer
+with a reason, corrupts nothing and leaves no traceback in the log (the
+``observe_errors`` fixture fails any test that logs one).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.tlsca import TestCA
+from tests.support.upstream import FakeUpstream, sse, write_apikey_account, write_oauth_account
+from tests.test_ws_relay import WSBackend, connect, messages
+
+FAR = time.time() + 30 * 86400
+WEIRD_KEY = "sk-ключ-weird"
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon(tmp_path: Path, upstream: FakeUpstream, ca: TestCA) -> AsyncIterator[Daemon]:
+    running = await start_daemon(make_config(tmp_path, upstream, ca))
+    yield running
+    await running.stop()
+
+
+async def accounts_seen(daemon: Daemon, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while True:
+        rows: list[dict[str, Any]] = (await daemon.get_json("/_subrouter/accounts"))["accounts"]
+        if len(rows) == count:
+            return rows
+        assert time.monotonic() < deadline, "the daemon never saw the accounts"
+        await sleep(0.02)
+
+
+def tracebacks(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.log if "log_failure" in e or "Traceback" in str(e.get("log_text"))]
+
+
+# -- credentials that cannot go into a header ------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_skips_an_api_key_that_cannot_go_into_a_header(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    write_apikey_account(daemon.accounts_dir, "a-weird", WEIRD_KEY)
+    write_apikey_account(daemon.accounts_dir, "b-good", "sk-good")
+    rows = {r["id"]: r for r in await accounts_seen(daemon, 2)}
+    assert rows["apikey:a-weird"]["usable"] is False
+    assert "cannot go into an HTTP header" in rows["apikey:a-weird"]["why_not"]
+    assert rows["apikey:b-good"]["usable"] is True
+    upstream.script(b"/v1/responses", sse(["one", "two"]))
+    for _ in range(3):
+        response = await daemon.request("POST", "/v1/responses", data=b'{"stream":true}')
+        assert response.code == 200
+        await read_all(response)
+    assert [r.header_values(b"authorization") for r in upstream.requests] == [
+        [b"Bearer sk-good"]] * 3
+    assert tracebacks(daemon) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_unsendable_credentials_give_503_with_the_reason_never_500(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    write_apikey_account(daemon.accounts_dir, "weird", WEIRD_KEY)
+    await accounts_seen(daemon, 1)
+    response = await daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 503
+    error = json.loads(await read_all(response))["error"]
+    assert error["type"] == "no_usable_account"
+    assert "apikey:weird" in error["message"] and "HTTP header" in error["message"]
+    assert "ключ" not in error["message"]
+    assert upstream.requests == []
+    assert tracebacks(daemon) == []
+
+
+@pytest_twisted.async_yield_fixture
+async def ws_backend(ca: TestCA) -> AsyncIterator[WSBackend]:
+    fake = WSBackend(ca)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_skips_a_login_whose_token_cannot_go_into_a_header(
+    tmp_path: Path, ws_backend: WSBackend, ca: TestCA
+) -> None:
+    store = tmp_path / "accounts-store"
+    bad = write_oauth_account(store, "a@example.com", exp=FAR, account_id="ws-a")
+    document = json.loads(bad.read_text())
+    document["auth"]["tokens"]["access_token"] += "\r\nX-Injected: 1"
+    bad.write_text(json.dumps(document))
+    write_oauth_account(store, "b@example.com", exp=FAR, account_id="ws-b")
+    config = make_config(tmp_path, None, ca, codex_upstream=ws_backend.codex_url)
+    running = await start_daemon(config)
+    try:
+        rows = {r["id"]: r for r in await accounts_seen(running, 2)}
+        assert "line break" in rows["a@example.com"]["why_not"]
+        for session in ("s1", "s2"):
+            client, factory = await connect(running, headers={"session-id": session})
+            client.sendMessage(json.dumps({"type": "response.create"}).encode())
+            got = await messages(factory, 4)
+            assert json.loads(got[3][0])["account"] == "ws-b"
+            client.sendClose(1000)
+            await factory.closed
+        assert all("x-injected" not in h for h in ws_backend.handshakes)
+        assert tracebacks(running) == []
+    finally:
+        await running.stop()
