@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from tests.live import Daemon, make_config, read_all, sleep, start_daemon
@@ -117,3 +118,55 @@ async def test_a_websocket_skips_a_login_whose_token_cannot_go_into_a_header(
         assert tracebacks(running) == []
     finally:
         await running.stop()
+
+
+# -- TLS failures in words ---------------------------------------------------------------
+
+
+def test_tls_failures_are_described_in_words() -> None:
+    from OpenSSL import SSL
+    from service_identity.exceptions import DNSMismatch, IPAddressMismatch, VerificationError
+    from service_identity.hazmat import DNS_ID, IPAddress_ID
+
+    from subrouter.errors import describe_failure_reason
+
+    mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("chatgpt.com"))])
+    assert describe_failure_reason(mismatch) == (
+        "the upstream's TLS certificate is not valid for chatgpt.com")
+    by_ip = VerificationError(errors=[IPAddressMismatch(mismatched_id=IPAddress_ID("10.0.0.1"))])
+    assert "not valid for 10.0.0.1" in describe_failure_reason(by_ip)
+    untrusted = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    assert "not trusted" in describe_failure_reason(untrusted)
+    other = SSL.Error([("SSL routines", "", "wrong version number")])
+    assert describe_failure_reason(other) == (
+        "the TLS handshake with the upstream failed (wrong version number)")
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong-host"])
+@pytest_twisted.ensureDeferred
+async def test_a_bad_upstream_certificate_gives_502_in_words(
+    tmp_path: Path, ca: TestCA, case: str
+) -> None:
+    from tests.live import reactor
+
+    options = (ca.untrusted_server_options() if case == "untrusted"
+               else ca.server_options(("other.example",)))
+    upstream = FakeUpstream(reactor, ca, tls_options=options)
+    await upstream.start()
+    running = await start_daemon(make_config(tmp_path, upstream, ca))
+    try:
+        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
+        await accounts_seen(running, 1)
+        response = await running.request("POST", "/v1/responses", data=b"{}")
+        assert response.code == 502
+        message = json.loads(await read_all(response))["error"]["message"]
+        assert "a@example.com" in message and "TLS certificate" in message
+        expected = "not trusted" if case == "untrusted" else "not valid for localhost"
+        assert expected in message
+        for python in ("Error(", "_ID(", "Mismatch", "b'"):
+            assert python not in message
+        assert upstream.requests == []
+        assert tracebacks(running) == []
+    finally:
+        await running.stop()
+        await upstream.stop()
