@@ -170,3 +170,87 @@ async def test_a_bad_upstream_certificate_gives_502_in_words(
     finally:
         await running.stop()
         await upstream.stop()
+
+
+# -- the resend rule -----------------------------------------------------------------------
+
+
+def scripted(*steps: str) -> Any:
+    """
+    A handler answering each request with the next step: ``ok`` (a short SSE
+    stream), ``close`` (take the whole request, then abort the connection
+    without a byte of answer) or ``headers-then-close``.
+    """
+    from tests.support.upstream import Exchange
+
+    remaining = list(steps)
+    stream = sse(["one", "two"])
+
+    async def handler(exchange: Exchange) -> None:
+        step = remaining.pop(0) if remaining else "ok"
+        if step == "close":
+            await exchange.abort()
+        elif step == "headers-then-close":
+            exchange.request.setResponseCode(200)
+            exchange.request.setHeader(b"content-type", b"text/event-stream")
+            exchange.write(b"")
+            await exchange.abort()
+        else:
+            await stream(exchange)
+
+    return handler
+
+
+PATH = b"/backend-api/codex/responses"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_that_dies_on_a_connection_opened_for_it_is_never_resent(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
+    await accounts_seen(daemon, 1)
+    upstream.script(PATH, scripted("close"))
+    response = await daemon.request("POST", "/v1/responses", data=b'{"n": 1}')
+    assert response.code == 502
+    error = json.loads(await read_all(response))["error"]
+    assert error["type"] == "upstream_error"
+    assert len(upstream.requests) == 1  # sent once, never again
+    assert tracebacks(daemon) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_that_dies_on_a_reused_connection_before_any_answer_is_resent_once(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
+    await accounts_seen(daemon, 1)
+    upstream.script(PATH, scripted("ok", "close", "ok"))
+    first = await daemon.request("POST", "/v1/responses", data=b'{"n": 1}')
+    assert first.code == 200
+    await read_all(first)
+    await sleep(0.05)  # the connection goes back to the pool
+    second = await daemon.request("POST", "/v1/responses", data=b'{"n": 2}')
+    assert second.code == 200
+    assert b"two" in await read_all(second)
+    assert [r.body for r in upstream.requests] == [b'{"n": 1}', b'{"n": 2}', b'{"n": 2}']
+    assert tracebacks(daemon) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_connection_that_answered_anything_is_never_resent(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
+    await accounts_seen(daemon, 1)
+    upstream.script(PATH, scripted("ok", "headers-then-close", "close", "close"))
+    first = await daemon.request("POST", "/v1/responses", data=b'{"n": 1}')
+    await read_all(first)
+    await sleep(0.05)
+    second = await daemon.request("POST", "/v1/responses", data=b'{"n": 2}')
+    assert second.code == 200  # the headers came; then the stream was cut
+    # the client connection is aborted: a cut stream never looks whole
+    with pytest.raises(Exception):  # noqa: B017 - treq's wrapper of ResponseFailed
+        await read_all(second)
+    await sleep(0.05)
+    assert len(upstream.requests) == 2

@@ -54,7 +54,7 @@ from subrouter.sessions.usage import (
     windows_from_headers,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
-from subrouter.upstream.client import set_no_delay
+from subrouter.upstream.client import StaleConnection, set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
 from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
 
@@ -255,9 +255,9 @@ class _ProxiedRequest:
                         f"(account {account.id})",
                     )
                     return None
-                if attempt == 1 and _stale_connection(e):
-                    # a pooled connection the upstream had already closed;
-                    # nothing was answered, so sending again is safe
+                if attempt == 1 and isinstance(e, StaleConnection):
+                    # a reused pooled connection the upstream had closed, no
+                    # byte answered: the resend rule (upstream/client.py)
                     continue
                 self._fail(
                     502,
@@ -528,16 +528,3 @@ def _abort_client(request: Request) -> None:
     transport = channel.transport if channel is not None else None
     if transport is not None:
         cast(ITCPTransport, transport).abortConnection()
-
-
-def _stale_connection(error: Exception) -> bool:
-    """
-    Whether a request failed because a pooled connection was already closed
-    before any answer came: safe to send again on a new connection.
-    """
-    from twisted.internet.error import ConnectionDone, ConnectionLost
-    from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
-
-    if not isinstance(error, ResponseNeverReceived | RequestTransmissionFailed):
-        return False
-    return all(r.check(ConnectionDone, ConnectionLost) for r in error.reasons)

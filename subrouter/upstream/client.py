@@ -2,6 +2,17 @@
 """
 The outbound HTTP client: a connection pool, certificate checking (with
 optional extra trust roots), and a treq client that never keeps cookies.
+
+The resend rule
+---------------
+A request is sent a second time only when the first went out on a pooled
+keep-alive connection that was reused for it, and the connection ended before
+a single byte of the answer came back: the upstream had (almost certainly)
+closed the idle connection just as it was reused, so it never processed the
+request. Such a failure is raised as :class:`StaleConnection`, and the proxy
+resends once on a new connection. A request on a connection opened for it is
+never resent, whatever happened: an upstream that took the whole request and
+then closed or reset may well have acted on it.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import platformTrust
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.client import (
     URI,
     Agent,
@@ -67,8 +80,70 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+class StaleConnection(Exception):
+    """
+    A request failed on a reused pooled connection before any byte of the
+    answer arrived: the one failure that may be resent (see the module's
+    resend rule).
+
+    :ivar reasons: the failures under it, as Twisted's wrapper exceptions have.
+    """
+
+    def __init__(self, reasons: list[Failure]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
+
+
+def _is_stale(error: ResponseNeverReceived | RequestTransmissionFailed) -> bool:
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    # ResponseNeverReceived: the connection ended before the first byte of
+    # the answer (a partial answer is ResponseFailed); RequestTransmissionFailed:
+    # it ended while the request was still being written. A cancellation (the
+    # client left, the idle timer) is neither.
+    return all(r.check(ConnectionDone, ConnectionLost) for r in error.reasons)
+
+
+class _Reused:
+    """
+    A pooled connection handed out again: its failures before the first byte
+    of the answer become :class:`StaleConnection`.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def request(self, request: Any) -> Deferred[Any]:
+        def failed(reason: Failure) -> Failure:
+            error = reason.value
+            if isinstance(error, ResponseNeverReceived | RequestTransmissionFailed) and (
+                _is_stale(error)
+            ):
+                return Failure(StaleConnection(list(error.reasons)))
+            return reason
+
+        d: Deferred[Any] = self._connection.request(request)
+        return d.addErrback(failed)
+
+
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
+
+    _opened = 0
+
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        # a connection the pool did not open for this request was reused:
+        # mark it, so a failure on it can be told from one on a new one
+        opened = self._opened
+        d: Deferred[Any] = super().getConnection(key, endpoint)
+        if self._opened == opened:
+            d.addCallback(_Reused)
+        return d
+
+    def _newConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        self._opened += 1
+        d: Deferred[Any] = super()._newConnection(key, endpoint)
+        return d
 
 
 def make_pool(reactor: Any) -> HTTPConnectionPool:
