@@ -254,3 +254,51 @@ async def test_a_reused_connection_that_answered_anything_is_never_resent(
         await read_all(second)
     await sleep(0.05)
     assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong-host"])
+@pytest_twisted.ensureDeferred
+async def test_a_bad_upstream_certificate_refuses_a_websocket_in_words(
+    tmp_path: Path, ca: TestCA, case: str
+) -> None:
+    backend = WSBackend(ca)
+    if case == "untrusted":
+        backend.ca = _Untrusted(ca)  # type: ignore[assignment]
+    else:
+        backend.ca = _WrongHost(ca)  # type: ignore[assignment]
+    await backend.start()
+    config = make_config(tmp_path, None, ca, codex_upstream=backend.codex_url)
+    write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR)
+    running = await start_daemon(config)
+    try:
+        await accounts_seen(running, 1)
+        with pytest.raises(Exception) as refused:
+            await connect(running, headers={"session-id": "tls"})
+        text = str(refused.value)
+        assert "502" in text and "TLS certificate" in text and "a@example.com" in text
+        for python in ("Error(", "_ID(", "Mismatch", "b'"):
+            assert python not in text
+        assert backend.handshakes == []
+        assert tracebacks(running) == []
+        logged = " ".join(str(e.get("log_format", "")) + str(e.get("reason", ""))
+                          for e in running.log)
+        assert "Error(" not in logged and "_ID(" not in logged
+    finally:
+        await running.stop()
+        await backend.stop()
+
+
+class _Untrusted:
+    def __init__(self, ca: TestCA) -> None:
+        self._ca = ca
+
+    def server_options(self) -> Any:
+        return self._ca.untrusted_server_options()
+
+
+class _WrongHost:
+    def __init__(self, ca: TestCA) -> None:
+        self._ca = ca
+
+    def server_options(self) -> Any:
+        return self._ca.server_options(("other.example",))
