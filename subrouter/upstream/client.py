@@ -28,9 +28,14 @@ from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
     IProtocol,
     IProtocolFactory,
     IReactorCore,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import platformTrust
@@ -53,6 +58,8 @@ MAX_PERSISTENT_PER_HOST = 64
 #: seconds an idle pooled connection is kept
 CACHED_CONNECTION_TIMEOUT = 90
 CONNECT_TIMEOUT = 30
+#: seconds an upstream host name's addresses are reused for new connections
+DNS_CACHE_SECONDS = 30.0
 
 
 @implementer(IOpenSSLTrustRoot)
@@ -187,6 +194,110 @@ def set_no_delay(transport: object) -> None:
             pass  # not a TCP socket after all (e.g. a UNIX socket)
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass  # HostnameEndpoint never cancels a resolution
+
+
+@implementer(IHostnameResolver)
+class CachingResolver:
+    """
+    Remembers each host name's addresses for ``ttl`` seconds, and answers
+    concurrent look-ups of one name with one resolution.
+
+    Twisted resolves the upstream's name (even an IP address) in a thread for
+    every new connection; when many conversations start at once, each waits
+    for its own round trip through the thread pool. With this, the first
+    look-up of a name resolves it and the rest, then and for ``ttl`` seconds,
+    take its answer.
+
+    :param inner: the resolver that really resolves (the reactor's).
+    :param clock: the source of time.
+    :param ttl: how long an answer is kept.
+    """
+
+    def __init__(self, inner: IHostnameResolver, clock: Any, ttl: float = DNS_CACHE_SECONDS
+                 ) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._ttl = ttl
+        self._answers: dict[tuple[Any, ...], tuple[float, list[IAddress]]] = {}
+        self._waiting: dict[tuple[Any, ...], list[IResolutionReceiver]] = {}
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        key = (hostName, portNumber, tuple(addressTypes or ()), transportSemantics)
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        answer = self._answers.get(key)
+        if answer is not None and answer[0] > self._clock.seconds():
+            _replay(resolutionReceiver, answer[1])
+            return resolution
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(resolutionReceiver)
+            return resolution
+        self._waiting[key] = [resolutionReceiver]
+        found: list[IAddress] = []
+        resolver = self
+
+        @implementer(IResolutionReceiver)
+        class Collect:
+            @staticmethod
+            def resolutionBegan(resolutionInProgress: IHostResolution) -> None:
+                pass
+
+            @staticmethod
+            def addressResolved(address: IAddress) -> None:
+                found.append(address)
+
+            @staticmethod
+            def resolutionComplete() -> None:
+                receivers = resolver._waiting.pop(key, [])
+                if found:  # a failed look-up is not remembered
+                    resolver._answers[key] = (resolver._clock.seconds() + resolver._ttl, found)
+                for receiver in receivers:
+                    _replay(receiver, found)
+
+        self._inner.resolveHostName(Collect(), hostName, portNumber, addressTypes,
+                                    transportSemantics)
+        return resolution
+
+
+def _replay(receiver: IResolutionReceiver, addresses: list[IAddress]) -> None:
+    for address in addresses:
+        receiver.addressResolved(address)
+    receiver.resolutionComplete()
+
+
+@implementer(IReactorPluggableNameResolver)
+class _ReactorWithResolver:
+    """
+    The reactor, as ``HostnameEndpoint`` sees it, with another name resolver.
+    """
+
+    def __init__(self, reactor: Any, resolver: IHostnameResolver) -> None:
+        self._reactor = reactor
+        self.nameResolver = resolver
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        old, self.nameResolver = self.nameResolver, resolver
+        return old
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
 @implementer(IAgentEndpointFactory)
 class CachedEndpoints:
     """
@@ -198,7 +309,11 @@ class CachedEndpoints:
     """
 
     def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float) -> None:
-        self._reactor = reactor
+        resolver = IReactorPluggableNameResolver(reactor, None)
+        self._reactor = (
+            _ReactorWithResolver(reactor, CachingResolver(resolver.nameResolver, reactor))
+            if resolver is not None else reactor
+        )
         self._tls = tls
         self._timeout = connect_timeout
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
