@@ -361,3 +361,24 @@ async def test_the_daemon_drops_a_trickled_head_after_its_header_timeout(
         assert _error(raw)[0] == 408
     finally:
         await running.stop()
+
+
+class _Args(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return json.dumps({"args": len(request.args), "body": request.content.read().decode()}
+                          ).encode()
+
+
+def test_a_form_body_is_forwarded_as_it_is_never_parsed() -> None:
+    site = QuietSite(_Args(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 7\r\n\r\na=1&b=2")
+    status, _, body = _answer(transport.value())
+    assert status == 200
+    assert json.loads(body) == {"args": 0, "body": "a=1&b=2"}

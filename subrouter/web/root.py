@@ -67,10 +67,15 @@ _PROBE = _BaseURLProbe()
 class ProxyRequest(Request):
     """
     A request whose body is never parsed as a form: the proxy forwards bodies
-    as they are, and parsing a Content-Type alone costs more than routing.
+    as they are, and parsing a Content-Type alone (Twisted does it with the
+    ``email`` package) costs more than routing.
     """
 
-    _parsePOSTFormSubmission = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Twisted sets this per request from the Site's constructor argument,
+        # so a class attribute alone is overwritten
+        self._parsePOSTFormSubmission = False
 
 
 class QuietSite(Site):
@@ -87,6 +92,10 @@ class QuietSite(Site):
     noisy = False
     requestFactory = ProxyRequest
     header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def __init__(self, resource: Resource, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
 
     def protocol(self) -> SubrouterChannel:  # type: ignore[override]
         # a plain HTTP/1.1 channel: the listener is loopback TCP, never TLS
