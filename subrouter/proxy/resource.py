@@ -54,7 +54,7 @@ from subrouter.sessions.usage import (
     windows_from_headers,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
-from subrouter.upstream.client import StaleConnection, set_no_delay
+from subrouter.upstream.client import StaleConnection, send_now, set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
 from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
 
@@ -140,6 +140,7 @@ class _ProxiedRequest:
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
         self.timer: IDelayedCall | None = None
+        self.last_data = self.started
         self.gone = False
         self.timed_out = False
         self.headers_sent = False
@@ -355,9 +356,9 @@ class _ProxiedRequest:
     def relay_chunk(self, data: bytes) -> None:
         if self.gone:
             return
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.proxy.idle_timeout)
+        # the idle timer checks this when it fires, instead of being reset
+        # for every chunk
+        self.last_data = self.clock.seconds()
         if self.watch_first:
             self.watch_first = False
             if self.account is not None and _usage_limit_event(data):
@@ -368,10 +369,19 @@ class _ProxiedRequest:
         self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end a chunked answer
         if b"rate_limits" in data and self.account is not None:
             self._observe_events(self.account, data)
         self.bytes_out += len(data)
-        self.request.write(data)
+        request = self.request
+        if request.chunked and not request._disconnected and not request.finished:
+            # what Request.write does for a chunked answer under way, without
+            # its layers: one framed chunk, sent at once
+            request.sentLength += len(data)
+            send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            request.write(data)
         if self.tap is not None:
             self.tap.response(data, self.status)
 
@@ -419,9 +429,8 @@ class _ProxiedRequest:
     # -- timers, failures, the end ------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(self.proxy.idle_timeout)
-        else:
+        self.last_data = self.clock.seconds()
+        if self.timer is None or not self.timer.active():
             self.timer = self.clock.callLater(self.proxy.idle_timeout, self._idle)
 
     def _disarm_timer(self) -> None:
@@ -431,6 +440,11 @@ class _ProxiedRequest:
 
     def _idle(self) -> None:
         self.timer = None
+        quiet = self.clock.seconds() - self.last_data
+        if quiet < self.proxy.idle_timeout:
+            # something arrived since the timer was set: wait out the rest
+            self.timer = self.clock.callLater(self.proxy.idle_timeout - quiet, self._idle)
+            return
         self.timed_out = True
         self._stop_upstream()
 

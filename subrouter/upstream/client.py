@@ -298,6 +298,36 @@ class _ReactorWithResolver:
         return getattr(self._reactor, name)
 
 
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to a TCP transport, sending it at once when nothing is
+    queued ahead of it.
+
+    ``transport.write`` only queues, registers the socket for writing and
+    sends on the reactor's next turn, which costs two ``epoll_ctl`` calls and
+    a dispatch for every relayed event. When the transport holds nothing
+    unsent, sending straight away keeps the order and skips all of that; what
+    the socket does not take is queued the usual way (so backpressure still
+    pauses the producer). Any other transport is simply written to.
+    """
+    send = getattr(transport, "writeSomeData", None)
+    if (
+        send is None
+        or transport.dataBuffer
+        or transport._tempDataLen
+        or transport.disconnecting
+        or not transport.connected
+        or getattr(transport, "TLS", False)
+    ):
+        transport.write(data)
+        return
+    sent = send(data)
+    if isinstance(sent, BaseException) or sent < 0:
+        return  # the connection is gone; the reactor sees it on the next read
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 @implementer(IAgentEndpointFactory)
 class CachedEndpoints:
     """
