@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from tests.live import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
@@ -302,3 +303,71 @@ class _WrongHost:
 
     def server_options(self) -> Any:
         return self._ca.server_options(("other.example",))
+
+
+# -- a fault run: many faults at once, none reaches a healthy request ------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_faults_at_once_leave_a_healthy_stream_whole_and_no_traceback(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    from twisted.internet.defer import DeferredList
+
+    from tests.support.upstream import hang, json_response
+    from tests.test_channel import _send_raw
+
+    running = await start_daemon(make_config(tmp_path, upstream, ca, idle_timeout=0.5,
+                                             header_timeout=0.5))
+    try:
+        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
+        write_apikey_account(running.accounts_dir, "weird", WEIRD_KEY)
+        await accounts_seen(running, 2)
+        events = [f"event-{i}" for i in range(20)]
+        upstream.script(PATH, sse(events, gaps=0.02))
+        upstream.script(b"/backend-api/codex/stall", hang())
+        upstream.script(b"/backend-api/codex/dies", sse(["x"] * 5, die_after=2))
+        upstream.script(b"/backend-api/codex/boom", json_response(503, {"error": "overloaded"}))
+
+        async def healthy() -> bytes:
+            response = await running.request("POST", "/v1/responses", data=b"{}")
+            assert response.code == 200
+            return await read_all(response)
+
+        async def faulty(path: str) -> int:
+            response = await running.request("POST", path, data=b"{}")
+            try:
+                await read_all(response)
+            except Exception:
+                return -1  # cut off on purpose: the upstream died mid-stream
+            return int(response.code)
+
+        async def client_leaves() -> None:
+            d = running.request("POST", "/v1/stall", data=b"{}")
+            d.addErrback(lambda _: None)  # the test client's own cancellation
+            await sleep(0.2)
+            d.cancel()
+
+        results = await DeferredList([
+            Deferred.fromCoroutine(healthy()),
+            Deferred.fromCoroutine(faulty("/v1/stall")),
+            Deferred.fromCoroutine(faulty("/v1/dies")),
+            Deferred.fromCoroutine(faulty("/v1/boom")),
+            Deferred.fromCoroutine(client_leaves()),
+            Deferred.fromCoroutine(
+                _send_raw(running.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")),
+            Deferred.fromCoroutine(
+                _send_raw(running.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1")),
+            Deferred.fromCoroutine(_send_raw(running.port, b"BAD\r\n\r\n")),
+        ], consumeErrors=True)
+        body = results[0][1]
+        assert results[0][0], body
+        for event in events:
+            assert f"data: {event}".encode() in body
+        assert [r[1] for r in results[1:4]] == [504, -1, 503]
+        assert all(ok for ok, _ in results)
+        for raw, status in zip([r[1] for r in results[5:]], (414, 408, 400), strict=True):
+            assert raw.startswith(b"HTTP/1.1 %d " % status)
+        assert tracebacks(running) == []
+    finally:
+        await running.stop()
