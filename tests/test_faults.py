@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 
 from tests.live import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
@@ -371,3 +372,71 @@ async def test_faults_at_once_leave_a_healthy_stream_whole_and_no_traceback(
         assert tracebacks(running) == []
     finally:
         await running.stop()
+
+
+# -- a client that stops reading ---------------------------------------------------------------
+
+
+class _PausingClient(Protocol):
+    """
+    Sends one request, stops reading at once, and reads everything later.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.received.endswith(b"\r\n0\r\n\r\n"):
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(bytes(self.received))
+
+
+def _dechunk(raw: bytes) -> bytes:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b"chunked" in head.lower()
+    out = bytearray()
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        assert rest[size:size + 2] == b"\r\n"
+        rest = rest[size + 2:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_gets_every_byte_in_order_later(
+    daemon: Daemon, upstream: FakeUpstream
+) -> None:
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    from tests.live import reactor
+
+    write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
+    await accounts_seen(daemon, 1)
+    # 8 MiB of events, far more than the socket buffers hold
+    events = [json.dumps({"n": i, "pad": "p" * 65000}) for i in range(128)]
+    upstream.script(PATH, sse(events))
+    client = _PausingClient(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                            b"session-id: slow-reader\r\n\r\n{}")
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port), client)
+    await sleep(0.5)
+    client.transport.resumeProducing()  # type: ignore[union-attr]
+    raw = await client.done
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    body = _dechunk(raw)
+    frames = [f for f in body.split(b"\n\n") if f]
+    assert [json.loads(f[len(b"data: "):])["n"] for f in frames] == list(range(128))
+    assert tracebacks(daemon) == []
