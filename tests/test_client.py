@@ -93,3 +93,50 @@ def test_a_failed_lookup_is_not_kept() -> None:
     assert failed.complete and failed.addresses == []
     resolver.resolveHostName(_Receiver(), "nowhere.invalid", 443)
     assert len(inner.calls) == 2
+
+
+class _Socketish:
+    """
+    The parts of a Twisted TCP transport :func:`send_now` looks at; the
+    "socket" takes at most ``room`` bytes.
+    """
+
+    TLS = False
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent = b""
+        self.queued: list[bytes] = []
+        self.dataBuffer = b""
+        self._tempDataLen = 0
+        self.connected = True
+        self.disconnecting = False
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = bytes(data[: self.room])
+        self.room -= len(taken)
+        self.sent += taken
+        return len(taken)
+
+    def write(self, data: bytes) -> None:
+        self.queued.append(data)
+        self._tempDataLen += len(data)
+
+
+def test_send_now_sends_at_once_when_nothing_is_queued() -> None:
+    from subrouter.upstream.client import send_now
+
+    transport = _Socketish(room=100)
+    send_now(transport, b"hello")
+    assert (transport.sent, transport.queued) == (b"hello", [])
+
+
+def test_send_now_queues_what_the_socket_does_not_take_and_keeps_the_order() -> None:
+    from subrouter.upstream.client import send_now
+
+    transport = _Socketish(room=3)
+    send_now(transport, b"hello")
+    assert (transport.sent, transport.queued) == (b"hel", [b"lo"])
+    transport.room = 100
+    send_now(transport, b" world")  # something is queued: this goes behind it
+    assert transport.sent == b"hel" and transport.queued == [b"lo", b" world"]
