@@ -33,7 +33,6 @@ from twisted.internet.interfaces import (
     IHostResolution,
     IProtocol,
     IProtocolFactory,
-    IReactorCore,
     IReactorPluggableNameResolver,
     IResolutionReceiver,
     IStreamClientEndpoint,
@@ -407,7 +406,7 @@ class PoolService(Service):
 
     name = "http-pool"
 
-    def __init__(self, pool: HTTPConnectionPool, reactor: IReactorCore | None = None) -> None:
+    def __init__(self, pool: HTTPConnectionPool) -> None:
         self.pool = pool
 
     def stopService(self) -> Deferred[None]:
