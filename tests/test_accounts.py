@@ -272,3 +272,11 @@ def test_every_credential_called_sendable_encodes_as_a_clean_header_value(value:
         assert all(0x21 <= b <= 0x7E for b in value.encode("ascii"))
     else:
         assert value  # the empty string is never refused here
+
+
+def test_an_anthropic_key_that_cannot_go_into_a_header_is_unusable(tmp_path: Path) -> None:
+    write(tmp_path, "a.json", {"email": "apikey:a", "provider": "anthropic",
+                               "auth": {"ANTHROPIC_API_KEY": "sk-ant-ключ"}})
+    pool = _pool(tmp_path)
+    reason = pool.why_unusable(pool.store.accounts()[0]) or ""
+    assert "outside Latin-1" in reason and "HTTP header" in reason
