@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -51,6 +52,7 @@ DEFAULT_CX_SWITCH_INTERVAL = "10m"
 DEFAULT_TRANSCRIPT_MAX_BODY = "16M"
 DEFAULT_TRANSCRIPT_SYNC_INTERVAL = "5m"
 DEFAULT_TRANSCRIPT_SYNC_TIMEOUT = "30m"
+DEFAULT_DRAIN_TIMEOUT = "30s"
 #: how often the account directory is checked for changes
 ACCOUNT_RESCAN_INTERVAL = 2.0
 
@@ -91,6 +93,18 @@ class Config:
     anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
     anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL
     overload_wait: float = 120.0
+    drain_timeout: float = 30.0
+    #: the shared state (None: embedded, under state_dir; else a
+    #: subrouter.state.settings.RedisURL) and the key of its token sets
+    state_url: Any = None
+    state_key: bytes | None = attrs.field(default=None, repr=False)
+    workers: int = 1
+    #: set in a worker process: its index, the adopted listening fd, its parent
+    worker_index: int | None = None
+    listen_fd: int | None = None
+    worker_parent: int | None = None
+    #: the serve options as given, for starting workers
+    serve_args: tuple[str, ...] = ()
     header_timeout: float = 30.0
 
 

@@ -7,14 +7,18 @@ Subrouter never passes a secret to a logger; the scrubbing here is the second
 line of defence, for text that comes from elsewhere (an upstream's error
 message, a traceback). Under twistd, pick the JSON form with
 ``twistd --logger subrouter.logs.json_observer ...``.
+
+``subrouter serve --log-file PATH`` writes to a :class:`ReopenableFile`,
+which SIGHUP reopens (:func:`reopen_log_files`) after logrotate moved it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -29,12 +33,22 @@ from zope.interface import implementer
 from subrouter.redact import scrub_text
 
 
+class Writable(Protocol):
+    """
+    Where log text goes: a text stream, or a :class:`ReopenableFile`.
+    """
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class ScrubbingStream:
     """
     A text stream that scrubs credentials from everything written to it.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: Writable) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
@@ -50,7 +64,7 @@ def _filtered(observer: ILogObserver, level: LogLevel) -> ILogObserver:
 
 
 def text_observer(
-    stream: IO[str] | None = None, level: LogLevel = LogLevel.info
+    stream: Writable | None = None, level: LogLevel = LogLevel.info
 ) -> ILogObserver:
     """
     Human-readable log lines (the default), scrubbed.
@@ -97,7 +111,7 @@ class _JSONLinesObserver:
 
 
 def json_observer(
-    stream: IO[str] | None = None, level: LogLevel = LogLevel.info
+    stream: Writable | None = None, level: LogLevel = LogLevel.info
 ) -> ILogObserver:
     """
     One JSON object per line (see :func:`event_as_json_line`), scrubbed.
@@ -105,3 +119,57 @@ def json_observer(
     """
     out = ScrubbingStream(stream if stream is not None else sys.stdout)
     return _filtered(_JSONLinesObserver(out), level)
+
+
+#: every log file opened by :class:`ReopenableFile`, for SIGHUP
+_OPEN_LOG_FILES: list[ReopenableFile] = []
+
+
+class ReopenableFile:
+    """
+    A log file opened for appending, private (0600), that can be reopened
+    by path: after logrotate renames it, SIGHUP makes the daemon write to a
+    new file of the old name.
+
+    :param path: the file; created when missing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._file = self._open()
+        _OPEN_LOG_FILES.append(self)
+
+    def _open(self) -> IO[str]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def reopen(self) -> None:
+        fresh = self._open()
+        stale, self._file = self._file, fresh
+        stale.close()
+
+    def close(self) -> None:
+        self._file.close()
+        if self in _OPEN_LOG_FILES:
+            _OPEN_LOG_FILES.remove(self)
+
+
+def reopen_log_files() -> list[str]:
+    """
+    Reopen every :class:`ReopenableFile`; return the paths reopened (a file
+    that cannot be reopened keeps the old one and is left out).
+    """
+    done = []
+    for log_file in list(_OPEN_LOG_FILES):
+        try:
+            log_file.reopen()
+        except OSError:
+            continue
+        done.append(log_file.path)
+    return done

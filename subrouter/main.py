@@ -18,6 +18,7 @@ from twisted.python import usage
 
 import subrouter
 from subrouter.cli.cx import CxOptions, cx_process
+from subrouter.cli.daemon import InstallDaemonOptions, UninstallDaemonOptions
 from subrouter.cli.dispatch import Group
 from subrouter.cli.entry import guarded, react
 from subrouter.tap import Options as ServeOptions
@@ -60,9 +61,15 @@ class SubrouterOptions(Group):
         ("codex", None, _CodexHelp, "Run codex through Subrouter: subrouter codex [args...]."),
         ("claude", None, _ClaudeHelp,
          "Run Claude Code through Subrouter: subrouter claude [args...]."),
+        ("install-daemon", None, InstallDaemonOptions,
+         "Run Subrouter as a login service (launchd or systemd --user)."),
+        ("uninstall-daemon", None, UninstallDaemonOptions,
+         "Stop that service and remove what install-daemon wrote."),
     ]
     optParameters = [
         ["log-format", None, "text", "Log format for serve: text or json."],
+        ["log-file", None, None,
+         "Append serve's log to this file (reopened on SIGHUP) instead of stdout."],
     ]
 
     def check(self) -> None:
@@ -73,19 +80,27 @@ class SubrouterOptions(Group):
 _CX_COMMANDS = frozenset(name for c in CxOptions.commands for name in c.names())
 
 
-def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
+def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str | None) -> Any:
     from twisted.internet.defer import Deferred
     from twisted.logger import globalLogBeginner
 
-    from subrouter.logs import json_observer, text_observer
+    from subrouter.logs import ReopenableFile, json_observer, text_observer
     from subrouter.tap import build_service
 
-    observer = json_observer() if log_format == "json" else text_observer()
+    # workers started by --workers log the way their parent does
+    os.environ.setdefault("SUBROUTER_LOG_FORMAT", log_format)
+    try:
+        stream = ReopenableFile(log_file) if log_file else None
+    except OSError as e:
+        sys.stderr.write(f"subrouter: --log-file: cannot open {log_file}: {e.strerror or e}\n")
+        raise SystemExit(1) from None
+    observer = json_observer(stream) if log_format == "json" else text_observer(stream)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     service = build_service(options.config, reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    return Deferred()  # runs until SIGINT/SIGTERM stops the reactor
+    reactor.callWhenRunning(service.install_signal_handlers, reactor)
+    return Deferred()  # runs until SIGINT/SIGTERM stops the reactor (after a drain)
 
 
 def _main(args: list[str], prog: str) -> int:
@@ -121,10 +136,14 @@ def _main(args: list[str], prog: str) -> int:
     options.parseOptions(args)
     if options.subCommand == "serve":
         serve: Any = options.subOptions
-        return react(lambda reactor: _serve(reactor, serve, options["log-format"]),
-                     interruptible=False)
+        return react(
+            lambda reactor: _serve(reactor, serve, options["log-format"], options["log-file"]),
+            interruptible=False,
+        )
     if options.subCommand == "cx":
         return cx_process(options.subOptions)
+    if options.subCommand in ("install-daemon", "uninstall-daemon"):
+        return _daemon_command(options.subCommand, options.subOptions)
     return 0
 
 
@@ -137,6 +156,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if prog not in ("subrouter", "sr"):
         prog = "subrouter"
     guarded(prog, lambda: _main(args, prog))
+
+
+def _daemon_command(command: str, options: usage.Options) -> int:
+    from subrouter.cli import daemon
+
+    if command == "uninstall-daemon":
+        return daemon.run_uninstall(options)
+
+    def check_serve_args(args: list[str]) -> None:
+        ServeOptions().parseOptions(args)
+
+    return daemon.run_install(options, check_serve_args=check_serve_args)
 
 
 def cx_main(argv: Sequence[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
@@ -27,6 +27,7 @@ from subrouter.config import (
     DEFAULT_ANTHROPIC_USAGE_URL,
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
@@ -42,6 +43,10 @@ from subrouter.config import (
     DEFAULT_USAGE_URL,
     Config,
 )
+
+if TYPE_CHECKING:
+    from subrouter.jobs.workers import Supervisor
+    from subrouter.lifecycle import Daemon
 
 
 class Options(usage.Options):
@@ -106,6 +111,20 @@ class Options(usage.Options):
          "How long one mirror run may take."],
         ["cx-switch-interval", None, DEFAULT_CX_SWITCH_INTERVAL,
          "Make the best login active for local agents this often (0: never)."],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
+         "At SIGTERM/SIGINT, how long requests and WebSockets in flight may take to end "
+         "before they are cut."],
+        ["account-rescan-interval", None, "2s",
+         "How often the account store is checked for changes (0: only at start and on "
+         "SIGHUP)."],
+        ["state", None, "embedded",
+         "Where sticky sessions, limits and token sets are shared: embedded (under "
+         "--state-dir) or redis://[:password@]host:port/db for several workers/instances."],
+        ["state-key-file", None, None,
+         "With --state redis://: the file holding the key that encrypts token sets in "
+         "Redis (the same on every instance)."],
+        ["workers", None, "1",
+         "Serve the port with this many worker processes (needs --state redis://)."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -115,6 +134,15 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # kept for --workers: each worker is started with the same options
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        print(f"subrouter {_version()}")
+        raise SystemExit(0)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -171,7 +199,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
+                f"warning: --addr {opts['addr']} is not loopback: anyone who can "
                 "reach it can use your accounts\n"
             )
         endpoint = parse.listen_endpoint(host, port)
@@ -214,8 +242,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval"):
+                 "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    shared = _shared_state_options(opts, listen)
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -262,13 +291,59 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             "anthropic-usage-url", parse.parse_http_url, opts["anthropic-usage-url"]
         ),
         overload_wait=durations["overload-wait"],
+        account_rescan_interval=durations["account-rescan-interval"],
+        drain_timeout=durations["drain-timeout"],
+        serve_args=tuple(getattr(opts, "raw_args", ())),
+        **shared,
     )
+
+
+def _shared_state_options(opts: usage.Options, listen: str | None) -> dict[str, Any]:
+    """
+    ``--state``, ``--state-key-file`` and ``--workers``, and whether this
+    process is a worker its parent started.
+    """
+    from subrouter.jobs import workers as w
+    from subrouter.state.settings import parse_state, read_key_file
+
+    url = _checked("state", parse_state, opts["state"])
+    key = None
+    if url is not None:
+        if not opts["state-key-file"]:
+            raise usage.UsageError(
+                "--state redis://...: needs --state-key-file FILE, the key that encrypts "
+                "token sets in Redis (make one with: (umask 077; openssl rand -base64 32 | "
+                "tr '+/' '-_' > FILE))"
+            )
+        key = _checked("state-key-file", read_key_file, parse.expand_path(opts["state-key-file"]))
+    elif opts["state-key-file"]:
+        raise usage.UsageError("--state-key-file: only used with --state redis://...")
+    text = str(opts["workers"]).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise usage.UsageError("--workers: must be a whole number, 1 or more")
+    count = int(text)
+    if count > 1 and url is None:
+        raise usage.UsageError(
+            f"--workers {count}: workers share sticky sessions, limits and token refreshes "
+            "through Redis; add --state redis://host:port/db (and --state-key-file)"
+        )
+    if count > 1 and listen is not None:
+        raise usage.UsageError("--workers: listens on --addr only, not on --listen")
+    env = os.environ
+    index = env.get(w.WORKER_ENV)
+    if index is None or count == 1:
+        return {"state_url": url, "state_key": key, "workers": count}
+    return {
+        "state_url": url, "state_key": key, "workers": count, "worker_index": int(index),
+        "listen_fd": int(env.get(w.LISTEN_FD_ENV, str(w.LISTEN_FD))),
+        "worker_parent": int(env[w.PARENT_ENV]) if env.get(w.PARENT_ENV) else None,
+    }
 
 
 class _StartupService(Service):
     """
-    Scans the account store before the listener starts, and logs what the
-    daemon is about to serve.
+    Scans the account store before the listener starts; says what the
+    daemon serves once it listens.
     """
 
     def __init__(self, config: Config, store: Any) -> None:
@@ -276,10 +351,12 @@ class _StartupService(Service):
         self._store = store
 
     def startService(self) -> None:
-        from twisted.logger import Logger
-
         super().startService()
         self._store.scan_now()
+
+    def announce(self) -> None:
+        from twisted.logger import Logger
+
         accounts = self._store.accounts()
         log = Logger()
         if not accounts:
@@ -324,7 +401,7 @@ def _version() -> str:
     return subrouter.__version__
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
+def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     """
     Assemble the daemon.
 
@@ -332,7 +409,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param reactor: the reactor everything runs on.
     """
     from autobahn.twisted.resource import WebSocketResource
-    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
@@ -342,7 +419,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from subrouter.jobs import every
     from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
     from subrouter.jobs.state_file import StateSaver, load_state
+    from subrouter.lifecycle import Daemon, Listener
     from subrouter.proxy.resource import ProxyResource
+    from subrouter.routing.inflight import InFlight
     from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.placement import Placement
     from subrouter.sessions.table import SessionTable
@@ -364,7 +443,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     def run_blocking(f: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f)
 
-    top = MultiService()
+    if config.workers > 1 and config.worker_index is None:
+        return _supervisor(config, reactor)
+    inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)
     agent = make_agent(reactor, pool, tls)
@@ -382,9 +463,30 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
     book = UsageBook()
+    shared = None
+    if config.state_url is not None and config.state_key is not None:
+        from subrouter.state.service import SharedState, shared_state_service
+
+        shared = SharedState.create(
+            config.state_url, config.state_key, reactor, book, config.session_idle_ttl,
+            {"addr": config.addr, "worker": config.worker_index,
+             "parent": config.worker_parent, "workers": config.workers},
+        )
+        refresher.shared = shared.tokens
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
+    shared_placement = None
+    if shared is not None:
+        from subrouter.routing.shared import SharedPlacement
+
+        shared_placement = SharedPlacement(placement, shared.sessions, reactor)
+        # Redis may have lost what it had (or never had it): push this
+        # instance's view each time it is reachable again; nothing is replaced
+        shared.link.on_reconnect(
+            lambda: shared.sessions.restore(table.dump(), reactor.seconds()).addErrback(
+                lambda f: None)
+        )
     upstreams = Upstreams.from_text(
         config.codex_upstream, config.openai_upstream, config.anthropic_upstream
     )
@@ -407,20 +509,44 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        shared=shared_placement,
         overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, shared=shared_placement, inflight=inflight,
     )
-    admin = AdminResource(accounts, placement)
+    admin = AdminResource(accounts, placement, inflight,
+                          health_extra=_health_extra(config, shared) if shared else None)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
+                     reactor=reactor)
     site.header_timeout = config.header_timeout
 
-    _StartupService(config, store).setServiceParent(top)
-    every("account-rescan", config.account_rescan_interval, store.rescan, reactor
-          ).setServiceParent(top)
+    async def reread_accounts() -> int:
+        await store.rescan()
+        return len(store.accounts())
+
+    top = Daemon(
+        inflight, reactor, config.drain_timeout,
+        first_poll=poller.run_once if config.fetch_usage else None,
+        reload=lambda: Deferred.fromCoroutine(reread_accounts()),
+    )
+    startup = _StartupService(config, store)
+    startup.setServiceParent(top)
+    endpoint: Any = serverFromString(reactor, config.endpoint)
+    if config.listen_fd is not None:
+        # a worker: the port its --workers parent opened
+        from subrouter.jobs.workers import AdoptedEndpoint, ParentWatch
+
+        endpoint = AdoptedEndpoint(reactor, config.listen_fd)
+        if config.worker_parent is not None:
+            ParentWatch(reactor, config.worker_parent).setServiceParent(top)
+    # bound before any job starts: a daemon that cannot listen does nothing
+    Listener(endpoint, site, config.addr, announce=startup.announce).setServiceParent(top)
+    if config.account_rescan_interval > 0:
+        every("account-rescan", config.account_rescan_interval, store.rescan, reactor
+              ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
     if recorder is not None:
         _recording_services(config, recorder, reactor).setServiceParent(top)
@@ -436,12 +562,48 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.fetch_usage:
         every("usage-poller", config.usage_interval, poller.run_once, reactor
               ).setServiceParent(top)
-    listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
-    # a port that cannot be bound stops the daemon instead of idling
-    listener._raiseSynchronously = True
-    listener.setName("listener")
-    listener.setServiceParent(top)
+    if shared is not None:
+        shared_state_service(shared, store, refresher, reactor).setServiceParent(top)
     return top
+
+
+def _health_extra(config: Config, shared: Any) -> Any:
+    def extra() -> dict[str, Any]:
+        import os as _os
+
+        state = shared.describe()
+        answer: dict[str, Any] = {"state": state, "pid": _os.getpid()}
+        if config.worker_index is not None:
+            # the workers of this machine's parent, as they announce themselves
+            answer["worker"] = config.worker_index
+            answer["workers"] = sorted(
+                ({"index": i.get("worker"), "pid": i.get("pid")} for i in state["instances"]
+                 if i.get("parent") == config.worker_parent
+                 and i.get("host") == shared.registry.info["host"]),
+                key=lambda row: row["index"] if row["index"] is not None else -1,
+            )
+        return answer
+
+    return extra
+
+
+def _supervisor(config: Config, reactor: Any) -> Supervisor:
+    """
+    The parent of ``--workers N``: it opens the port and runs the workers.
+    """
+    from functools import partial
+
+    from subrouter.jobs import workers
+
+    host, port = parse.parse_addr(config.addr)
+    if host.lower() == "localhost":
+        host = "127.0.0.1"
+    supervisor = workers.Supervisor(
+        argv=workers.worker_command(config.serve_args), count=config.workers,
+        listener=partial(workers.open_listener, host, port), reactor=reactor,
+    )
+    supervisor.setName("supervisor")
+    return supervisor
 
 
 def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiService:
@@ -474,4 +636,6 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    return build_service(options.config, reactor)
+    daemon = build_service(options.config, reactor)
+    reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
+    return daemon

@@ -90,6 +90,8 @@ def make_config(
         "anthropic_upstream": "https://127.0.0.1:9",
         "anthropic_token_url": "https://127.0.0.1:9/v1/oauth/token",
         "anthropic_usage_url": "https://127.0.0.1:9/api/oauth/usage",
+        # a test that stops the daemon with work in flight should not wait long
+        "drain_timeout": 1.0,
     }
     settings.update(overrides)
     return Config(**settings)
@@ -117,15 +119,8 @@ async def start_daemon(config: Config) -> Daemon:
 
 
 async def _listening_port(listener: Any) -> int:
-    got: Deferred[Any] = Deferred()
-
-    def record(port: Any) -> Any:
-        got.callback(port)
-        return port  # the service stops listening with it later
-
-    listener._waitingForPort.addCallback(record)
-    port = await got
-    return int(port.getHost().port)
+    # the Listener binds when it starts, so the port is there already
+    return int(listener.port.getHost().port)
 
 
 async def _quiet(limit: float) -> None:

@@ -229,8 +229,10 @@ def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
         result = run("subrouter", "serve", "--addr", f"127.0.0.1:{port}", "--fetch-usage",
                      "false", env=home_env(tmp_path))
     assert result.returncode == 1
-    assert f"subrouter: cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr
+    said = [line for line in output.splitlines() if f"cannot listen on 127.0.0.1:{port}" in line]
+    assert len(said) == 1, output
+    assert "Traceback" not in output
 
 
 def test_a_closed_pipe_is_quiet(tmp_path: Path) -> None:

@@ -13,6 +13,11 @@ The two kinds of login differ only in their file format, token endpoint and
 client id (:class:`_Format`): a ChatGPT login lives in a ``cx`` account file
 (and may be mirrored into Codex's ``auth.json``), a Claude profile in its
 ``CLAUDE_CONFIG_DIR/.credentials.json``.
+
+With a shared store (``--state redis://``, :mod:`subrouter.accounts.shared`)
+the same holds across instances: the store's lock for the account is taken
+first; for a ChatGPT login, the newest token set any instance stored is
+taken over the file's, and a new set is stored before the lock is given back.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from subrouter.accounts import claude_credentials, tokens
+from subrouter.accounts.shared import Lease, SharedTokens, TokenSet
 from subrouter.accounts.store import (
     Account,
     AccountFileError,
@@ -215,6 +221,7 @@ class TokenRefresher:
     :param run_blocking: runs file work off the reactor thread.
     :param codex_auth: the path of Codex's active ``auth.json``.
     :param anthropic_token_url: the token endpoint of Claude profiles.
+    :param shared: the token side of a state shared with other instances.
     """
 
     def __init__(
@@ -227,8 +234,10 @@ class TokenRefresher:
         run_blocking: BlockingRunner,
         codex_auth: str,
         anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL,
+        shared: SharedTokens | None = None,
     ) -> None:
         self._store = store
+        self.shared = shared
         self._http = http
         self._codex_format = _Format(
             token_url, CLIENT_ID, parse_account, apply_new_tokens,
@@ -327,6 +336,17 @@ class TokenRefresher:
         return waiter
 
     async def _refresh(self, account: Account, force: bool) -> Account:
+        lease: Lease | None = None
+        if self.shared is not None:
+            # another instance may be refreshing this login: wait for it
+            lease = await self.shared.acquire(account.id)
+        try:
+            return await self._refresh_under_lock(account, force)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _refresh_under_lock(self, account: Account, force: bool) -> Account:
         form = self._format(account)
         try:
             held: _Held = await self._run_blocking(
@@ -336,6 +356,10 @@ class TokenRefresher:
             raise self._failed(account, f"cannot read its account file: {e}", terminal=False) from e
         try:
             current = held.account
+            if self.shared is not None and current.is_codex_login:
+                newest = await self.shared.newest(current.id)
+                if newest is not None and _newer(newest, current):
+                    current = await self._adopt(held, newest)
             if current.secret != account.secret and not self.needs_refresh(current):
                 # someone else (cx, or Codex via "sync active") refreshed it
                 self._store.replace(current)
@@ -354,6 +378,8 @@ class TokenRefresher:
             mirrored = False
             if refreshed.is_codex_login:
                 mirrored = await self._mirror(refreshed, new_tokens, now)
+                if self.shared is not None:
+                    await self.shared.publish(refreshed.id, _token_set(new_tokens, now))
         finally:
             held.release()
         self._store.replace(refreshed, version)
@@ -387,6 +413,54 @@ class TokenRefresher:
             )
             return False
         return mirrored
+
+    async def _adopt(self, held: _Held, newest: TokenSet) -> Account:
+        """
+        Take a newer token set (from another instance) over the file's, under
+        the file's lock: write it to the file and Codex's ``auth.json``.
+        """
+        document = held.document
+        path = held.account.source
+        apply_new_tokens(document, newest.as_tokens(), newest.last_refresh)
+        version = await self._run_blocking(lambda: _write_account(path, document))
+        adopted = parse_account(dump_json(document), path)
+        await self._mirror(adopted, newest.as_tokens(), newest.last_refresh)
+        self._store.replace(adopted, version)
+        self._failures.pop(adopted.id, None)
+        held.account = adopted
+        _log.info("took the newer tokens of {account} another instance stored",
+                  account=adopted.id)
+        return adopted
+
+    async def adopt_if_newer(self, account_id: str, newest: TokenSet) -> bool:
+        """
+        Write a token set another instance stored into this login's file
+        when it is newer than the file's. Never raises.
+
+        :return: whether it was taken.
+        """
+        account = self._store.get(account_id)
+        if account is None or not account.is_codex_login or not _newer(newest, account):
+            return False
+        if account_id in self._inflight:
+            return False  # that refresh takes the newest set itself
+        try:
+            held: _Held = await self._run_blocking(lambda: _lock_and_read(account.source))
+        except (OSError, AccountFileError) as e:
+            _log.warn("cannot take the newer tokens of {account}: {error}",
+                      account=account_id, error=str(e))
+            return False
+        try:
+            if not _newer(newest, held.account):
+                return False
+            await self._adopt(held, newest)
+            return True
+        except OSError as e:
+            _log.warn("cannot take the newer tokens of {account}: {error}",
+                      account=account_id, error=str(e))
+            return False
+        finally:
+            held.release()
 
     async def _call_token_endpoint(self, account: Account, form: _Format) -> dict[str, Any]:
         # both endpoints take the same JSON refresh grant
@@ -449,6 +523,38 @@ class TokenRefresher:
             "token refresh for {account} failed: {reason}", account=account.id, reason=reason
         )
         return RefreshFailed(account.id, reason, terminal)
+
+
+def _newer(tokens: TokenSet, account: Account) -> bool:
+    """
+    Whether a stored set is newer than an account's: other tokens that
+    expire later.
+    """
+    if tokens.refresh_token == account.refresh_token and tokens.access_token == account.secret:
+        return False
+    return tokens.expires_at > (account.expires_at or 0.0)
+
+
+def _token_set(new: dict[str, Any], now: float) -> TokenSet:
+    return TokenSet(
+        access_token=new["access_token"],
+        refresh_token=new["refresh_token"],
+        id_token=new["id_token"],
+        expires_at=tokens.expires_at(new["access_token"]) or now,
+        last_refresh=now,
+    )
+
+
+def token_set_of(account: Account, last_refresh: float) -> TokenSet | None:
+    """
+    A ChatGPT login's current tokens as a :class:`TokenSet` (None for
+    anything else, and logins without a refresh token or a readable expiry).
+    """
+    if (not account.is_codex_login or not account.refresh_token or not account.secret
+            or account.expires_at is None):
+        return None
+    return TokenSet(account.secret, account.refresh_token, account.id_token,
+                    account.expires_at, last_refresh)
 
 
 def _describe(error: BaseException) -> str:

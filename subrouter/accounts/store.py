@@ -63,6 +63,7 @@ class Account:
     expires_at: float | None = None
     secret: str = attrs.field(default="", repr=False)
     refresh_token: str = attrs.field(default="", repr=False)
+    id_token: str = attrs.field(default="", repr=False)
     problem: str | None = None
 
     @property
@@ -202,6 +203,7 @@ def parse_account(raw: bytes, source: str) -> Account:
         expires_at=tokens.expires_at(access),
         secret=access,
         refresh_token=refresh,
+        id_token=id_token,
         problem=problem,
     )
 

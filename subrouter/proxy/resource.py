@@ -45,6 +45,7 @@ from subrouter.routing.exchange import (
     Verdict,
 )
 from subrouter.routing.identity import identify
+from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller
 from subrouter.sessions import anthropic
 from subrouter.sessions.keys import BadAccountSelector
@@ -100,10 +101,12 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         idle_timeout: float,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
         overload_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.shared = shared
         self.overload_wait = overload_wait
         self.placement = placement
         self.poller = poller
@@ -189,6 +192,7 @@ class _ProxiedRequest:
             oauth_only=is_backend_path(self.path),
             poller=proxy.poller,
             overload_wait=proxy.overload_wait,
+            shared=proxy.shared,
         )
         result = await exchange.run(self._attempt)
         if isinstance(result, NoAccount):

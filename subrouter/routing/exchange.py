@@ -34,6 +34,7 @@ from twisted.logger import Logger
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller, bounded
 from subrouter.sessions.identity import Identity
 from subrouter.sessions.placement import NoAccount, Placement
@@ -155,6 +156,7 @@ class Exchange(Generic[T, H]):
     :param poller: refreshes stale usage before a new conversation is placed.
     :param overload_wait: seconds one request may spend waiting out an
         overloaded upstream on its account (0: never wait).
+    :param shared: placement across instances (``--state redis://``).
     """
 
     placement: Placement
@@ -165,6 +167,7 @@ class Exchange(Generic[T, H]):
     oauth_only: bool = False
     poller: UsagePoller | None = None
     overload_wait: float = 0.0
+    shared: SharedPlacement | None = None
     tried: list[str] = attrs.Factory(list)
     #: seconds spent waiting out overloads so far
     waited: float = 0.0
@@ -182,14 +185,22 @@ class Exchange(Generic[T, H]):
             when no account was usable at all; ``GONE`` when the client left
             or the transport already answered.
         """
+        shared = self.shared
+        view = await shared.look_up(self.identity) if shared is not None else None
         if not await self._usage_fresh_enough():
             return GONE
         last: OutOfQuota[H] | None = None
         while True:
             try:
-                account = self.placement.choose(
-                    self.identity, oauth_only=self.oauth_only, exclude=self.tried
-                )
+                if shared is None:
+                    account = self.placement.choose(
+                        self.identity, oauth_only=self.oauth_only, exclude=self.tried
+                    )
+                else:
+                    account = shared.choose(self.identity, view, oauth_only=self.oauth_only,
+                                            exclude=self.tried)
+                    account = await shared.placed(self.identity, view, account,
+                                                  oauth_only=self.oauth_only, exclude=self.tried)
             except NoAccount as e:
                 return last if last is not None else e
             self.tried.append(account.id)

@@ -49,6 +49,9 @@ class SessionTable:
         self._live: OrderedDict[SessionId, None] = OrderedDict()
         self._counts: dict[str, int] = {}
         self.version = 0  # bumped on every change worth saving
+        #: the live counts of every instance sharing the state, while one
+        #: placement is made with them (see subrouter.routing.shared)
+        self.shared_counts: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self._all)
@@ -80,10 +83,43 @@ class SessionTable:
 
     def live_counts(self, now: float) -> dict[str, int]:
         """
-        Live conversations per account id.
+        Live conversations per account id (of every instance, while
+        :attr:`shared_counts` is set).
         """
+        if self.shared_counts is not None:
+            return self.shared_counts
         self._expire(now)
         return self._counts
+
+    def adopt(
+        self, agent: str, key: str, account_id: str, now: float, *, first_seen: float,
+        last_seen: float, requests: int, fallback: bool, user_email: str | None,
+    ) -> Assignment:
+        """
+        Follow an assignment another instance made or moved (the shared
+        state's answer wins over this table's).
+        """
+        sid = (agent, key)
+        self._expire(now)
+        assignment = self._all.get(sid)
+        if assignment is None:
+            assignment = Assignment(agent, key, account_id, fallback, first_seen,
+                                    min(last_seen, now), requests, user_email)
+            self._all[sid] = assignment
+            self.version += 1
+            return assignment
+        if assignment.account_id != account_id:
+            if sid in self._live:
+                self._live.pop(sid)
+                self._count(assignment.account_id, -1)
+            assignment.account_id = account_id
+            self.version += 1
+        assignment.first_seen = min(assignment.first_seen, first_seen)
+        assignment.requests = max(assignment.requests, requests)
+        if user_email and user_email != assignment.user_email:
+            assignment.user_email = user_email
+            self.version += 1
+        return assignment
 
     def touch(
         self, agent: str, key: str, now: float, *, user_email: str | None = None

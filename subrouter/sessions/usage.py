@@ -207,6 +207,8 @@ class AccountUsage:
     error_at: float | None = None
     exhausted_until: float | None = None
     exhausted_reason: str | None = None
+    #: when the exhaustion mark was last set or cleared (for merging books)
+    mark_at: float | None = None
 
 
 class UsageBook:
@@ -218,6 +220,9 @@ class UsageBook:
         self._accounts: dict[str, AccountUsage] = {}
         #: bumped whenever a score may have changed
         self.version = 0
+        #: accounts whose windows or mark changed here since a shared store
+        #: last took them (see :meth:`export`)
+        self.dirty: set[str] = set()
 
     def get(self, account_id: str) -> AccountUsage:
         usage = self._accounts.get(account_id)
@@ -242,6 +247,7 @@ class UsageBook:
             # the same numbers again (every answer repeats them) change no score
             # beyond what the ranking's one-second ageing already covers
             self.version += 1
+            self.dirty.add(account_id)
         usage.windows = windows
         usage.observed_at = now
         usage.source = source
@@ -257,6 +263,8 @@ class UsageBook:
         elif usage.exhausted_until is not None:
             usage.exhausted_until = None
             usage.exhausted_reason = None
+            usage.mark_at = now
+            self.dirty.add(account_id)
 
     def record_failure(self, account_id: str, reason: str, now: float) -> None:
         self.version += 1
@@ -280,6 +288,8 @@ class UsageBook:
         if usage.exhausted_until is None or until > usage.exhausted_until:
             usage.exhausted_until = until
         usage.exhausted_reason = reason
+        usage.mark_at = now
+        self.dirty.add(account_id)
         return usage.exhausted_until
 
     def exhausted_until(self, account_id: str, now: float) -> float | None:
@@ -345,6 +355,69 @@ class UsageBook:
 
     def ids(self) -> Iterable[str]:
         return self._accounts.keys()
+
+    def export(self, account_id: str) -> dict[str, dict[str, Any]]:
+        """
+        What a shared store keeps of an account: its windows (``w``) and its
+        exhaustion mark (``x``), each stamped (``at``) with when it was learnt.
+        """
+        usage = self._accounts.get(account_id)
+        out: dict[str, dict[str, Any]] = {}
+        if usage is None:
+            return out
+        if usage.observed_at is not None:
+            out["w"] = {
+                "at": usage.observed_at,
+                "windows": [[w.name, w.used_percent, w.window_seconds, w.reset_after]
+                            for w in usage.windows],
+                "source": usage.source,
+                "plan": usage.plan,
+            }
+        if usage.mark_at is not None:
+            out["x"] = {"at": usage.mark_at, "until": usage.exhausted_until,
+                        "reason": usage.exhausted_reason}
+        return out
+
+    def merge(self, account_id: str, kind: str, doc: Mapping[str, Any]) -> bool:
+        """
+        Take what another instance learnt (from :meth:`export`) when it is
+        newer than what this book has.
+
+        :return: whether anything changed.
+        """
+        at = _number(doc.get("at"))
+        if at is None:
+            return False
+        usage = self.get(account_id)
+        if kind == "w":
+            if usage.observed_at is not None and usage.observed_at >= at:
+                return False
+            windows = []
+            for row in doc.get("windows") or []:
+                try:
+                    name, used, seconds, reset_after = row
+                    windows.append(Window(str(name), float(used), int(seconds),
+                                          float(reset_after)))
+                except (TypeError, ValueError):
+                    continue
+            usage.windows = windows
+            usage.observed_at = at
+            source, plan = doc.get("source"), doc.get("plan")
+            usage.source = source if isinstance(source, str) else None
+            if isinstance(plan, str) and plan:
+                usage.plan = plan
+            usage.error = None
+        elif kind == "x":
+            if usage.mark_at is not None and usage.mark_at >= at:
+                return False
+            usage.mark_at = at
+            usage.exhausted_until = _number(doc.get("until"))
+            reason = doc.get("reason")
+            usage.exhausted_reason = reason if isinstance(reason, str) else None
+        else:
+            return False
+        self.version += 1
+        return True
 
 
 def worth_waiting_out(status: int, body: bytes) -> bool:

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-Subrouter's own endpoints under ``/_subrouter/``: health and accounts.
+Subrouter's own endpoints under ``/_subrouter/``: health, readiness,
+accounts and sessions.
 
 They answer JSON, never show a secret, and send ``Cache-Control: no-store``.
 """
@@ -17,6 +18,7 @@ from twisted.web.server import Request
 import subrouter
 from subrouter.accounts.pool import AccountPool
 from subrouter.errors import error_body
+from subrouter.routing.inflight import InFlight
 from subrouter.sessions.placement import Placement
 from subrouter.timefmt import rfc3339
 
@@ -124,17 +126,60 @@ def sessions_json(placement: Placement) -> list[dict[str, Any]]:
     return rows
 
 
+def health_json(inflight: InFlight | None) -> dict[str, Any]:
+    """
+    ``/_subrouter/health``: alive, which version, for how long, what is in
+    flight and whether a stop is draining it.
+    """
+    answer: dict[str, Any] = {"ok": True, "version": subrouter.__version__}
+    if inflight is not None:
+        answer["uptime_s"] = round(inflight.uptime(), 3)
+        answer["in_flight"] = inflight.counts()
+        answer["draining"] = inflight.draining
+    return answer
+
+
+class ReadyEndpoint(Resource):
+    """
+    ``/_subrouter/ready``: 200 when the daemon takes new work, 503 while it
+    starts (before its first usage poll is done) or drains.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inflight: InFlight) -> None:
+        super().__init__()
+        self._inflight = inflight
+
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return JSONEndpoint(dict).render(request)
+        reason = self._inflight.not_ready_because()
+        if reason is None:
+            return json_answer(request, {"ready": True})
+        return json_answer(request, {"ready": False, "reason": reason}, 503)
+
+
 class AdminResource(Resource):
     """
     The ``/_subrouter/`` tree.
     """
 
-    def __init__(self, pool: AccountPool, placement: Placement) -> None:
+    def __init__(self, pool: AccountPool, placement: Placement,
+                 inflight: InFlight | None = None,
+                 health_extra: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__()
-        self.putChild(
-            b"health",
-            JSONEndpoint(lambda: {"ok": True, "version": subrouter.__version__}),
-        )
+
+        def health() -> dict[str, Any]:
+            answer: dict[str, Any] = health_json(inflight)
+            if health_extra is not None:
+                # the shared state and the workers, when there are any
+                answer.update(health_extra())
+            return answer
+
+        self.putChild(b"health", JSONEndpoint(health))
+        if inflight is not None:
+            self.putChild(b"ready", ReadyEndpoint(inflight))
         self.putChild(b"accounts", JSONEndpoint(lambda: accounts_json(placement)))
         self.putChild(b"sessions", JSONEndpoint(lambda: sessions_json(placement)))
 

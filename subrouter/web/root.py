@@ -2,6 +2,10 @@
 """
 The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
 every other path to the proxy.
+
+Proxied HTTP requests are counted in flight here, where they are dispatched,
+so a stop can wait for them; while the daemon drains, new ones are refused
+with a 503.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from typing import Any
 
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from subrouter.errors import write_error
+from subrouter.routing.inflight import InFlight
 from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
 
 _ADMIN = b"_subrouter"
@@ -23,24 +29,76 @@ class RootResource(Resource):
 
     :param proxy: the leaf that proxies requests upstream.
     :param admin: the ``/_subrouter/`` tree.
+    :param websocket: the relay's resource, for upgrades.
+    :param inflight: where proxied requests are counted while they run.
     """
 
-    def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None) -> None:
+    def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None,
+                 inflight: InFlight | None = None) -> None:
         super().__init__()
         self._proxy = proxy
         self._admin = admin
         self._websocket = websocket
+        self._inflight = inflight
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if path == _ADMIN:
             return self._admin
+        inflight = self._inflight
+        if inflight is not None and inflight.draining:
+            return _DRAINING
         if self._websocket is not None and _is_upgrade(request):
             # a WebSocket upgrade on any proxied path goes to the relay
             return self._websocket  # type: ignore[no-any-return]
         if path == b"" and not request.postpath and request.method == b"HEAD":
             return _PROBE
+        if inflight is not None:
+            _count(inflight, request)
         # the proxy reads request.uri itself; traversal state does not matter
         return self._proxy
+
+
+class _HTTPInFlight:
+    """
+    A proxied request, as a drain sees it.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def end_gracefully(self) -> None:
+        pass  # a request in flight runs to its end
+
+    def end_now(self) -> None:
+        # an abort, never a clean end: a cut stream must not look complete
+        transport = getattr(self._request.channel, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
+def _count(inflight: InFlight, request: Request) -> None:
+    handle = _HTTPInFlight(request)
+    inflight.http_started(handle)
+    request.notifyFinish().addBoth(lambda _: inflight.http_finished(handle))
+
+
+class _Draining(Resource):
+    """
+    Every proxied request or upgrade while the daemon stops: a 503 that
+    closes the connection, so the client retries elsewhere or later.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> int:
+        request.setHeader(b"connection", b"close")
+        request.setHeader(b"retry-after", b"5")
+        write_error(request, 503, "shutting_down",
+                    "Subrouter is shutting down; retry in a moment")
+        return NOT_DONE_YET
+
+
+_DRAINING = _Draining()
 
 
 def _is_upgrade(request: Request) -> bool:

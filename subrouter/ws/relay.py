@@ -16,6 +16,10 @@ transport the other's producer. Upstream messages are looked at as they pass
 (never re-encoded): a usage-limit error marks the account exhausted, and the
 connection is closed after the response in progress so the client reconnects
 and is placed anew; ``codex.rate_limits`` events feed the usage book.
+
+Open connections report to the daemon's in-flight tracker: at a stop, one
+between responses closes at once with 1001, one with a response under way
+closes with 1001 when that response ends (or when the drain times out).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
+from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
+from subrouter.routing.shared import SharedPlacement
 from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
@@ -267,6 +273,11 @@ class RelayServerProtocol(WebSocketServerProtocol):
     closing_after_response = False
     conversation: Conversation | None = None
     request_id = ""
+    #: a client message went up and its response has not ended yet
+    responding = False
+    #: the daemon is stopping: close once the response under way ends
+    going_away = False
+    tracked = False
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -300,6 +311,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
             clock=relay.reactor,
             gone=lambda: False,
             oauth_only=is_backend_path(path),
+            shared=relay.shared,
         )
 
         async def attempt(
@@ -417,10 +429,14 @@ class RelayServerProtocol(WebSocketServerProtocol):
         # backpressure both ways: a full socket pauses the other side's reads
         _couple(self.transport, upstream.transport)
         _couple(upstream.transport, self.transport)
+        if self.factory.inflight is not None:
+            self.tracked = True
+            self.factory.inflight.websocket_opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.opened and upstream.state == upstream.STATE_OPEN:
+            self.responding = True
             upstream.sendMessage(payload, isBinary)
             self.counts[0] += 1
             self.counts[1] += len(payload)
@@ -451,6 +467,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
             except ValueError:
                 pass
         if any(marker in payload for marker in _RESPONSE_END) and _ends_response(payload):
+            self.responding = False
+            if self.going_away:
+                self.end_now()
+                return
             now = self.factory.reactor.seconds()
             if self.closing_after_response or (
                 self.factory.placement.usage.exhausted_until(self.account.id, now) is not None
@@ -471,7 +491,27 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
             self.sendClose(client_close_code(code), reason or None)
 
+    # -- a stopping daemon (routing.inflight.Drainable) -----------------------
+
+    def end_gracefully(self) -> None:
+        if self.responding:
+            self.going_away = True
+        else:
+            self.end_now()
+
+    def end_now(self) -> None:
+        _going_away(self)
+        upstream = self.upstream
+        if upstream is not None and upstream.state == upstream.STATE_OPEN:
+            upstream.client = None
+            _going_away(upstream)
+        else:
+            self._close_upstream(1000, None)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.tracked and self.factory.inflight is not None:
+            self.tracked = False
+            self.factory.inflight.websocket_closed(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
             # a client that just exits drops the connection (1006): that is how
@@ -496,6 +536,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
             upstream.sendClose(code, reason or None)
         elif upstream.state != upstream.STATE_CLOSED and upstream.transport is not None:
             upstream.transport.loseConnection()
+
+
+def _going_away(protocol: Any) -> None:
+    """
+    Close with 1001, the code RFC 6455 gives an endpoint that goes away.
+    autobahn's ``sendClose`` lets applications send only 1000 and
+    3000-4999, so the frame goes out the way the protocol itself sends it.
+    """
+    if protocol.state == protocol.STATE_OPEN:
+        protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=GOING_AWAY_REASON.encode(),
+                                isReply=False)
 
 
 _END_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
@@ -539,6 +590,8 @@ class RelayFactory(WebSocketServerFactory):
     :param upstreams: the upstream base URLs.
     :param tls: the HTTPS policy whose certificate checks the upstream
         ``wss://`` connections get too.
+    :param shared: placement across instances (``--state redis://``).
+    :param inflight: where open connections are counted, for a graceful stop.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -552,9 +605,13 @@ class RelayFactory(WebSocketServerFactory):
         tls: IPolicyForHTTPS,
         reactor: Any,
         recorder: Recorder | None = None,
+        shared: SharedPlacement | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
+        self.shared = shared
+        self.inflight = inflight
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
