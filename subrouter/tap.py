@@ -64,6 +64,10 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    allow_hosts: tuple[str, ...] = ()
+    client_tokens: str | None = None
+    usage_raw_days: int = 7
+    usage_retention: float = 90 * 86400.0
 
 
 class Options(usage.Options):
@@ -78,8 +82,8 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["expose", None, "Allow --addr on a non-loopback interface (anyone who can reach "
-         "it can use your accounts)."],
+        ["expose", None, "Allow --addr on a non-loopback interface; needs --client-tokens, "
+         "so only holders of a token can use your accounts."],
     ]
     optParameters = [
         ["addr", None, DEFAULT_ADDR, "HOST:PORT to listen on (loopback unless --expose)."],
@@ -113,6 +117,12 @@ class Options(usage.Options):
         ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
         ["cx-switch-interval", None, "10m",
          "Make the best login active for local agents this often (0: never)."],
+        ["client-tokens", None, None,
+         "Require a client token from this file (NAME TOKEN per line; see `cx client-token`) "
+         "on every request."],
+        ["usage-raw-days", None, "7",
+         "Days of per-response token records kept before they are rolled up into hours."],
+        ["usage-retention", None, "90d", "How long token accounting keeps its hourly rollups."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -122,6 +132,14 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+        self["allow-host"] = []
+
+    def opt_allow_host(self, name: str) -> None:
+        """
+        A host name (or address) clients may use in Host besides loopback and
+        the listening address, e.g. a tailnet name (repeatable).
+        """
+        self["allow-host"].append(name)
 
     def opt_transcript_exclude(self, path: str) -> None:
         """
@@ -175,8 +193,8 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: listening on {opts['addr']}, which is not loopback: anyone who can "
-                "reach it can use your accounts\n"
+                f"note: listening on {opts['addr']}, which is not loopback: clients need a "
+                "token from --client-tokens\n"
             )
         endpoint = parse.listen_endpoint(host, port)
     else:
@@ -212,8 +230,14 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval"):
+                 "cx-switch-interval", "usage-retention"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    client_tokens = _client_tokens(opts["client-tokens"], expose)
+    raw_days = _checked("usage-raw-days", int, opts["usage-raw-days"])
+    if raw_days < 1:
+        raise usage.UsageError("--usage-raw-days: must be 1 or more")
+    if durations["usage-retention"] < (raw_days + 1) * 86400:
+        raise usage.UsageError("--usage-retention: must be longer than --usage-raw-days")
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -249,7 +273,33 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        allow_hosts=tuple(opts["allow-host"]) + ((host,) if listen is None and host else ()),
+        client_tokens=client_tokens,
+        usage_raw_days=raw_days,
+        usage_retention=durations["usage-retention"],
     )
+
+
+def _client_tokens(path: str | None, expose: bool) -> str | None:
+    """
+    The client-tokens file, checked now so a bad one stops the daemon with
+    its name and line.
+    """
+    from subrouter.accounts.client_tokens import ClientTokensError, read
+
+    if path is None:
+        if expose:
+            raise usage.UsageError(
+                "--expose: needs --client-tokens FILE, so only holders of a token can use "
+                "your accounts (make one with `cx client-token make NAME`)"
+            )
+        return None
+    path = parse.expand_path(path)
+    try:
+        read(path)
+    except ClientTokensError as e:
+        raise usage.UsageError(f"--client-tokens: {e}") from None
+    return path
 
 
 class _StartupService(Service):
@@ -297,6 +347,24 @@ class RecorderService(Service):
         self.recorder.stop()
 
 
+class LedgerService(Service):
+    """
+    Loads the token ledger and starts its writer thread; at shutdown writes
+    everything queued before the thread stops.
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def startService(self) -> None:
+        super().startService()
+        self.ledger.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.ledger.stop()
+
+
 def _version() -> str:
     import subrouter
 
@@ -315,6 +383,9 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
+    from subrouter.accounting.ledger import Ledger
+    from subrouter.accounting.store import FileUsageStore
+    from subrouter.accounts.client_tokens import ClientTokenFile
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
@@ -336,8 +407,15 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     )
     from subrouter.upstream.routing import Upstreams
     from subrouter.web.admin import AdminResource
+    from subrouter.web.dashboard import add_dashboard
+    from subrouter.web.guard import Guard
     from subrouter.web.root import QuietSite, RootResource
     from subrouter.web.transcripts import TranscriptsResource
+    from subrouter.web.usage import (
+        AccountStatusResource,
+        ConversationsResource,
+        TokenUsageResource,
+    )
     from subrouter.ws.relay import RelayFactory
 
     def run_blocking(f: Any) -> Any:
@@ -368,6 +446,11 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
     )
+    ledger = Ledger(
+        FileUsageStore(os.path.join(config.state_dir, "usage") if config.state_dir else "",
+                       raw_days=config.usage_raw_days, retention=config.usage_retention),
+        clock=reactor.seconds,
+    )
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
                  exclude=config.transcript_exclude)
@@ -389,7 +472,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     )
     admin = AdminResource(accounts, placement)
     admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
+    admin.putChild(b"token-usage", TokenUsageResource(ledger, run_blocking, reactor))
+    admin.putChild(b"conversations", ConversationsResource(ledger, placement, recorder,
+                                                           run_blocking, reactor))
+    admin.putChild(b"account-status", AccountStatusResource(accounts))
+    add_dashboard(admin)
+    tokens = ClientTokenFile(config.client_tokens) if config.client_tokens else None
+    if tokens is not None:
+        tokens.load()
+    guard = Guard.build(config.allow_hosts, tokens)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), guard),
+                     reactor=reactor)
 
     _StartupService(config, store).setServiceParent(top)
     rescan = TimerService(config.account_rescan_interval, store.rescan)
@@ -397,6 +490,17 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     rescan.setName("account-rescan")
     rescan.setServiceParent(top)
     PoolService(pool).setServiceParent(top)
+    LedgerService(ledger).setServiceParent(top)
+    upkeep = TimerService(3600.0, ledger.maintain)
+    upkeep.clock = reactor
+    upkeep.setName("usage-rollup")
+    upkeep.setServiceParent(top)
+    if tokens is not None:
+        recheck = TimerService(config.account_rescan_interval,
+                               lambda: run_blocking(tokens.check))
+        recheck.clock = reactor
+        recheck.setName("client-tokens")
+        recheck.setServiceParent(top)
     if recorder is not None:
         RecorderService(recorder).setServiceParent(top)
         if config.transcript_retention > 0:

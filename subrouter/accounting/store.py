@@ -92,7 +92,8 @@ def day_start(name: str) -> float:
 
 class FileUsageStore:
     """
-    :param directory: the ``usage`` folder (created ``0700``).
+    :param directory: the ``usage`` folder (created ``0700``); empty to keep
+        rows in memory only (a daemon run without a state directory).
     :param raw_days: whole UTC days of per-response rows kept besides today.
     :param retention: seconds rollups are kept.
     """
@@ -117,12 +118,13 @@ class FileUsageStore:
     # -- the interface -----------------------------------------------------------
 
     def open(self, now: float) -> None:
-        ensure_private_directory(self.directory)
+        if self.directory:
+            ensure_private_directory(self.directory)
         with self._lock:
             self._close_handle()
             self._raw, self._hours = [], {}
             self._horizon = self._raw_horizon(now)
-            names = sorted(os.listdir(self.directory))
+            names = sorted(os.listdir(self.directory)) if self.directory else []
             hourly = {m.group(2) for n in names if (m := _FILE.match(n)) and m.group(1) == "hourly"}
             raw_rows: list[Row] = []
             for name in names:
@@ -161,6 +163,8 @@ class FileUsageStore:
                     self._raw.append(row)
                 self._add_hourly(row.hour_of())
             for day, texts in lines.items():
+                if not self.directory:
+                    break
                 handle = self._open_day(day)
                 handle.write("\n".join(texts) + "\n")
             if self._handle is not None:
@@ -270,7 +274,7 @@ class FileUsageStore:
         self._horizon = horizon
         today = utc_day(now)
         oldest = now - self.retention
-        for name in sorted(os.listdir(self.directory)):
+        for name in sorted(os.listdir(self.directory)) if self.directory else []:
             match = _FILE.match(name)
             if match is None:
                 continue

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_proxy -*-
 """
-The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
-every other path to the proxy.
+The root of the Site: every request passes the guard first (no web page and,
+with client tokens, no stranger may drive Subrouter); then ``/_subrouter/...``
+goes to Subrouter's own endpoints, every other path to the proxy or, for a
+WebSocket upgrade, the relay.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from subrouter.errors import error_body
+from subrouter.web.guard import Guard, Refusal
+
 _ADMIN = b"_subrouter"
 
 
@@ -21,15 +26,24 @@ class RootResource(Resource):
 
     :param proxy: the leaf that proxies requests upstream.
     :param admin: the ``/_subrouter/`` tree.
+    :param websocket: the WebSocket relay's resource.
+    :param guard: the checks every request passes first.
     """
 
-    def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None) -> None:
+    def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None,
+                 guard: Guard | None = None) -> None:
         super().__init__()
         self._proxy = proxy
         self._admin = admin
         self._websocket = websocket
+        self._guard = guard or Guard()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        following = request.postpath[0] if request.postpath else None
+        local = getattr(request.getHost(), "host", None)
+        refused = self._guard.check(request.requestHeaders, path, following, local)
+        if refused is not None:
+            return _Refused(refused)
         if path == _ADMIN:
             return self._admin
         if self._websocket is not None and _is_upgrade(request):
@@ -44,6 +58,28 @@ class RootResource(Resource):
 def _is_upgrade(request: Request) -> bool:
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
     return bool(upgrade) and any(b"websocket" in v.lower() for v in upgrade or ())
+
+
+class _Refused(Resource):
+    """
+    The answer to a request the guard refused: a JSON reason, no CORS header.
+    """
+
+    isLeaf = True
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self._refusal = refusal
+
+    def render(self, request: Request) -> bytes:
+        refusal = self._refusal
+        request.setResponseCode(refusal.status)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if refusal.status == 401:
+            headers.setRawHeaders(b"www-authenticate", [b'Bearer realm="subrouter"'])
+        return error_body(refusal.kind, refusal.message)
 
 
 class _BaseURLProbe(Resource):
