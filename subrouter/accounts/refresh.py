@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from subrouter.accounts.store import (
 )
 from subrouter.files import atomic_write, dump_json, locked
 from subrouter.redact import fingerprint, scrub_text
+from subrouter.timefmt import rfc3339
 
 _log = Logger()
 
@@ -70,13 +70,6 @@ class _Failure:
     reason: str
     refresh_fp: str
     until: float | None
-
-
-def rfc3339(seconds: float) -> str:
-    """
-    UTC time as the ``cx`` store writes it, e.g. ``2026-04-28T00:00:00Z``.
-    """
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def codex_auth_path(environ: dict[str, str] | None = None) -> str:

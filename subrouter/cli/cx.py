@@ -23,6 +23,7 @@ from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
 from subrouter.cli.claude import ClaudeOptions
 from subrouter.config import expand_path
+from subrouter.timefmt import rfc3339
 
 SubCommand = tuple[str, None, type[usage.Options], str]
 
@@ -771,7 +772,7 @@ def _add_admin_key(store: str, sub: usage.Options, streams: Streams) -> int:
     from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
     ensure_private_directory(os.path.dirname(path))
-    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": manage.now_rfc3339()}))
+    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": rfc3339()}))
     streams.stdout.write(f"Added admin key: {label}\n")
     return 0
 
@@ -919,7 +920,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
             streams.stderr.write(f"cx: {label}: {value.value}\n")
             continue
         snapshot = dict(value, adminKeyLabel=admin, projectId=project,
-                        projectName=project_name, fetchedAt=manage.now_rfc3339())
+                        projectName=project_name, fetchedAt=rfc3339())
         cache_name = f"{_SAFE_LABEL.sub('_', admin)}__{_SAFE_LABEL.sub('_', project or 'all')}"
         cache = os.path.join(store, "usage-cache", cache_name + ".json")
         ensure_private_directory(os.path.dirname(cache))
