@@ -465,13 +465,14 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        ledger=ledger,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder,
+        recorder=recorder, ledger=ledger,
     )
     admin = AdminResource(accounts, placement)
-    admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
+    admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking, ledger))
     admin.putChild(b"token-usage", TokenUsageResource(ledger, run_blocking, reactor))
     admin.putChild(b"conversations", ConversationsResource(ledger, placement, recorder,
                                                            run_blocking, reactor))

@@ -69,8 +69,9 @@ class Origin:
     Who spent the tokens: the conversation, its user, the account that
     answered, and how the answer came.
 
-    :ivar provider: whose body shapes to read (``openai`` covers the ChatGPT
-        backend and the OpenAI API; ``anthropic``).
+    :ivar provider: the upstream provider's name (``chatgpt``, ``openai``,
+        ``anthropic``); it also says whose body shapes to read: Anthropic's,
+        or else OpenAI's (the ChatGPT backend speaks the Responses API).
     :ivar transport: ``http`` or ``websocket``.
     """
 

@@ -15,6 +15,7 @@ that arrives after (a response finishing during shutdown) is written at once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -32,7 +33,14 @@ from subrouter.accounting.extract import (
     may_hold_usage,
     usage_from_payloads,
 )
-from subrouter.accounting.report import Query, QueryError, conversations, parse_query, report
+from subrouter.accounting.report import (
+    Query,
+    QueryError,
+    conversations,
+    parse_query,
+    report,
+    usage_of,
+)
 from subrouter.accounting.rows import HOUR, Row
 from subrouter.accounting.store import UsageStore
 
@@ -261,6 +269,21 @@ class Ledger:
         out["recorded"] = self.recorded
         out["dropped"] = self.dropped
         return out
+
+    def usage_of_conversations(
+        self, wanted: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """
+        The summed usage of each ``(agent, session)`` asked for, over all the
+        rows kept.
+        """
+        rows, _ = self.store.rows(0.0, math.inf)
+        groups: dict[tuple[str, str], list[Row]] = {}
+        for row in rows:
+            key = (row.agent, row.session)
+            if key in wanted:
+                groups.setdefault(key, []).append(row)
+        return {key: usage_of(found) for key, found in groups.items()}
 
     def conversations(self, args: Mapping[str, str], now: float) -> dict[str, Any]:
         """

@@ -30,6 +30,8 @@ from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import BodyTap, Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, write_error
@@ -45,6 +47,7 @@ from subrouter.routing.exchange import (
 )
 from subrouter.routing.identity import identify
 from subrouter.routing.usage import UsagePoller
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
@@ -80,6 +83,7 @@ class ProxyResource(Resource):
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
     :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every successful answer's usage goes to.
     """
 
     isLeaf = True
@@ -95,9 +99,11 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         idle_timeout: float,
         recorder: Recorder | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.ledger = ledger
         self.placement = placement
         self.poller = poller
         self.refresher = refresher
@@ -136,6 +142,8 @@ class _ProxiedRequest:
         self.bytes_in = content_length(request)
         self.bytes_out = 0
         self.tap: Tap | None = None
+        self.identity: Identity | None = None
+        self.usage: BodyTap | None = None
         # what is under way upstream, for the idle timer and a client that leaves
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
@@ -159,6 +167,7 @@ class _ProxiedRequest:
         except BadAccountSelector as e:
             self._fail(400, "invalid_account_selector", str(e))
             return
+        self.identity = identity
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
@@ -304,6 +313,20 @@ class _ProxiedRequest:
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(b"")
+        ledger = self.proxy.ledger
+        identity = self.identity
+        account = self.account
+        if ledger is not None and identity is not None and account is not None and (
+            response.code < 400
+        ):
+            # every successful answer is looked at for token usage as it passes
+            session = identity.session
+            kind = response.headers.getRawHeaders(b"content-type")
+            self.usage = ledger.body(
+                Origin(session.agent, session.key, identity.email, account.id,
+                       self.proxy.upstreams.provider(account.kind).name, "http"),
+                kind[0] if kind else None,
+            )
 
     def _answer_streaming(self, response: IResponse) -> None:
         """
@@ -372,6 +395,8 @@ class _ProxiedRequest:
             self._observe_events(self.account, data)
         self.bytes_out += len(data)
         self.request.write(data)
+        if self.usage is not None:
+            self.usage.feed(data)
         if self.tap is not None:
             self.tap.response(data, self.status)
 
@@ -389,6 +414,7 @@ class _ProxiedRequest:
         self.reading = None
         if self.gone:
             self._disarm_timer()
+            self._count_usage()
             if self.tap is not None:
                 self.tap.response_end(self.status)
             return
@@ -401,6 +427,8 @@ class _ProxiedRequest:
         the upstream broke off (a cut stream must never look whole).
         """
         self._disarm_timer()
+        # a response completed before the stream broke off was still spent
+        self._count_usage()
         if self.tap is not None:
             self.tap.response_end(self.status)
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -415,6 +443,11 @@ class _ProxiedRequest:
             reason=describe_failure_reason(reason),
         )
         _abort_client(self.request)
+
+    def _count_usage(self) -> None:
+        usage, self.usage = self.usage, None
+        if usage is not None:
+            usage.finish()
 
     # -- timers, failures, the end ------------------------------------------------
 

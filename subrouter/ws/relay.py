@@ -44,6 +44,8 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
@@ -247,6 +249,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     closing_after_response = False
     conversation: Conversation | None = None
     request_id = ""
+    #: whose tokens this connection's responses spend
+    spender: Origin | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -322,6 +326,11 @@ class RelayServerProtocol(WebSocketServerProtocol):
         )
         recorder = self.factory.recorder
         identity = self.identity
+        if identity is not None:
+            session = identity.session
+            self.spender = Origin(session.agent, session.key, identity.email, account.id,
+                                  self.factory.upstreams.provider(account.kind).name,
+                                  "websocket")
         if recorder is not None and identity is not None and recorder.wants(
             self.http_request_path
         ):
@@ -412,6 +421,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                                           "upstream_to_client", payload, isBinary)
         if isBinary or self.account is None:
             return
+        ledger = self.factory.ledger
+        if ledger is not None and self.spender is not None:
+            ledger.message(self.spender, payload)
         if b"rate_limits" in payload:
             self._observe_rate_limits(payload)
         if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
@@ -505,6 +517,8 @@ class RelayFactory(WebSocketServerFactory):
     :param upstreams: the upstream base URLs.
     :param tls: the HTTPS policy whose certificate checks the upstream
         ``wss://`` connections get too.
+    :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every response's usage goes to.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -518,9 +532,11 @@ class RelayFactory(WebSocketServerFactory):
         tls: IPolicyForHTTPS,
         reactor: Any,
         recorder: Recorder | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
+        self.ledger = ledger
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
