@@ -22,6 +22,7 @@ from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
 from subrouter.cli.claude import ClaudeOptions
+from subrouter.cli.tokens import ClientTokenOptions
 from subrouter.config import expand_path
 from subrouter.timefmt import rfc3339
 
@@ -214,6 +215,7 @@ class CxOptions(usage.Options):
         ("attach-project", None, _AttachOptions, "Tie an API key to an OpenAI project."),
         ("gemini", None, _GeminiOptions, "Gemini profiles (a scaffold: list only)."),
         ("claude", None, ClaudeOptions, "Claude Code profiles (CLAUDE_CONFIG_DIR)."),
+        ("client-token", None, ClientTokenOptions, "Client tokens for a shared (--expose) server."),
     ]
 
     def postOptions(self) -> None:
@@ -280,6 +282,10 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
             from subrouter.cli import claude
 
             return claude.run(store, sub, streams)
+        if command == "client-token":
+            from subrouter.cli import tokens
+
+            return tokens.run(expand_path(options["state-dir"]), sub, streams)
         if command in ("remove", "rm"):
             account = manage.find(store, sub["selector"])
             manage.remove(store, account)
