@@ -27,6 +27,24 @@ class _FileOption(usage.Options):
         ["file", None, None, "The client-tokens file (default <state-dir>/client-tokens)."],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # options may follow the name (`make alice --json`), as people type them
+        args = list(options or [])
+        front: list[str] = []
+        rest: list[str] = []
+        while args:
+            arg = args.pop(0)
+            if arg == "--":
+                rest += args
+                break
+            if arg.startswith("-"):
+                front.append(arg)
+                if arg == "--file" and args:
+                    front.append(args.pop(0))
+            else:
+                rest.append(arg)
+        super().parseOptions(front + rest)
+
 
 class _Make(_FileOption):
     synopsis = "NAME [--file FILE] [--json]"
