@@ -135,6 +135,10 @@
       state.usage = usage; state.accounts = accounts; state.conversations = conversations;
       $("token-gate").hidden = true;
       render();
+      if (!$("version").textContent) {
+        getJSON("health").then((h) => { $("version").textContent = "Subrouter " + h.version; },
+          () => {});
+      }
       setStatus(true, "updated " + new Date().toLocaleTimeString());
     } catch (e) {
       if (e instanceof AuthNeeded) setStatus(false, "waiting for a client token");
@@ -147,12 +151,13 @@
   // -- rendering --------------------------------------------------------------
 
   function render() {
-    renderTotals();
-    renderTokensChart();
-    renderCacheChart();
-    renderBreakdown();
-    renderAccounts();
-    renderConversations();
+    // one panel's trouble must not blank the others
+    const failed = [];
+    for (const panel of [renderTotals, renderTokensChart, renderCacheChart, renderBreakdown,
+      renderAccounts, renderConversations]) {
+      try { panel(); } catch (e) { failed.push(panel.name + ": " + e.message); }
+    }
+    if (failed.length) throw new Error("drawing failed (" + failed.join("; ") + ")");
     for (const link of document.querySelectorAll("a.json")) {
       const endpoint = link.dataset.endpoint;
       link.href = BASE + endpoint + (endpoint === "accounts" ? "" : "?" + rangeQuery(
@@ -399,11 +404,15 @@
       : "No accounts yet: add one with `cx add` (a ChatGPT login) or `cx add-key`.";
     for (const a of listing.accounts) {
       const usable = a.usable_for_new_sessions;
+      // usable but low: it keeps its conversations, new ones go elsewhere first
+      const low = !usable && a.usable && !a.exhausted_until;
+      const badge = usable ? ["ok", "usable"] : low ? ["warn", "low headroom"]
+        : a.exhausted_until ? ["warn", "exhausted"] : ["bad", "not usable"];
       const head = el("div", { class: "head" },
         el("strong", { text: a.email || a.id }),
         el("span", { class: "badge", text: a.kind === "oauth" ? "ChatGPT login" : "API key" }),
         a.plan ? el("span", { class: "badge", text: a.plan }) : null,
-        el("span", { class: "badge " + (usable ? "ok" : a.exhausted_until ? "warn" : "bad"), text: usable ? "usable" : "not usable" }));
+        el("span", { class: "badge " + badge[0], text: badge[1] }));
       const card = el("div", { class: "account", "data-account": a.id }, head);
       for (const w of a.windows || []) {
         const used = Math.max(0, Math.min(100, w.used_percent || 0));
@@ -424,6 +433,8 @@
         a.usage_age !== null && a.usage_age !== undefined ? el("span", {}, "usage seen ", el("b", { text: span(a.usage_age) + " ago" })) : null));
       if (a.exhausted_until) {
         card.append(el("p", { class: "why", text: `exhausted until ${when(a.exhausted_until)}` + (a.exhausted_reason ? ` (${a.exhausted_reason})` : "") }));
+      } else if (low) {
+        card.append(el("p", { class: "auth", text: "Low headroom: it keeps its conversations; new ones go to other accounts first." }));
       } else if (!usable && (a.why_not || a.usage_error)) {
         card.append(el("p", { class: "why", text: a.why_not || a.usage_error }));
       }
@@ -532,7 +543,6 @@
     });
     document.addEventListener("visibilitychange", () => { if (!document.hidden) load(); });
     state.timer = setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
-    getJSON("health").then((h) => { $("version").textContent = "Subrouter " + h.version; }, () => {});
     load();
   }
 
