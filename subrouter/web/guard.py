@@ -172,6 +172,10 @@ class Guard:
 
     allowed_hosts: frozenset[str] = frozenset()
     tokens: ClientTokenFile | None = None
+    #: the verdict on each (Host, local address) seen: parsing addresses costs
+    #: tens of microseconds, and a server sees a handful of distinct Hosts
+    _hosts: dict[tuple[bytes | None, str | None], Refusal | None] = attrs.field(
+        factory=dict, init=False, repr=False)
 
     @classmethod
     def build(cls, hosts: Iterable[str], tokens: ClientTokenFile | None) -> Guard:
@@ -193,7 +197,14 @@ class Guard:
         """
         host = headers.getRawHeaders(b"host")
         host_header = host[0] if host else None
-        refused = host_refusal(host_header, local, self.allowed_hosts)
+        seen = (host_header, local)
+        try:
+            refused = self._hosts[seen]
+        except KeyError:
+            refused = host_refusal(host_header, local, self.allowed_hosts)
+            if len(self._hosts) >= 256:
+                self._hosts.clear()  # a flood of made-up names: start over
+            self._hosts[seen] = refused
         if refused is not None:
             return refused
         admin = first_segment == ADMIN
@@ -204,10 +215,11 @@ class Guard:
         if refused is not None:
             return refused
         headers.removeHeader(CLIENT_HEADER)  # only the guard names the client
+        if self.tokens is None:
+            headers.removeHeader(TOKEN_HEADER)
+            return None
         token, in_authorization = presented_token(headers)
         headers.removeHeader(TOKEN_HEADER)
-        if self.tokens is None:
-            return None
         if in_authorization:
             headers.removeHeader(b"authorization")
         if admin and second_segment in PUBLIC:
