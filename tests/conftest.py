@@ -18,7 +18,6 @@ from twisted.logger import globalLogPublisher
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream
 
-
 # property tests judge behaviour, not speed: a loaded machine must not fail them
 settings.register_profile("subrouter", deadline=None)
 settings.load_profile("subrouter")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from subrouter.accounting.extract import (
@@ -197,6 +198,13 @@ class Ledger:
         self._put(("flush", done), 0)
         done.wait(timeout)
 
+    def service(self) -> Service:
+        """
+        A service that loads the ledger and starts its thread, and at shutdown
+        writes everything queued before the thread stops.
+        """
+        return _LedgerService(self)
+
     # -- the thread -------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -300,3 +308,16 @@ class Ledger:
             "resolution": resolution,
             "conversations": conversations(rows, query.since, query.until, query.limit),
         }
+
+
+class _LedgerService(Service):
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def startService(self) -> None:
+        super().startService()
+        self.ledger.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.ledger.stop()

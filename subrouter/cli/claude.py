@@ -24,6 +24,7 @@ from subrouter.accounts.claude import (
     save,
     valid_name,
 )
+from subrouter.config import DEFAULT_ANTHROPIC_USAGE_URL
 from subrouter.files import ensure_private_directory
 from subrouter.timefmt import rfc3339
 
@@ -42,14 +43,14 @@ class _Plain(usage.Options):
 class _List(usage.Options):
     synopsis = "[--no-usage]"
     optFlags = [["no-usage", None, "Do not fetch usage."]]
-    optParameters = [["usage-url", None, "https://api.anthropic.com/api/oauth/usage",
+    optParameters = [["usage-url", None, DEFAULT_ANTHROPIC_USAGE_URL,
                       "The Anthropic OAuth usage endpoint."]]
 
 
 class _Add(usage.Options):
     synopsis = "[name]"
 
-    def parseArgs(self, name: str | None = None) -> None:  # type: ignore[override]
+    def parseArgs(self, name: str | None = None) -> None:
         self["name"] = name
 
 

@@ -9,7 +9,7 @@ hand the rest of the stream on.
 from __future__ import annotations
 
 import io
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -138,7 +138,7 @@ class Prefix:
     :ivar clean: the stream ended cleanly, if it ended.
     """
 
-    def __init__(self, response: Any, protocol: Bounded) -> None:
+    def __init__(self, response: IResponse, protocol: Bounded) -> None:
         self.response = response
         self.protocol = protocol
         self.data = b"".join(protocol.chunks)
