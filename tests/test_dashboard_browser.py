@@ -196,11 +196,11 @@ class Browser:
             metrics = {"width": width, "height": height, "deviceScaleFactor": 1,
                        "mobile": mobile}
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-            time.sleep(0.4)  # the charts redraw on resize (debounced)
+            time.sleep(0.3)  # the charts redraw on resize (debounced 150 ms)
             full = driver.execute_script("return document.documentElement.scrollHeight")
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                    {**metrics, "height": int(full)})
-            time.sleep(0.4)
+            time.sleep(0.2)
             shot = driver.execute_cdp_cmd("Page.captureScreenshot",
                                           {"format": "png", "captureBeyondViewport": True})
             path.write_bytes(base64.b64decode(shot["data"]))
