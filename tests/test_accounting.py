@@ -372,3 +372,26 @@ def test_the_ledger_answers_queries_from_what_it_wrote(tmp_path: Path) -> None:
         assert listing[0]["session"] == "conv-1" and listing[0]["usage"]["requests"] == 1
     finally:
         ledger.stop()
+
+
+def test_an_anthropic_stream_through_the_ledger_is_one_record(tmp_path: Path) -> None:
+    ledger = Ledger(FileUsageStore(str(tmp_path / "usage")), clock=lambda: NOW)
+    ledger.start()
+    start = {"type": "message_start", "message": {"model": "claude-x", "usage": {
+        "input_tokens": 12, "cache_read_input_tokens": 3000, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "usage": {"output_tokens": 90}}
+    body = b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+                    for e in (start, {"type": "ping"}, delta, {"type": "message_stop"}))
+    tap = ledger.body(Origin("claude", "c1", None, "max-1", provider="anthropic"),
+                      b"text/event-stream")
+    for i in range(0, len(body), 11):
+        tap.feed(body[i:i + 11])
+    tap.finish()
+    ledger.stop()
+    (raw,) = (tmp_path / "usage").glob("raw-*.jsonl")
+    (line,) = raw.read_text().splitlines()
+    assert json.loads(line) | {"t": 0} == {
+        "t": 0, "agent": "claude", "session": "c1", "user": None, "account": "max-1",
+        "model": "claude-x", "provider": "anthropic", "input_tokens": 3012,
+        "cached_input_tokens": 3000, "output_tokens": 90, "total_tokens": 3102}
+

@@ -11,6 +11,11 @@ go onto a bounded queue. A thread of its own parses them, turns them into
 rows and hands them to the :class:`~subrouter.accounting.store.UsageStore`
 at most :data:`BATCH_WAIT` seconds later. Stopping drains the queue; anything
 that arrives after (a response finishing during shutdown) is written at once.
+
+The provider of the :class:`Origin` says how bodies are read: ``anthropic``
+folds an answer's ``message_start`` and ``message_delta`` events (or a whole
+``message``) into one record; anything else is read as OpenAI's shapes
+(Responses events and answers, Chat Completions).
 """
 
 from __future__ import annotations
