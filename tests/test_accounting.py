@@ -361,10 +361,13 @@ def test_the_ledger_writes_what_the_request_path_hands_it_and_drains_at_stop(
 
 def test_the_ledger_answers_queries_from_what_it_wrote(tmp_path: Path) -> None:
     ledger = Ledger(FileUsageStore(str(tmp_path / "usage")), clock=lambda: NOW)
+    heard: list[Row] = []
+    ledger.subscribe(heard.extend)
     ledger.start()
     try:
         ledger.payloads(ORIGIN, [json.dumps(completed(100, 80, 5)).encode()])
         ledger.flush()
+        assert [(r.account, r.total_tokens) for r in heard] == [("acct-a", 105)]
         result = ledger.query({"since": "1h", "by": "account"}, NOW + 1)
         assert result["totals"]["cached_input_tokens"] == 80
         assert result["by"]["account"]["rows"][0]["key"] == "acct-a"

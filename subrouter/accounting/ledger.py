@@ -103,6 +103,16 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._last_drop_log = 0.0
+        self._listeners: list[Callable[[list[Row]], None]] = []
+
+    def subscribe(self, listener: Callable[[list[Row]], None]) -> None:
+        """
+        Have ``listener`` called with every batch of new rows once they are
+        stored (e.g. to feed tokens spent per account into forecasts). It is
+        called on the ledger's own thread: hop to the reactor with
+        ``reactor.callFromThread``.
+        """
+        self._listeners.append(listener)
 
     # -- the request path: cheap appends only --------------------------------------
 
@@ -250,6 +260,9 @@ class Ledger:
         try:
             self.store.append(rows)
             self.recorded += len(rows)
+            if rows:
+                for listener in self._listeners:
+                    listener(rows)
             if maintain is not None:
                 self.store.maintain(maintain)
         except OSError as e:

@@ -382,13 +382,24 @@
   }
 
   function forecastText(w) {
+    // /_subrouter/accounts gives, per window, a forecast from the recent burn
+    // rate: hours_left and empties_at, or a reason it cannot say
     const f = w.forecast;
-    if (f && (f.hours_left !== undefined && f.hours_left !== null || f.empties_at)) {
-      const left = f.hours_left !== undefined && f.hours_left !== null ? f.hours_left * 3600 : f.empties_at - Date.now() / 1000;
-      if (w.resets_in && left > w.resets_in) return "at the recent rate it lasts until the reset";
-      return `at the recent rate empty in ~${span(left)}`;
+    if (!f) return "forecast: not enough data yet";
+    const rate = f.percent_per_hour !== undefined && f.percent_per_hour !== null
+      ? ` (${f.percent_per_hour.toFixed(1)}%/h)` : "";
+    let left = f.hours_left !== undefined && f.hours_left !== null ? f.hours_left * 3600 : null;
+    if (left === null && f.empties_at) {
+      const at = typeof f.empties_at === "number" ? f.empties_at * 1000 : Date.parse(f.empties_at);
+      if (!Number.isNaN(at)) left = (at - Date.now()) / 1000;
     }
-    if (f && f.reason) return "forecast: " + f.reason;
+    if (left !== null) {
+      if (f.resets_first || (f.resets_first === undefined && w.resets_in && left > w.resets_in)) {
+        return "at the recent rate it lasts until the reset" + rate;
+      }
+      return `at the recent rate empty in ~${span(left)}` + rate;
+    }
+    if (f.reason) return "forecast: " + f.reason;
     return "forecast: not enough data yet";
   }
 
