@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from subrouter.accounting.report import within
 from subrouter.accounting.rows import HOUR, Row, hour_start
 from subrouter.files import atomic_write, ensure_private_directory
 
@@ -171,8 +172,6 @@ class FileUsageStore:
                 self._handle.flush()
 
     def rows(self, since: float, until: float) -> tuple[list[Row], str]:
-        from subrouter.accounting.report import within
-
         with self._lock:
             if since >= self._horizon:
                 return within(self._raw, since, until), "raw"
