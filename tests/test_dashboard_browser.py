@@ -96,7 +96,7 @@ def _history(state: Path, now: float) -> None:
     for days in range(2, 21):
         at = now - days * DAY - 3600
         row = Row.record(at, Origin("codex", f"old-{days}", "ana@example.com",
-                                    "alice@example.com", "chatgpt"),
+                                    "alice@example.com", "openai"),
                          Usage(input_tokens=9000, cached_input_tokens=6000 + 100 * days,
                                output_tokens=1000, reasoning_tokens=300, total_tokens=10000,
                                model="gpt-5-codex"))

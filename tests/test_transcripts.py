@@ -137,7 +137,7 @@ async def test_an_sse_exchange_is_recorded_whole_and_redacted(
     usage = await ledger_rows(tmp_path, 1)
     assert usage == [{
         "t": usage[0]["t"], "agent": "codex", "session": "sess-1", "account": EMAIL,
-        "user": "dev@example.com", "model": "gpt-5-codex", "provider": "chatgpt",
+        "user": "dev@example.com", "model": "gpt-5-codex", "provider": "openai",
         "input_tokens": 100, "cached_input_tokens": 40, "output_tokens": 20,
         "reasoning_tokens": 5, "total_tokens": 120,
     }]

@@ -69,9 +69,10 @@ class Origin:
     Who spent the tokens: the conversation, its user, the account that
     answered, and how the answer came.
 
-    :ivar provider: the upstream provider's name (``chatgpt``, ``openai``,
-        ``anthropic``); it also says whose body shapes to read: Anthropic's,
-        or else OpenAI's (the ChatGPT backend speaks the Responses API).
+    :ivar provider: whose account answered, as the account store names it
+        (``openai`` for ChatGPT logins and OpenAI keys, ``anthropic`` for
+        Claude profiles and Anthropic keys); it also says whose body shapes
+        to read.
     :ivar transport: ``http`` or ``websocket``.
     """
 

@@ -329,8 +329,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if identity is not None:
             session = identity.session
             self.spender = Origin(session.agent, session.key, identity.email, account.id,
-                                  self.factory.upstreams.provider(account.kind).name,
-                                  "websocket")
+                                  account.provider, "websocket")
         if recorder is not None and identity is not None and recorder.wants(
             self.http_request_path
         ):
@@ -344,7 +343,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                 "account": account.id,
                 "method": "GET",
                 "path": self.http_request_path,
-                "upstream": self.factory.upstreams.provider(account.kind).root.decode("ascii"),
+                "upstream": self.factory.upstreams.provider(
+                    account.kind, account.provider
+                ).root.decode("ascii"),
                 "upstream_url": getattr(upstream.factory, "url", None),
                 "headers": redact_headers(
                     (k.encode("latin-1"), [v.encode("latin-1")])
@@ -357,7 +358,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         self, account: Account, client: Headers, path: bytes, query: bytes, protocols: list[str]
     ) -> UpstreamProtocol:
         relay = self.factory
-        provider = relay.upstreams.provider(account.kind)
+        provider = relay.upstreams.provider(account.kind, account.provider)
         url = provider.url(path, query).decode("ascii")
         secure = url.startswith("https://")
         url = ("wss://" if secure else "ws://") + url.split("://", 1)[1]
