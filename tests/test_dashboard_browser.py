@@ -303,6 +303,31 @@ async def test_the_dashboard_in_a_real_browser(
         assert "not enough data" in alice  # no forecast in /_subrouter/accounts yet
         assert "pay per token" in next(c for c in cards if "team" in c)
 
+        # a panel's JSON link opens the endpoint's answer, fetched with the token
+        def open_json() -> Any:
+            from selenium.webdriver.common.by import By
+
+            driver = browser.driver
+            home = driver.current_window_handle
+            driver.find_element(By.CSS_SELECTOR, "#p-accounts a.json").click()
+            deadline = time.monotonic() + 10
+            while len(driver.window_handles) < 2:
+                assert time.monotonic() < deadline, "the JSON tab never opened"
+                time.sleep(0.05)
+            driver.switch_to.window(next(h for h in driver.window_handles if h != home))
+            while True:
+                text = driver.execute_script("return document.body && document.body.innerText")
+                if text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            url = driver.current_url
+            driver.close()
+            driver.switch_to.window(home)
+            return json.loads(text), url
+
+        shown, url = await browser.run(open_json)
+        assert len(shown["accounts"]) == 3 and token not in url
+
         for width, height, mobile, name in ((1366, 900, False, "laptop"),
                                             (390, 844, True, "phone")):
             for dark in (False, True):

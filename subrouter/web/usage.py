@@ -188,6 +188,12 @@ class ConversationsResource(_Async):
 
 
 def _provider(account: Account) -> str:
+    """
+    The original product's ``provider`` names: ``codex`` and ``claude`` for
+    logins, ``openai`` and ``anthropic`` for API keys.
+    """
+    if account.provider == "anthropic":
+        return "claude" if account.is_oauth else "anthropic"
     return "codex" if account.is_oauth else "openai"
 
 

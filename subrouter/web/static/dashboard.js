@@ -489,8 +489,8 @@
     fillBody("conversations-table", sortedRows("conversations-table", data.conversations, accessor), (c) => {
       const links = el("td", {});
       if (c.transcript) {
-        links.append(el("a", { href: c.transcript.events, target: "_blank", rel: "noopener", text: "events" }), " · ",
-          el("a", { href: c.transcript.raw, target: "_blank", rel: "noopener", text: "raw" }));
+        links.append(el("a", { href: c.transcript.events, target: "_blank", "data-fetch": "", text: "events" }), " · ",
+          el("a", { href: c.transcript.raw, target: "_blank", "data-fetch": "", text: "raw" }));
       } else {
         links.textContent = "–";
       }
@@ -546,6 +546,26 @@
       sessionStorage.setItem(TOKEN_KEY, value);
       $("token-input").value = "";
       load();
+    });
+    // JSON and transcript links: on a shared server the endpoint needs the
+    // token, which a plain link cannot send; fetch it with the header and
+    // show the answer in the new tab instead (the token stays out of the URL)
+    document.addEventListener("click", (e) => {
+      const link = e.target.closest("a[data-fetch]");
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (!link || !token) return;
+      e.preventDefault();
+      const tab = window.open("", "_blank");
+      fetch(link.href, { headers: { "X-Subrouter-Token": token }, cache: "no-store" })
+        .then((r) => r.blob())
+        .then((body) => {
+          const url = URL.createObjectURL(new Blob([body], { type: "application/json" }));
+          if (tab) tab.location.href = url; else window.location.href = url;
+        })
+        .catch((err) => {
+          if (tab) tab.close();
+          setStatus(false, "opening " + link.textContent + " failed: " + err.message);
+        });
     });
     let resizing = null;
     window.addEventListener("resize", () => {
