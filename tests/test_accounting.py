@@ -398,3 +398,23 @@ def test_an_anthropic_stream_through_the_ledger_is_one_record(tmp_path: Path) ->
         "model": "claude-x", "provider": "anthropic", "input_tokens": 3012,
         "cached_input_tokens": 3000, "output_tokens": 90, "total_tokens": 3102}
 
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0, max_value=10 * DAY), st.sampled_from("abc"),
+                          st.integers(min_value=0, max_value=5000)), max_size=60))
+def test_rolling_up_keeps_every_sum_and_every_day(entries: list[tuple[float, str, int]]) -> None:
+    from subrouter.accounting.rows import roll_up
+
+    start = NOW - 10 * DAY
+    rows = [row(start + at, session=who, inp=tokens, cached=tokens // 2)
+            for at, who, tokens in entries]
+    hourly = roll_up(rows)
+    assert len(hourly) <= len(rows)
+    assert all(r.start % 3600 == 0 for r in hourly)
+    query = parse_query({"since": str(start - 3600), "until": str(NOW + 3600), "bucket": "day"},
+                        NOW)
+    exact = report(rows, query, resolution="raw")
+    rolled = report(hourly, query, resolution="hourly")
+    assert rolled["totals"] == exact["totals"]
+    assert [b["usage"] for b in rolled["buckets"]] == [b["usage"] for b in exact["buckets"]]
+    assert rolled["by"]["user"] == exact["by"]["user"]
