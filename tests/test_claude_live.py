@@ -427,3 +427,29 @@ async def test_codex_at_capacity_is_waited_out_on_the_same_login(
         assert all(r["exhausted_until"] is None for r in rows)
     finally:
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_turns_are_counted_in_the_token_ledger(
+    tmp_path: Path, ca: TestCA, backend: FakeAnthropicBackend
+) -> None:
+    profiles(tmp_path)
+    daemon = await daemon_for(tmp_path, ca, backend, 2)
+    try:
+        assert (await turn(daemon, "s-led"))[0] == 200
+        assert (await turn(daemon, "s-led", stream=False))[0] == 200
+        deadline = time.monotonic() + 5
+        while True:
+            usage = await daemon.get_json("/_subrouter/token-usage?since=1h&by=agent,provider")
+            if usage["totals"]["requests"] >= 2 or time.monotonic() > deadline:
+                break
+            await sleep(0.05)
+        totals = usage["totals"]
+        # per answer: 20 fresh + 1000 read from the cache + 300 written to it; 7 out
+        assert totals["requests"] == 2
+        assert totals["input_tokens"] == 2 * 1320 and totals["cached_input_tokens"] == 2000
+        assert totals["cache_write_tokens"] == 600 and totals["output_tokens"] == 14
+        assert usage["by"]["agent"]["rows"][0]["key"] == "claude"
+        assert usage["by"]["provider"]["rows"][0]["key"] == "anthropic"
+    finally:
+        await daemon.stop()

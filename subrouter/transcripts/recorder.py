@@ -5,8 +5,9 @@ Recording transcripts without slowing or breaking the proxy.
 The request path only appends small tuples (bytes it already has, never
 encoded) to a bounded queue; a writer thread does everything else: base64 and
 SHA-256, JSON lines, appending to ``<dir>/by-agent/<agent>/by-session/<id>.jsonl``
-(directories 0700, files 0600), token usage into ``<dir>/usage.jsonl``, and the
-per-session summaries the browsing endpoint lists. When the queue is full or
+(directories 0700, files 0600), and the per-session summaries the browsing
+endpoint lists. Token usage is not read here: the token ledger
+(:mod:`subrouter.accounting`) counts every answer, recorded or not. When the queue is full or
 the disk fails, events are dropped, counted and logged; the proxy carries on.
 """
 
@@ -31,8 +32,6 @@ from subrouter.transcripts.events import (
     chunk_payload,
     envelope,
     safe_name,
-    usage_in_lines,
-    usage_of,
 )
 
 _log = Logger()
@@ -43,8 +42,6 @@ MAX_OPEN_FILES = 64
 #: how long the writer lets events gather before writing them
 BATCH_WAIT = 0.05
 SUMMARY_SUFFIX = ".summary.json"
-#: bodies up to this size are also kept whole, to read usage from JSON answers
-_JSON_KEEP = 1024 * 1024
 
 
 @attrs.define
@@ -105,8 +102,6 @@ class _Stream:
     size: int = 0
     chunks: int = 0
     truncated: bool = False
-    tail: bytes = b""
-    kept: list[bytes] | None = attrs.Factory(list)
     #: recorded bytes not yet written as chunk events (reads are coalesced)
     pending: bytearray = attrs.Factory(bytearray)
     written: int = 0
@@ -148,7 +143,6 @@ class Recorder:
         self._summary_lock = threading.Lock()
         self._counter = 0
         self._last_drop_log = 0.0
-        self._usage_file: Any = None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -270,9 +264,6 @@ class Recorder:
             except OSError:
                 pass
         self._files.clear()
-        if self._usage_file is not None:
-            self._usage_file.close()
-            self._usage_file = None
 
     def expire(self, older_than: float) -> None:
         """
@@ -308,8 +299,6 @@ class Recorder:
         elif op == "flush":
             for handle in self._files.values():
                 handle.flush()
-            if self._usage_file is not None:
-                self._usage_file.flush()
             self._write_summaries()
             item[1].set()
         elif op == "event":
@@ -337,9 +326,6 @@ class Recorder:
             self._append(conversation, envelope("websocket_message", at,
                                                 conversation.identity(request_id), payload),
                          at, len(data))
-            if not binary and direction == "upstream_to_client" and b'"usage"' in data:
-                for usage in usage_in_lines([data]):
-                    self._usage(conversation, usage, at)
 
     def _data(self, conversation: Conversation, request_id: str, stream_id: str,
               direction: str, data: bytes, status: int | None, at: float) -> None:
@@ -349,16 +335,6 @@ class Recorder:
         stream.hash.update(data)
         offset = stream.size
         stream.size += len(data)
-        if direction == "upstream_to_client":
-            # usage may sit in any complete line of an SSE/NDJSON stream
-            parts = (stream.tail + data).split(b"\n")
-            stream.tail = parts.pop()[-_JSON_KEEP:]
-            for usage in usage_in_lines(parts):
-                self._usage(conversation, usage, at)
-        if stream.kept is not None:
-            stream.kept.append(data)
-            if stream.size > _JSON_KEEP:
-                stream.kept = None
         room = self.max_body - offset
         if room <= 0:
             stream.truncated = True
@@ -406,16 +382,6 @@ class Recorder:
             payload["truncated"] = True
         self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
                                             payload), at, stream.size)
-        if stream.direction == "upstream_to_client":
-            found = list(usage_in_lines([stream.tail]))
-            if not found and stream.kept is not None and stream.tail:
-                try:
-                    one = usage_of(json.loads(b"".join(stream.kept)))
-                except ValueError:
-                    one = None
-                found = [one] if one else []
-            for usage in found:
-                self._usage(conversation, usage, at)
 
     def _note_meta(self, conversation: Conversation, kind: str, payload: dict[str, Any]) -> None:
         if kind != "subrouter_meta":
@@ -461,27 +427,6 @@ class Recorder:
             with self._summary_lock:
                 self._summaries[relative] = summary
         return summary
-
-    def _usage(self, conversation: Conversation, usage: dict[str, Any], at: float) -> None:
-        record = {
-            "time": at,
-            "agent": conversation.agent,
-            "session": conversation.session_id,
-            "account": conversation.account,
-            "user": conversation.user,
-        }
-        record.update(usage)
-        if self._usage_file is None:
-            path = os.path.join(self.directory, "usage.jsonl")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._usage_file = os.fdopen(fd, "a", encoding="utf-8")
-        self._usage_file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        summary = self._summary(conversation)
-        with self._summary_lock:
-            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
-                        "reasoning_tokens", "total_tokens"):
-                summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
-            summary.usage["requests"] = summary.usage.get("requests", 0) + 1
 
     def _write_summaries(self) -> None:
         dirty, self._dirty = self._dirty, set()

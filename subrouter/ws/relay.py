@@ -48,6 +48,8 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
@@ -260,6 +262,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     #: the daemon is stopping: close once the response under way ends
     going_away = False
     tracked = False
+    #: whose tokens this connection's responses spend
+    spender: Origin | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -339,6 +343,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
         )
         recorder = self.factory.recorder
         identity = self.identity
+        if identity is not None:
+            session = identity.session
+            self.spender = Origin(session.agent, session.key, identity.email, account.id,
+                                  account.provider, "websocket")
         if recorder is not None and identity is not None and recorder.wants(
             self.http_request_path
         ):
@@ -439,6 +447,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                                           "upstream_to_client", payload, isBinary)
         if isBinary or self.account is None:
             return
+        ledger = self.factory.ledger
+        if ledger is not None and self.spender is not None:
+            ledger.message(self.spender, payload)
         if b"rate_limits" in payload:
             self._observe_rate_limits(payload)
         if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
@@ -576,6 +587,8 @@ class RelayFactory(WebSocketServerFactory):
         ``wss://`` connections get too.
     :param shared: placement across instances (``--state redis://``).
     :param inflight: where open connections are counted, for a graceful stop.
+    :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every response's usage goes to.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -591,11 +604,13 @@ class RelayFactory(WebSocketServerFactory):
         recorder: Recorder | None = None,
         shared: SharedPlacement | None = None,
         inflight: InFlight | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
         self.shared = shared
         self.inflight = inflight
+        self.ledger = ledger
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
