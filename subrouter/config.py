@@ -43,6 +43,8 @@ DEFAULT_OVERLOAD_WAIT = "2m"
 #: where ``subrouter codex`` points Codex
 DEFAULT_CODEX_BASE_URL = "http://127.0.0.1:31415/v1"
 DEFAULT_IDLE_TIMEOUT = "5m"
+#: how long a client may take to send a request's line and headers
+DEFAULT_HEADER_TIMEOUT = "30s"
 DEFAULT_SESSION_IDLE_TTL = "30m"
 DEFAULT_USAGE_INTERVAL = "10m"
 DEFAULT_USAGE_SCORE_TTL = "30s"
@@ -111,6 +113,7 @@ class Config:
     worker_parent: int | None = None
     #: the serve options as given, for starting workers
     serve_args: tuple[str, ...] = ()
+    header_timeout: float = 30.0
 
 
 # -- parsers -------------------------------------------------------------------

@@ -28,6 +28,7 @@ from subrouter.config import (
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
     DEFAULT_OVERLOAD_WAIT,
@@ -83,6 +84,8 @@ class Options(usage.Options):
          "'at capacity') on its own account before the error is passed on (0: never wait)."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
+        ["header-timeout", None, DEFAULT_HEADER_TIMEOUT,
+         "Drop a client that takes longer than this to send a request's line and headers."],
         ["codex-home", None, None,
          "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
         ["state-dir", None, DEFAULT_STATE_DIR,
@@ -219,6 +222,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
+    header_timeout = _checked("header-timeout", parse.parse_duration, opts["header-timeout"])
+    if header_timeout <= 0:
+        raise usage.UsageError("--header-timeout: must be more than zero")
     accounts_dir = parse.expand_path(opts["accounts-dir"])
     if os.path.exists(accounts_dir) and not os.path.isdir(accounts_dir):
         raise usage.UsageError(f"--accounts-dir: {accounts_dir} is a file, not a folder")
@@ -274,6 +280,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             _checked("ca-bundle", parse.parse_pem_bundle, p) for p in opts["ca-bundle"]
         ),
         idle_timeout=idle,
+        header_timeout=header_timeout,
         codex_auth=(
             os.path.join(parse.expand_path(codex_home), "auth.json")
             if codex_home
@@ -586,6 +593,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     guard = Guard.build(config.allow_hosts, tokens)
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight, guard),
                      reactor=reactor)
+    site.header_timeout = config.header_timeout
 
     async def reread_accounts() -> int:
         await store.rescan()

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
@@ -22,6 +24,7 @@ from subrouter.accounts.store import (
     AccountKind,
     AccountStore,
     filename_for_id,
+    header_value_problem,
 )
 
 
@@ -216,3 +219,64 @@ def test_describe_never_shows_a_secret(tmp_path: Path) -> None:
     assert document["auth"]["tokens"]["access_token"] not in text
     assert "rt-1" not in text
     assert '"usable": true' in text
+
+
+# -- credentials that cannot go into a header --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("sk-ключ-weird", "outside Latin-1"),
+        ("sk-abc\r\nX-Evil: 1", "line break"),
+        ("sk-abc\n", "line break"),
+        ("sk-a\x00b", "control characters"),
+        ("sk-a\x7fb", "control characters"),
+        ("sk-caf\u00e9", "non-ASCII"),
+        ("sk-a b", "a space"),
+    ],
+)
+def test_an_api_key_that_cannot_go_into_a_header_is_unusable_with_a_reason(
+    tmp_path: Path, key: str, words: str
+) -> None:
+    write(tmp_path, "k.json", {"email": "apikey:k", "auth": {"OPENAI_API_KEY": key}})
+    pool = _pool(tmp_path)
+    account = pool.store.accounts()[0]
+    reason = pool.why_unusable(account) or ""
+    assert words in reason and "HTTP header" in reason and "cx add-key" in reason
+    row = pool.describe()["accounts"][0]
+    assert row["usable"] is False and row["why_not"] == reason
+    assert key not in json.dumps(pool.describe())
+
+
+def test_an_access_token_or_workspace_that_cannot_go_into_a_header_is_unusable(
+    tmp_path: Path,
+) -> None:
+    bad_token = oauth_document("a@example.com")
+    bad_token["auth"]["tokens"]["access_token"] += "\r\n"
+    write(tmp_path, "a.json", bad_token)
+    write(tmp_path, "b.json", oauth_document("b@example.com", workspace="ws-\u2603"))
+    write(tmp_path, "c.json", oauth_document("c@example.com"))
+    pool = _pool(tmp_path)
+    reasons = {a.id: pool.why_unusable(a) for a in pool.store.accounts()}
+    assert "access token holds a line break" in (reasons["a@example.com"] or "")
+    assert "ChatGPT account id holds" in (reasons["b@example.com"] or "")
+    assert reasons["c@example.com"] is None
+
+
+@given(st.text(max_size=60))
+def test_every_credential_called_sendable_encodes_as_a_clean_header_value(value: str) -> None:
+    if header_value_problem(value) is None:
+        raw = ("Bearer " + value).encode("latin-1")
+        assert b"\r" not in raw and b"\n" not in raw and b"\x00" not in raw
+        assert all(0x21 <= b <= 0x7E for b in value.encode("ascii"))
+    else:
+        assert value  # the empty string is never refused here
+
+
+def test_an_anthropic_key_that_cannot_go_into_a_header_is_unusable(tmp_path: Path) -> None:
+    write(tmp_path, "a.json", {"email": "apikey:a", "provider": "anthropic",
+                               "auth": {"ANTHROPIC_API_KEY": "sk-ant-ключ"}})
+    pool = _pool(tmp_path)
+    reason = pool.why_unusable(pool.store.accounts()[0]) or ""
+    assert "outside Latin-1" in reason and "HTTP header" in reason

@@ -33,6 +33,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert config.token_url == "https://auth.openai.com/oauth/token"
     assert config.ca_bundles == ()
     assert config.idle_timeout == 300.0
+    assert config.header_timeout == 30.0
     assert config.codex_auth == str(tmp_path / ".codex" / "auth.json")
 
 
@@ -92,6 +93,8 @@ def test_usage_retention_must_outlast_the_raw_days() -> None:
         (["--addr", "::1:80"], "--addr"),
         (["--idle-timeout", "soon"], "--idle-timeout"),
         (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--header-timeout", "0"], "--header-timeout"),
+        (["--header-timeout", "later"], "--header-timeout"),
         (["--codex-upstream", "ftp://x"], "--codex-upstream"),
         (["--openai-upstream", "api.openai.com"], "--openai-upstream"),
         (["--token-url", "https://x/?a=1"], "--token-url"),

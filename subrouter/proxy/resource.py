@@ -61,7 +61,7 @@ from subrouter.sessions.usage import (
     worth_waiting_out,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
-from subrouter.upstream.client import set_no_delay
+from subrouter.upstream.client import StaleConnection, send_now, set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
 from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
@@ -165,6 +165,7 @@ class _ProxiedRequest:
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
         self.timer: IDelayedCall | None = None
+        self.last_data = self.started
         self.gone = False
         self.timed_out = False
         self.headers_sent = False
@@ -294,9 +295,9 @@ class _ProxiedRequest:
                         f"(account {account.id})",
                     )
                     return None
-                if attempt == 1 and _stale_connection(e):
-                    # a pooled connection the upstream had already closed;
-                    # nothing was answered, so sending again is safe
+                if attempt == 1 and isinstance(e, StaleConnection):
+                    # a reused pooled connection the upstream had closed, no
+                    # byte answered: the resend rule (upstream/client.py)
                     continue
                 self._fail(
                     502,
@@ -421,9 +422,9 @@ class _ProxiedRequest:
     def relay_chunk(self, data: bytes) -> None:
         if self.gone:
             return
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.proxy.idle_timeout)
+        # the idle timer checks this when it fires, instead of being reset
+        # for every chunk
+        self.last_data = self.clock.seconds()
         if self.watch_first:
             self.watch_first = False
             if self.account is not None and _usage_limit_event(data):
@@ -434,10 +435,19 @@ class _ProxiedRequest:
         self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end a chunked answer
         if b"rate_limits" in data and self.account is not None:
             self._observe_events(self.account, data)
         self.bytes_out += len(data)
-        self.request.write(data)
+        request = self.request
+        if request.chunked and not request._disconnected and not request.finished:
+            # what Request.write does for a chunked answer under way, without
+            # its layers: one framed chunk, sent at once
+            request.sentLength += len(data)
+            send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            request.write(data)
         if self.usage is not None:
             self.usage.feed(data)
         if self.tap is not None:
@@ -495,9 +505,8 @@ class _ProxiedRequest:
     # -- timers, failures, the end ------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(self.proxy.idle_timeout)
-        else:
+        self.last_data = self.clock.seconds()
+        if self.timer is None or not self.timer.active():
             self.timer = self.clock.callLater(self.proxy.idle_timeout, self._idle)
 
     def _disarm_timer(self) -> None:
@@ -507,6 +516,11 @@ class _ProxiedRequest:
 
     def _idle(self) -> None:
         self.timer = None
+        quiet = self.clock.seconds() - self.last_data
+        if quiet < self.proxy.idle_timeout:
+            # something arrived since the timer was set: wait out the rest
+            self.timer = self.clock.callLater(self.proxy.idle_timeout - quiet, self._idle)
+            return
         self.timed_out = True
         self._stop_upstream()
 
@@ -625,16 +639,3 @@ def _abort_client(request: Request) -> None:
     transport = channel.transport if channel is not None else None
     if transport is not None:
         cast(ITCPTransport, transport).abortConnection()
-
-
-def _stale_connection(error: Exception) -> bool:
-    """
-    Whether a request failed because a pooled connection was already closed
-    before any answer came: safe to send again on a new connection.
-    """
-    from twisted.internet.error import ConnectionDone, ConnectionLost
-    from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
-
-    if not isinstance(error, ResponseNeverReceived | RequestTransmissionFailed):
-        return False
-    return all(r.check(ConnectionDone, ConnectionLost) for r in error.reasons)

@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from subrouter.errors import error_body, write_error
 from subrouter.routing.inflight import InFlight
+from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
 from subrouter.web.guard import Guard, Refusal
 
 _ADMIN = b"_subrouter"
@@ -156,21 +157,42 @@ _PROBE = _BaseURLProbe()
 class ProxyRequest(Request):
     """
     A request whose body is never parsed as a form: the proxy forwards bodies
-    as they are, and parsing a Content-Type alone costs more than routing.
+    as they are, and parsing a Content-Type alone (Twisted does it with the
+    ``email`` package) costs more than routing.
     """
 
-    _parsePOSTFormSubmission = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Twisted sets this per request from the Site's constructor argument,
+        # so a class attribute alone is overwritten
+        self._parsePOSTFormSubmission = False
 
 
 class QuietSite(Site):
     """
     A Site without Twisted's access log: the proxy logs one structured line
-    per request itself, without the query string or any header.
+    per request itself, without the query string or any header. Its
+    connections are :class:`SubrouterChannel`: limits on the request head
+    answered with a JSON reason, and a deadline for a whole head.
+
+    :ivar header_timeout: seconds a client has to send a complete request head.
     """
 
     displayTracebacks = False
     noisy = False
     requestFactory = ProxyRequest
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def __init__(self, resource: Resource, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
+
+    def protocol(self) -> SubrouterChannel:  # type: ignore[override]
+        # a plain HTTP/1.1 channel: the listener is loopback TCP, never TLS
+        # with ALPN, so Twisted's HTTP/2-switching wrapper is not needed
+        channel = SubrouterChannel()
+        channel.header_timeout = self.header_timeout
+        return channel
 
     def log(self, request: http.Request) -> None:
         pass

@@ -44,7 +44,10 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
@@ -52,6 +55,7 @@ from subrouter.accounting.extract import Origin
 from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.errors import describe_failure_reason
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
 from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
 from subrouter.routing.shared import SharedPlacement
@@ -187,12 +191,17 @@ class UpstreamRefused(Exception):
 
 def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
     """
-    The client's answer when the upstream refused the upgrade: the same status.
+    The client's answer when the upstream refused the upgrade: the same
+    status; when it could not be reached (502), why, in words.
     """
     _log.warn(
         "the upstream refused the WebSocket via account {account}: {status} {reason}",
         account=name, status=refused.status, reason=refused.reason,
     )
+    if refused.status == 502 and not _UPGRADE_FAILED.search(refused.reason):
+        return ConnectionDeny(
+            502, f"could not open the upstream WebSocket via account {name}: {refused.reason}"
+        )
     return ConnectionDeny(refused.status, f"the upstream refused the WebSocket via account {name}")
 
 
@@ -206,8 +215,15 @@ class UpstreamProtocol(WebSocketClientProtocol):
     response: ConnectionResponse | None = None
     opened = False
 
+    lost_reason: Failure | None = None
+
     def onConnect(self, response: ConnectionResponse) -> None:
         self.response = response
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # kept so a failed opening can say why (TLS, a reset, ...) in words
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened = True
@@ -227,6 +243,8 @@ class UpstreamProtocol(WebSocketClientProtocol):
             match = _UPGRADE_FAILED.search(reason or "")
             if match:
                 status = int(match.group(1))
+            elif self.lost_reason is not None and not self.lost_reason.check(ConnectionDone):
+                reason = describe_failure_reason(self.lost_reason)
             if waiting is not None and not waiting.called:
                 waiting.errback(UpstreamRefused(status, reason or "the upstream refused"))
             return
@@ -405,8 +423,6 @@ class RelayServerProtocol(WebSocketServerProtocol):
         try:
             await endpoint.connect(factory)
         except Exception as e:
-            from subrouter.errors import describe_failure_reason
-
             raise UpstreamRefused(502, describe_failure_reason(e)) from None
         return await waiting
 
