@@ -8,14 +8,14 @@ What is measured
 The run starts two subprocesses on 127.0.0.1: a fake Responses upstream (this
 file again, with ``--upstream-server``: a lean WebSocket server written on
 plain asyncio, speaking ``ws://`` on ``/backend-api/codex/responses``), and
-Subrouter itself (``twistd -n subrouter``, started exactly as
-``bench/proxy_bench.py`` starts it: every URL on loopback, every folder
-temporary, one ChatGPT login whose token does not expire during the run, so no
-refresh happens). The benchmark process is the client: a minimal WebSocket
-client on asyncio (masked frames, as RFC 6455 wants of clients), opening
-either ``ws://127.0.0.1:U/backend-api/codex/responses`` on the upstream
-("direct") or ``ws://127.0.0.1:P/v1/responses`` on Subrouter ("proxied"),
-which relays it to that same upstream path with the login's credentials.
+Subrouter itself (``twistd -n subrouter``, started by ``harness.py`` as for
+every benchmark: every URL on loopback, every folder temporary, one ChatGPT
+login whose token does not expire during the run, so no refresh happens). The
+benchmark process is the client: a minimal WebSocket client on asyncio (masked
+frames, as RFC 6455 wants of clients), opening either
+``ws://127.0.0.1:U/backend-api/codex/responses`` on the upstream ("direct") or
+``ws://127.0.0.1:P/v1/responses`` on Subrouter ("proxied"), which relays it to
+that same upstream path with the login's credentials.
 
 For every ``{"type":"response.create","seq":N,"t":T}`` text message the
 upstream answers at once with ``{"type":"response.completed","seq":N,"t":T}``;
@@ -60,8 +60,8 @@ From the repository root, in the project's virtualenv::
     python bench/ws_bench.py --json out.json  # also write the numbers as JSON
     python bench/ws_bench.py --log sr.log     # keep Subrouter's log
 
-``SUBROUTER_BENCH_PROFILE=FILE`` runs Subrouter under cProfile, as for
-``proxy_bench.py`` (whose process handling this file reuses).
+``SUBROUTER_BENCH_PROFILE=FILE`` runs Subrouter under cProfile (see
+``harness.twistd_command``).
 
 It prints Markdown tables on stdout (progress goes to stderr) and exits 0; 1
 when it could not run, 2 when anything listed under PROBLEMS went wrong (or
@@ -79,35 +79,42 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
-import select
-import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from typing import IO, Any, cast
 
-from proxy_bench import (
+from harness import (
+    BAD_LOG_LEVEL,
     CHATGPT_ACCOUNT_ID,
     CODEX_PREFIX,
     HOST,
+    MAX_HEAD,
+    SETTLE,
     BenchError,
     Processes,
-    _die_with_parent,
-    _finite,
-    _tail,
+    comparison_row,
+    comparison_table,
+    describe_error,
+    exit_on_sigterm,
+    interleaved,
+    log_text,
+    machine_info,
+    machine_line,
     percentile,
+    private_folder,
+    problem_lines,
     process_cpu_seconds,
+    run_upstream,
+    serve_upstream,
     write_account,
+    write_json,
 )
 
 DIRECT = "direct"
@@ -121,7 +128,6 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 #: the largest message either end of this benchmark accepts
 MAX_MESSAGE = 16 * 1024 * 1024
-MAX_HEAD = 64 * 1024
 
 #: the padded request of the "64 KB request" scenario
 BIG_REQUEST = 64 * 1024
@@ -136,11 +142,6 @@ BURST_BATCH = 64
 ROUND_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-STARTUP_TIMEOUT = 30.0
-#: a pause between rounds, so one path's leftover work does not land in the other's round
-SETTLE = 0.01
-#: the fake upstream exits by itself after this long, should everything else fail
-UPSTREAM_LIFETIME = 1800.0
 
 #: what the client puts in Authorization when it goes through Subrouter (it is replaced)
 CLIENT_PLACEHOLDER_KEY = "sk-bench-client-placeholder"
@@ -569,48 +570,14 @@ class _UpstreamConnection(asyncio.Protocol):
 
 
 async def _serve_upstream(stats_path: str | None) -> None:
-    loop = asyncio.get_running_loop()
     stats = UpstreamStats()
-    server = await loop.create_server(lambda: _UpstreamConnection(stats), HOST, 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"{port}\n")
-    sys.stdout.flush()
-    stop: asyncio.Future[None] = loop.create_future()
 
-    def finish() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    def stdin_readable() -> None:
-        # the benchmark holds our stdin open: EOF means it has gone
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            finish()
-
-    loop.add_reader(0, stdin_readable)
-    loop.add_signal_handler(signal.SIGTERM, finish)
-    loop.call_later(UPSTREAM_LIFETIME, finish)
-    try:
-        await stop
-    finally:
-        server.close()
+    def save() -> None:
         if stats_path:
             with open(stats_path, "w") as f:
                 json.dump(dict(stats.counts), f)
 
-
-def upstream_main(stats_path: str | None) -> int:
-    """
-    Serve the fake upstream until stdin closes; print the port on stdout first.
-    """
-    # the benchmark process owns shutdown; Ctrl-C in its terminal is for it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve_upstream(stats_path))
-    return 0
+    await serve_upstream(lambda: _UpstreamConnection(stats), save)
 
 
 # -- the client -----------------------------------------------------------------------------
@@ -888,11 +855,6 @@ class WsClient(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def describe_error(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:240]
-
-
 # -- the measurements -------------------------------------------------------------------------
 
 
@@ -1063,9 +1025,6 @@ class Bench:
 
     # -- scenarios
 
-    def _order(self, number: int) -> tuple[str, ...]:
-        return MODES if number % 2 == 0 else MODES[::-1]
-
     def _cpu(self) -> float | None:
         return process_cpu_seconds(self.proxy_pid)
 
@@ -1117,7 +1076,7 @@ class Bench:
             if self.late():
                 self.results.cut_short.append(f"handshakes: stopped after {number} rounds")
                 break
-            for mode in self._order(number):
+            for mode in interleaved(MODES, number):
                 into = samples[mode]
                 before = self._cpu() if mode == PROXIED else None
                 for _ in range(plan.handshakes_per_round):
@@ -1155,7 +1114,7 @@ class Bench:
                     self.results.cut_short.append(
                         f"{scenario.name}: stopped after {number} rounds")
                     break
-                for mode in self._order(number):
+                for mode in interleaved(MODES, number):
                     into = samples[mode]
                     if len(lanes[mode]) < scenario.lanes:
                         # a connection was lost: top up
@@ -1192,7 +1151,7 @@ class Bench:
                     self.results.cut_short.append(
                         f"{scenario.name}: stopped after {number} rounds")
                     break
-                for mode in self._order(number):
+                for mode in interleaved(MODES, number):
                     into = samples[mode]
                     if len(lanes[mode]) < scenario.lanes:
                         lanes[mode] += await self.open_lanes(
@@ -1232,33 +1191,6 @@ def aggregate_rate(jobs: Sequence[Burst]) -> float | None:
 # -- the processes --------------------------------------------------------------------------
 
 
-class WsProcesses(Processes):
-    """
-    ``proxy_bench``'s processes, with this file's WebSocket upstream.
-    """
-
-    def __init__(self, stats_path: str) -> None:
-        super().__init__()
-        self.stats_path = stats_path
-
-    def start_upstream(self, folder: str) -> int:
-        errors = open(os.path.join(folder, "upstream.log"), "wb")
-        self._files.append(errors)
-        self.upstream = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--upstream-server",
-             "--upstream-stats", self.stats_path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, cwd=folder,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        stdout = self.upstream.stdout
-        assert stdout is not None
-        ready, _, _ = select.select([stdout], [], [], STARTUP_TIMEOUT)
-        line = stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            raise BenchError(f"the fake upstream did not start: {_tail(errors.name)}")
-        return int(line)
-
-
 def read_upstream_stats(path: str) -> dict[str, int]:
     try:
         with open(path) as f:
@@ -1269,7 +1201,6 @@ def read_upstream_stats(path: str) -> dict[str, int]:
 
 _OPENED = re.compile(r"WebSocket \S+ opened via account")
 _CLOSED = re.compile(r"WebSocket \S+ via account \S+ closed \((\S+)\)")
-_BAD_LEVEL = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled")
 _FACTORY = re.compile(r"(Starting|Stopping) factory")
 
 
@@ -1311,10 +1242,8 @@ def summarize_log(path: str, timeline: Sequence[tuple[float, str]]) -> dict[str,
                     opened += 1
                 elif _FACTORY.search(line):
                     factories += 1
-                elif _BAD_LEVEL.search(line):
-                    # the timestamp would make every line distinct
-                    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT",
-                                  line.split("] ", 1)[-1].strip()[:200])
+                elif BAD_LOG_LEVEL.search(line):
+                    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", log_text(line))
                     warnings[text] += 1
                     seen = when.setdefault(text, [])
                     phase = during(_log_time(line), timeline)
@@ -1331,18 +1260,12 @@ def summarize_log(path: str, timeline: Sequence[tuple[float, str]]) -> dict[str,
 # -- the report -----------------------------------------------------------------------------
 
 
-def _stats(values: Sequence[float], scale: float = 1000.0) -> dict[str, float | int]:
-    return {"p50": percentile(values, 50) * scale, "p99": percentile(values, 99) * scale,
-            "n": len(values)}
-
-
 def build_report(results: Results, plan: Plan) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     def add_row(name: str, samples: dict[str, Samples]) -> None:
-        d, p = _stats(samples[DIRECT].values), _stats(samples[PROXIED].values)
-        rows.append({"scenario": name, "direct": d, "proxied": p,
-                     "added": {key: p[key] - d[key] for key in ("p50", "p99")}})
+        rows.append(comparison_row(name, MODES, samples[DIRECT].values,
+                                   samples[PROXIED].values))
 
     if results.handshakes:
         add_row("handshake (open a WebSocket)", results.handshakes)
@@ -1366,14 +1289,14 @@ def build_report(results: Results, plan: Plan) -> dict[str, Any]:
         if counter:
             problems[where] = dict(counter)
 
-    for mode, samples in results.handshakes.items():
-        note(f"handshakes, {mode}", samples.problems)
+    for mode, taken in results.handshakes.items():
+        note(f"handshakes, {mode}", taken.problems)
     for name, by_mode in results.latency.items():
-        for mode, samples in by_mode.items():
-            note(f"{name}, {mode}", samples.problems)
+        for mode, taken in by_mode.items():
+            note(f"{name}, {mode}", taken.problems)
     for name, by_mode in results.bursts.items():
-        for mode, samples in by_mode.items():
-            note(f"{name}, {mode}", samples.problems)
+        for mode, taken in by_mode.items():
+            note(f"{name}, {mode}", taken.problems)
     for mode, counter in results.warmup_problems.items():
         note(f"warm-up, {mode}", counter)
     cpu = {name: {"us": seconds / count * 1e6 if count else float("nan"), "per": per}
@@ -1387,24 +1310,8 @@ def _rate(value: float) -> str:
     return "n/a" if value != value else f"{value:,.0f}"
 
 
-def _ms(value: float, signed: bool = False) -> str:
-    if value != value:  # NaN: no samples
-        return "n/a"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
 def render(report: dict[str, Any], machine: str) -> str:
-    out = [machine, "",
-           "| scenario | direct p50 | direct p99 | proxied p50 | proxied p99 | added p50 "
-           "| added p99 | samples (direct/proxied) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in report["rows"]:
-        d, p, a = row["direct"], row["proxied"], row["added"]
-        out.append(
-            f"| {row['scenario']} | {_ms(d['p50'])} | {_ms(d['p99'])} | {_ms(p['p50'])} "
-            f"| {_ms(p['p99'])} | {_ms(a['p50'], True)} | {_ms(a['p99'], True)} "
-            f"| {d['n']}/{p['n']} |"
-        )
+    out = [machine, "", *comparison_table(report["rows"], MODES, digits=3)]
     if report["bursts"]:
         out += ["", f"one-way bursts of {MESSAGE_BYTES} B text messages, rate in messages/s "
                 "over all connections, from the first trigger sent to the last message in",
@@ -1456,52 +1363,22 @@ def render(report: dict[str, Any], machine: str) -> str:
         out.append(f"cut short by the time limit: {note}")
     if report["problems"]:
         out.append("PROBLEMS (messages or handshakes that were wrong, missing or late):")
-        for where, counts in report["problems"].items():
-            for text, count in counts.items():
-                out.append(f"  {where}: x{count} {text}")
+        out += problem_lines(report["problems"])
     else:
         out.append("every handshake, reply and burst checked out (accept key, upstream echo "
                    "of path and credentials, seq and t, counts and order, clean close)")
     return "\n".join(out)
 
 
-def machine_info() -> dict[str, Any]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
+def autobahn_nvx() -> bool | None:
+    """
+    Whether autobahn uses its NVX (C) frame masking and UTF-8 checks here.
+    """
     try:
         from autobahn.websocket import USES_NVX
-
-        nvx: bool | None = bool(USES_NVX)
     except ImportError:
-        nvx = None
-    return {
-        "nproc": usable,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "twisted": version("twisted"),
-        "autobahn": version("autobahn"),
-        "autobahn_nvx": nvx,
-        "subrouter": version("subrouter"),
-        "loadavg": os.getloadavg(),
-    }
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    return (
-        f"machine: nproc {info['nproc']}, {info['implementation']} {info['python']}, "
-        f"{info['platform']}; Twisted {info['twisted']}, autobahn {info['autobahn']} "
-        f"(NVX {info['autobahn_nvx']}), subrouter {info['subrouter']}; load average at start "
-        f"{info['loadavg'][0]:.2f}"
-    )
+        return None
+    return bool(USES_NVX)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -1522,34 +1399,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
          progress: IO[str] = sys.stderr) -> int:
     args = parse_args(argv)
     if args.upstream_server:
-        return upstream_main(args.upstream_stats)
-    signal.signal(signal.SIGTERM, _terminated)
+        return run_upstream(lambda: _serve_upstream(args.upstream_stats))
+    exit_on_sigterm()
     plan = QUICK if args.quick else FULL
-    info = machine_info()
+    info = machine_info(("twisted", "autobahn"))
+    info["autobahn_nvx"] = autobahn_nvx()
+    processes = Processes()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="subrouter-ws-bench-") as folder:
+    with private_folder("subrouter-ws-bench-") as folder:
         stats_path = os.path.join(folder, "upstream-stats.json")
-        processes = WsProcesses(stats_path)
         log_path = os.path.abspath(args.log) if args.log else os.path.join(folder, "subrouter.log")
         try:
             access_token = write_account(folder)
-            upstream_port = processes.start_upstream(folder)
-            proxy_port = processes.start_proxy(folder, upstream_port, log_path)
-            assert processes.proxy is not None
+            upstream_port = processes.start_upstream(folder, __file__, "--upstream-stats",
+                                                     stats_path)
+            proxy_port = processes.start_daemon(PROXIED, folder, upstream_port, log_path)
             progress.write(f"upstream on {HOST}:{upstream_port}, Subrouter on "
                            f"{HOST}:{proxy_port} (log: {log_path})\n")
             bench = Bench(plan, {DIRECT: upstream_port, PROXIED: proxy_port}, access_token,
-                          processes.proxy.pid, progress)
+                          processes.daemons[PROXIED].pid, progress)
             results = asyncio.run(bench.run())
-            proxy_status = processes.proxy.poll()
+            proxy_status = processes.exited()[PROXIED]
         except KeyboardInterrupt:
             progress.write("interrupted\n")
             return 130
@@ -1557,6 +1431,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
             progress.write(f"ws_bench: {e}\n")
             return 1
         finally:
+            # the upstream writes its counters as it exits
             processes.stop()
         report = build_report(results, plan)
         report["upstream"] = read_upstream_stats(stats_path)
@@ -1572,13 +1447,13 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
         "burst_message_bytes": MESSAGE_BYTES,
     }
     report["seconds"] = round(time.monotonic() - started, 1)
-    stdout.write(render(report, machine_line(info)) + "\n")
+    versions = (f"Twisted {info['twisted']}, autobahn {info['autobahn']} "
+                f"(NVX {info['autobahn_nvx']}), subrouter {info['subrouter']}")
+    stdout.write(render(report, machine_line(info, versions)) + "\n")
     stdout.flush()
     progress.write(f"done in {report['seconds']:.0f} s\n")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(_finite(report), f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 2 if report["problems"] or report["proxy_exited_during_run"] is not None else 0
 
 
