@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from subrouter.main import cx_main, main
-from tests.test_accounts import oauth_document, write
+from tests.support.store import oauth_document, write
 
 
 def test_cx_list_shows_accounts_and_skipped_files(
