@@ -25,8 +25,9 @@ from twisted.internet.task import Clock
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account, AccountKind, AccountStore
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import SessionKey
-from subrouter.sessions.placement import Identity, Placement
+from subrouter.sessions.placement import Placement
 from subrouter.sessions.scheduler import Window
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import UsageBook

@@ -1,6 +1,9 @@
 # -*- test-case-name: tests.test_options -*-
 """
-Parsing and checking option values: addresses, durations, URLs, files.
+The daemon's settings in one place: every default URL and duration (shared by
+``subrouter serve``, ``twistd subrouter`` and ``cx``), the checked and typed
+:class:`Config`, and the parsers of option values (addresses, durations, URLs,
+files).
 
 Each parser raises :class:`ValueError` with a message for people; the option
 classes turn it into a usage error that names the option.
@@ -12,6 +15,71 @@ import ipaddress
 import os
 import re
 from urllib.parse import urlsplit
+
+import attrs
+
+# -- defaults ------------------------------------------------------------------
+
+DEFAULT_ADDR = "127.0.0.1:31415"
+DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
+DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"
+DEFAULT_ACCOUNTS_DIR = "~/.codex-accounts"
+DEFAULT_STATE_DIR = "~/.subrouter"
+#: the ChatGPT usage endpoint (``wham/usage``)
+DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
+#: the OpenAI OAuth token endpoint, for refreshing ChatGPT logins
+DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
+#: the Anthropic OAuth usage endpoint, for Claude profiles
+DEFAULT_ANTHROPIC_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
+#: where ``subrouter codex`` points Codex
+DEFAULT_CODEX_BASE_URL = "http://127.0.0.1:31415/v1"
+DEFAULT_IDLE_TIMEOUT = "5m"
+DEFAULT_SESSION_IDLE_TTL = "30m"
+DEFAULT_USAGE_INTERVAL = "10m"
+DEFAULT_USAGE_SCORE_TTL = "30s"
+DEFAULT_CX_SWITCH_INTERVAL = "10m"
+DEFAULT_TRANSCRIPT_MAX_BODY = "16M"
+DEFAULT_TRANSCRIPT_SYNC_INTERVAL = "5m"
+DEFAULT_TRANSCRIPT_SYNC_TIMEOUT = "30m"
+#: how often the account directory is checked for changes
+ACCOUNT_RESCAN_INTERVAL = 2.0
+
+
+@attrs.frozen
+class Config:
+    """
+    The daemon's settings, checked and typed.
+    """
+
+    endpoint: str
+    addr: str
+    expose: bool
+    accounts_dir: str
+    codex_upstream: str
+    openai_upstream: str
+    token_url: str
+    ca_bundles: tuple[str, ...]
+    idle_timeout: float
+    codex_auth: str
+    state_dir: str = ""
+    session_idle_ttl: float = 1800.0
+    usage_url: str = DEFAULT_USAGE_URL
+    usage_interval: float = 600.0
+    usage_score_ttl: float = 30.0
+    fetch_usage: bool = True
+    transcripts: str | None = None
+    transcript_max_body: int = 16 * 1024 * 1024
+    transcript_exclude: tuple[str, ...] = ("/models",)
+    transcript_retention: float = 0.0
+    transcript_gcs_uri: str | None = None
+    transcript_sync_interval: float = 300.0
+    transcript_sync_timeout: float = 1800.0
+    gsutil: str | None = None
+    cx_switch_interval: float = 0.0
+    account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+
+
+# -- parsers -------------------------------------------------------------------
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

@@ -14,56 +14,29 @@ import os
 import sys
 from typing import IO, Any
 
-import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from subrouter import config as parse
-from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, codex_auth_path
-
-DEFAULT_ADDR = "127.0.0.1:31415"
-DEFAULT_CODEX_UPSTREAM = "https://chatgpt.com/backend-api/codex"
-DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"
-DEFAULT_ACCOUNTS_DIR = "~/.codex-accounts"
-DEFAULT_IDLE_TIMEOUT = "5m"
-DEFAULT_STATE_DIR = "~/.subrouter"
-DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
-#: how often the account directory is checked for changes
-ACCOUNT_RESCAN_INTERVAL = 2.0
-
-
-@attrs.frozen
-class Config:
-    """
-    The daemon's settings, checked and typed.
-    """
-
-    endpoint: str
-    addr: str
-    expose: bool
-    accounts_dir: str
-    codex_upstream: str
-    openai_upstream: str
-    token_url: str
-    ca_bundles: tuple[str, ...]
-    idle_timeout: float
-    codex_auth: str
-    state_dir: str = ""
-    session_idle_ttl: float = 1800.0
-    usage_url: str = DEFAULT_USAGE_URL
-    usage_interval: float = 600.0
-    usage_score_ttl: float = 30.0
-    fetch_usage: bool = True
-    transcripts: str | None = None
-    transcript_max_body: int = 16 * 1024 * 1024
-    transcript_exclude: tuple[str, ...] = ("/models",)
-    transcript_retention: float = 0.0
-    transcript_gcs_uri: str | None = None
-    transcript_sync_interval: float = 300.0
-    transcript_sync_timeout: float = 1800.0
-    gsutil: str | None = None
-    cx_switch_interval: float = 0.0
-    account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+from subrouter.accounts.refresh import codex_auth_path
+from subrouter.config import (
+    DEFAULT_ACCOUNTS_DIR,
+    DEFAULT_ADDR,
+    DEFAULT_CODEX_UPSTREAM,
+    DEFAULT_CX_SWITCH_INTERVAL,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_OPENAI_UPSTREAM,
+    DEFAULT_SESSION_IDLE_TTL,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TOKEN_URL,
+    DEFAULT_TRANSCRIPT_MAX_BODY,
+    DEFAULT_TRANSCRIPT_SYNC_INTERVAL,
+    DEFAULT_TRANSCRIPT_SYNC_TIMEOUT,
+    DEFAULT_USAGE_INTERVAL,
+    DEFAULT_USAGE_SCORE_TTL,
+    DEFAULT_USAGE_URL,
+    Config,
+)
 
 
 class Options(usage.Options):
@@ -96,22 +69,26 @@ class Options(usage.Options):
          "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
         ["state-dir", None, DEFAULT_STATE_DIR,
          "Where sticky sessions and exhaustion marks are kept across restarts."],
-        ["session-idle-ttl", None, "30m",
+        ["session-idle-ttl", None, DEFAULT_SESSION_IDLE_TTL,
          "A conversation unseen this long no longer counts as live on its account."],
         ["usage-url", None, DEFAULT_USAGE_URL, "The ChatGPT usage endpoint."],
-        ["usage-interval", None, "10m", "How often every login's usage is polled."],
-        ["usage-score-ttl", None, "30s",
+        ["usage-interval", None, DEFAULT_USAGE_INTERVAL,
+         "How often every login's usage is polled."],
+        ["usage-score-ttl", None, DEFAULT_USAGE_SCORE_TTL,
          "Refresh usage older than this before placing a new conversation (0: never)."],
         ["fetch-usage", None, "true", "Poll usage at all: true or false."],
         ["transcripts", None, None, "Record every exchange as JSONL under this folder (off)."],
-        ["transcript-max-body", None, "16M", "Bytes of one body recorded (e.g. 512K, 16M)."],
+        ["transcript-max-body", None, DEFAULT_TRANSCRIPT_MAX_BODY,
+         "Bytes of one body recorded (e.g. 512K, 16M)."],
         ["transcript-retention", None, "0",
          "Delete session transcripts idle this long (e.g. 30d; 0 keeps them)."],
         ["transcript-gcs-uri", None, None,
          "Mirror the transcripts to gs://bucket/prefix with gsutil rsync."],
-        ["transcript-sync-interval", None, "5m", "How often the mirror runs."],
-        ["transcript-sync-timeout", None, "30m", "How long one mirror run may take."],
-        ["cx-switch-interval", None, "10m",
+        ["transcript-sync-interval", None, DEFAULT_TRANSCRIPT_SYNC_INTERVAL,
+         "How often the mirror runs."],
+        ["transcript-sync-timeout", None, DEFAULT_TRANSCRIPT_SYNC_TIMEOUT,
+         "How long one mirror run may take."],
+        ["cx-switch-interval", None, DEFAULT_CX_SWITCH_INTERVAL,
          "Make the best login active for local agents this often (0: never)."],
     ]
 
@@ -136,7 +113,7 @@ class Options(usage.Options):
         self["ca-bundle"].append(path)
 
     @property
-    def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:  # type: ignore[override]
+    def subCommands(self) -> list[tuple[str, None, type[usage.Options], str]]:
         from subrouter.cli.cx import CxOptions
 
         return [("cx", None, CxOptions, "Manage Codex accounts, then exit (no daemon).")]
@@ -311,19 +288,19 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     :param reactor: the reactor everything runs on.
     """
     from autobahn.twisted.resource import WebSocketResource
-    from twisted.application.internet import StreamServerEndpointService, TimerService
+    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
+    from subrouter.jobs import every
     from subrouter.jobs.autoswitch import AutoSwitch, environ_for_agents
-    from subrouter.jobs.transcript_sync import GsutilSync
+    from subrouter.jobs.state_file import StateSaver, load_state
     from subrouter.proxy.resource import ProxyResource
     from subrouter.routing.usage import UsagePoller
     from subrouter.sessions.placement import Placement
-    from subrouter.sessions.state import StateSaver, load_state
     from subrouter.sessions.table import SessionTable
     from subrouter.sessions.usage import UsageBook
     from subrouter.transcripts.recorder import Recorder
@@ -392,51 +369,52 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay)), reactor=reactor)
 
     _StartupService(config, store).setServiceParent(top)
-    rescan = TimerService(config.account_rescan_interval, store.rescan)
-    rescan.clock = reactor
-    rescan.setName("account-rescan")
-    rescan.setServiceParent(top)
+    every("account-rescan", config.account_rescan_interval, store.rescan, reactor
+          ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
     if recorder is not None:
-        RecorderService(recorder).setServiceParent(top)
-        if config.transcript_retention > 0:
-            retention = TimerService(
-                min(3600.0, config.transcript_retention),
-                lambda: recorder.expire(config.transcript_retention),
-            )
-            retention.clock = reactor
-            retention.setServiceParent(top)
-        if config.transcript_gcs_uri and config.gsutil:
-            mirror = GsutilSync(
-                directory=config.transcripts or "", uri=config.transcript_gcs_uri,
-                gsutil=config.gsutil, spawn=reactor.spawnProcess, clock=reactor,
-                timeout=config.transcript_sync_timeout,
-            )
-            syncing = TimerService(config.transcript_sync_interval, mirror.run_once)
-            syncing.clock = reactor
-            syncing.setName("transcript-sync")
-            syncing.setServiceParent(top)
+        _recording_services(config, recorder, reactor).setServiceParent(top)
     if config.state_dir:
-        saver = StateSaver(config.state_dir, table, book, run_blocking, reactor)
-        saver.service().setServiceParent(top)
+        StateSaver(config.state_dir, table, book, run_blocking, reactor).service(
+        ).setServiceParent(top)
     if config.fetch_usage and config.cx_switch_interval > 0:
         switcher = AutoSwitch(placement=placement, poller=poller, codex_auth=config.codex_auth,
                               environ=environ_for_agents(), run_blocking=run_blocking)
-        switching = TimerService(config.cx_switch_interval, switcher.run_once)
-        switching.clock = reactor
-        switching.setName("cx-switch")
-        switching.setServiceParent(top)
+        every("cx-switch", config.cx_switch_interval, switcher.run_once, reactor
+              ).setServiceParent(top)
     if config.fetch_usage:
-        polling = TimerService(config.usage_interval, poller.run_once)
-        polling.clock = reactor
-        polling.setName("usage-poller")
-        polling.setServiceParent(top)
+        every("usage-poller", config.usage_interval, poller.run_once, reactor
+              ).setServiceParent(top)
     listener = StreamServerEndpointService(serverFromString(reactor, config.endpoint), site)
     # a port that cannot be bound stops the daemon instead of idling
     listener._raiseSynchronously = True
     listener.setName("listener")
     listener.setServiceParent(top)
     return top
+
+
+def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiService:
+    """
+    The transcript writer, its retention job and its mirror to GCS.
+    """
+    from subrouter.jobs import every
+    from subrouter.jobs.transcript_sync import GsutilSync
+
+    services = MultiService()
+    RecorderService(recorder).setServiceParent(services)
+    if config.transcript_retention > 0:
+        every("transcript-retention", min(3600.0, config.transcript_retention),
+              lambda: recorder.expire(config.transcript_retention), reactor
+              ).setServiceParent(services)
+    if config.transcript_gcs_uri and config.gsutil:
+        mirror = GsutilSync(
+            directory=config.transcripts or "", uri=config.transcript_gcs_uri,
+            gsutil=config.gsutil, spawn=reactor.spawnProcess, clock=reactor,
+            timeout=config.transcript_sync_timeout,
+        )
+        every("transcript-sync", config.transcript_sync_interval, mirror.run_once, reactor
+              ).setServiceParent(services)
+    return services
 
 
 def makeService(options: Options) -> IService:

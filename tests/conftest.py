@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from twisted.logger import globalLogPublisher
 
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream
+
+# property tests judge behaviour, not speed: a loaded machine must not fail them
+settings.register_profile("subrouter", deadline=None)
+settings.load_profile("subrouter")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,12 +17,19 @@ from subrouter.sessions.scheduler import (
     Candidate,
     Score,
     Window,
-    pick,
     rank,
     score_windows,
 )
 
 H5, D7 = 5 * 3600, 7 * 86400
+
+
+def pick(candidates: list[Candidate]) -> Candidate | None:
+    """
+    The best candidate, as placement takes it: the head of the ranking.
+    """
+    ranked = rank(candidates)
+    return ranked[0] if ranked else None
 
 
 def account(name: str, h5: float, d7: float, reset_5h: float = 0.0, sessions: int = 0,

@@ -29,16 +29,13 @@ from subrouter.accounts.store import (
     scan_directory,
 )
 from subrouter.files import atomic_write, dump_json, ensure_private_directory, locked
+from subrouter.timefmt import rfc3339
 
 
 class StoreError(Exception):
     """
     A command cannot do what was asked; the message says why.
     """
-
-
-def now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def accounts_dir(store: str) -> str:
@@ -121,7 +118,7 @@ def save_auth(store: str, account_id: str, auth: Mapping[str, Any],
                 raise StoreError(f"storage key collision: {path} holds {document.get('email')}")
             created = False
         document["email"] = account_id
-        document.setdefault("addedAt", now_rfc3339())
+        document.setdefault("addedAt", rfc3339())
         document["auth"] = dict(auth)
         if extra:
             document.update(extra)

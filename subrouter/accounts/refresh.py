@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,11 +35,11 @@ from subrouter.accounts.store import (
 )
 from subrouter.files import atomic_write, dump_json, locked
 from subrouter.redact import fingerprint, scrub_text
+from subrouter.timefmt import rfc3339
 
 _log = Logger()
 
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
-DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 
 #: refresh an access token that expires within this many seconds
 REFRESH_SKEW = 60.0
@@ -47,6 +47,9 @@ REFRESH_SKEW = 60.0
 TRANSIENT_FAILURE_HOLD = 30.0
 #: how long a token endpoint call may take
 TOKEN_TIMEOUT = 30.0
+_JSON_HEADERS: dict[bytes | str, list[bytes | str]] = {
+    "Content-Type": ["application/json"], "Accept": ["application/json"]
+}
 
 
 class RefreshFailed(Exception):
@@ -70,13 +73,6 @@ class _Failure:
     reason: str
     refresh_fp: str
     until: float | None
-
-
-def rfc3339(seconds: float) -> str:
-    """
-    UTC time as the ``cx`` store writes it, e.g. ``2026-04-28T00:00:00Z``.
-    """
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def codex_auth_path(environ: dict[str, str] | None = None) -> str:
@@ -191,7 +187,7 @@ class TokenRefresher:
         self,
         *,
         store: AccountStore,
-        http: Any,
+        http: HTTPClient,
         token_url: str,
         clock: IReactorTime,
         run_blocking: BlockingRunner,
@@ -205,7 +201,6 @@ class TokenRefresher:
         self._codex_auth = codex_auth
         self._inflight: dict[str, list[Deferred[Account]]] = {}
         self._failures: dict[str, _Failure] = {}
-        self.refresh_count = 0
 
     def now(self) -> float:
         return self._clock.seconds()
@@ -319,7 +314,6 @@ class TokenRefresher:
             held.release()
         self._store.replace(refreshed, version)
         self._failures.pop(account.id, None)
-        self.refresh_count += 1
         _log.info(
             "refreshed the access token of {account} (expires in {expires_in}s)",
             account=refreshed.id,
@@ -345,7 +339,7 @@ class TokenRefresher:
                 "POST",
                 self._token_url,
                 data=body,
-                headers={"Content-Type": ["application/json"], "Accept": ["application/json"]},
+                headers=_JSON_HEADERS,
                 timeout=TOKEN_TIMEOUT,
             )
             raw = await treq.content(response)

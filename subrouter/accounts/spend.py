@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from treq.client import HTTPClient
+
 from subrouter.redact import scrub_text
 
 RETRY_DELAYS = (1.0, 2.0, 4.0)
@@ -23,7 +25,7 @@ class SpendError(Exception):
     pass
 
 
-async def get_json(http: Any, clock: Any, base: str, path: str, key: str) -> Any:
+async def get_json(http: HTTPClient, clock: Any, base: str, path: str, key: str) -> Any:
     """
     GET an organization endpoint with an admin key.
     """
@@ -52,7 +54,7 @@ async def get_json(http: Any, clock: Any, base: str, path: str, key: str) -> Any
     raise SpendError(last)
 
 
-async def projects(http: Any, clock: Any, base: str, key: str) -> list[dict[str, Any]]:
+async def projects(http: HTTPClient, clock: Any, base: str, key: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     after = ""
     for _ in range(20):

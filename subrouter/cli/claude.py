@@ -24,7 +24,9 @@ from subrouter.accounts.claude import (
     save,
     valid_name,
 )
+from subrouter.config import DEFAULT_ANTHROPIC_USAGE_URL
 from subrouter.files import ensure_private_directory
+from subrouter.timefmt import rfc3339
 
 
 class _Selector(usage.Options):
@@ -41,14 +43,14 @@ class _Plain(usage.Options):
 class _List(usage.Options):
     synopsis = "[--no-usage]"
     optFlags = [["no-usage", None, "Do not fetch usage."]]
-    optParameters = [["usage-url", None, "https://api.anthropic.com/api/oauth/usage",
+    optParameters = [["usage-url", None, DEFAULT_ANTHROPIC_USAGE_URL,
                       "The Anthropic OAuth usage endpoint."]]
 
 
 class _Add(usage.Options):
     synopsis = "[name]"
 
-    def parseArgs(self, name: str | None = None) -> None:  # type: ignore[override]
+    def parseArgs(self, name: str | None = None) -> None:
         self["name"] = name
 
 
@@ -104,7 +106,7 @@ def run(store: str, options: ClaudeOptions, streams: Any) -> int:
     if command in ("switch", "use"):
         name = find(registry, sub["selector"])
         registry["active"] = name
-        profiles[name]["lastUsed"] = manage.now_rfc3339()
+        profiles[name]["lastUsed"] = rfc3339()
         save(store, registry)
         folder = config_dir(store, profiles[name])
         streams.stdout.write(
@@ -136,7 +138,7 @@ def run(store: str, options: ClaudeOptions, streams: Any) -> int:
         if not name or name not in profiles:
             raise manage.StoreError("no Claude profile to run: add one with `cx claude add`")
         registry["active"] = name
-        profiles[name]["lastUsed"] = manage.now_rfc3339()
+        profiles[name]["lastUsed"] = rfc3339()
         save(store, registry)
         env = dict(streams.environ, CLAUDE_CONFIG_DIR=config_dir(store, profiles[name]))
         binary = streams.environ.get("SUBROUTER_CLAUDE_BIN") or "claude"
@@ -189,7 +191,7 @@ def _add(store: str, registry: dict[str, Any], name: str | None, streams: Any) -
     email = answer.get("email") if isinstance(answer.get("email"), str) else None
     final = name or email or "default"
     profiles = registry["profiles"]
-    profiles[final] = {"name": final, "createdAt": manage.now_rfc3339(), "dir": directory}
+    profiles[final] = {"name": final, "createdAt": rfc3339(), "dir": directory}
     if not registry.get("active"):
         registry["active"] = final
     save(store, registry)

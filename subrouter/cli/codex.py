@@ -18,9 +18,9 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from subrouter.config import DEFAULT_CODEX_BASE_URL
 from subrouter.sessions.keys import normalise_email
 
-DEFAULT_BASE_URL = "http://127.0.0.1:31415/v1"
 DUMMY_KEY_ENV = "SUBROUTER_CODEX_DUMMY_API_KEY"
 
 #: subcommands whose turns go through the model provider: config goes after them
@@ -51,7 +51,7 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
 
     :raises WrapperError: for an invalid ``SUBROUTER_CODEX_USER_EMAIL``.
     """
-    base = environ.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    base = environ.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_CODEX_BASE_URL
     raw_email = environ.get("SUBROUTER_CODEX_USER_EMAIL", "").strip()
     account = environ.get("SUBROUTER_CODEX_ACCOUNT_ID", "").strip()
     if len(account) > 256:

@@ -22,7 +22,14 @@ from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
 from subrouter.accounts.store import Account, AccountKind
 from subrouter.cli.claude import ClaudeOptions
-from subrouter.config import expand_path
+from subrouter.config import (
+    DEFAULT_ACCOUNTS_DIR,
+    DEFAULT_OPENAI_UPSTREAM,
+    DEFAULT_TOKEN_URL,
+    DEFAULT_USAGE_URL,
+    expand_path,
+)
+from subrouter.timefmt import rfc3339
 
 SubCommand = tuple[str, None, type[usage.Options], str]
 
@@ -118,9 +125,9 @@ class _StatusOptions(_Interspersed):
     synopsis = "[--json]"
     optFlags = [["json", None, "Print JSON for scripts."]]
     optParameters = [
-        ["usage-url", None, "https://chatgpt.com/backend-api/wham/usage",
+        ["usage-url", None, DEFAULT_USAGE_URL,
          "The ChatGPT usage endpoint."],
-        ["token-url", None, "https://auth.openai.com/oauth/token",
+        ["token-url", None, DEFAULT_TOKEN_URL,
          "The OAuth token endpoint (for expired logins)."],
     ]
 
@@ -130,7 +137,7 @@ class _AddAdminKeyOptions(_Interspersed):
     optParameters = [
         ["label", None, None, "The key's label (prompted for when missing)."],
         ["key", None, None, "The admin key (prompted for when missing; prefer the prompt)."],
-        ["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."],
+        ["openai-url", None, DEFAULT_OPENAI_UPSTREAM, "The OpenAI API base URL."],
     ]
 
 
@@ -147,9 +154,9 @@ class _RemoveAdminKeyOptions(_Interspersed):
 
 class _UsageOptions(_Interspersed):
     synopsis = "[days]"
-    optParameters = [["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."]]
+    optParameters = [["openai-url", None, DEFAULT_OPENAI_UPSTREAM, "The OpenAI API base URL."]]
 
-    def parseArgs(self, days: str = "30") -> None:  # type: ignore[override]
+    def parseArgs(self, days: str = "30") -> None:
         if not days.isdigit() or not 1 <= int(days) <= 30:
             raise usage.UsageError("days must be 1..30")
         self["days"] = int(days)
@@ -159,7 +166,7 @@ class _AttachOptions(_Interspersed):
     synopsis = "<api-key-label> [--project-id ID|NAME|none]"
     optParameters = [
         ["project-id", None, None, "The project (id or name), or none/org for org-wide."],
-        ["openai-url", None, "https://api.openai.com", "The OpenAI API base URL."],
+        ["openai-url", None, DEFAULT_OPENAI_UPSTREAM, "The OpenAI API base URL."],
     ]
 
     def parseArgs(self, label: str) -> None:  # type: ignore[override]
@@ -186,7 +193,7 @@ class CxOptions(usage.Options):
 
     synopsis = "<command> [options]"
     optParameters = [
-        ["accounts-dir", None, "~/.codex-accounts", "The cx account store."],
+        ["accounts-dir", None, DEFAULT_ACCOUNTS_DIR, "The cx account store."],
         ["state-dir", None, "~/.subrouter", "The daemon's state (for exhaustion marks)."],
     ]
     subCommands: list[SubCommand] = [
@@ -440,7 +447,7 @@ def _refresh_before_switch(store: str, account: Account, sub: usage.Options,
     """
     from twisted.internet.threads import deferToThread
 
-    from subrouter.accounts.refresh import DEFAULT_TOKEN_URL, TokenRefresher
+    from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
     from subrouter.cli.fetch import run_async
 
@@ -771,7 +778,7 @@ def _add_admin_key(store: str, sub: usage.Options, streams: Streams) -> int:
     from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
     ensure_private_directory(os.path.dirname(path))
-    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": manage.now_rfc3339()}))
+    atomic_write(path, dump_json({"label": label, "key": key, "addedAt": rfc3339()}))
     streams.stdout.write(f"Added admin key: {label}\n")
     return 0
 
@@ -919,7 +926,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
             streams.stderr.write(f"cx: {label}: {value.value}\n")
             continue
         snapshot = dict(value, adminKeyLabel=admin, projectId=project,
-                        projectName=project_name, fetchedAt=manage.now_rfc3339())
+                        projectName=project_name, fetchedAt=rfc3339())
         cache_name = f"{_SAFE_LABEL.sub('_', admin)}__{_SAFE_LABEL.sub('_', project or 'all')}"
         cache = os.path.join(store, "usage-cache", cache_name + ".json")
         ensure_private_directory(os.path.dirname(cache))

@@ -1,53 +1,58 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 The streaming reverse proxy resource.
 
-Each client request becomes an :class:`_Exchange`: choose an account, make
-sure its token is fresh, send the request upstream with that account's
-credentials, and relay the answer chunk by chunk as it arrives. The upstream
-connection is the client response's producer, so a slow client slows the
-upstream read instead of filling memory; a client that goes away cancels the
-upstream request; an upstream that dies mid-stream aborts the client
-connection, so the client never mistakes a cut stream for a whole one.
+A request travels down this file: :class:`ProxyResource` takes it, a
+:class:`_ProxiedRequest` identifies its conversation and runs the shared
+:class:`~subrouter.routing.exchange.Exchange` (place, fresh token, send, retry
+elsewhere) with one HTTP attempt, and the answer is relayed chunk by chunk as
+it arrives.
+
+The upstream connection is the client response's producer, so a slow client
+slows the upstream read instead of filling memory; a client that goes away
+cancels the upstream request; an upstream that dies mid-stream aborts the
+client connection, so the client never mistakes a cut stream for a whole one.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from typing import IO, Any, cast
+from typing import Any, cast
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ITCPTransport,
-)
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
-from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
+from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, write_error
-from subrouter.routing.usage import UsagePoller, bounded
+from subrouter.proxy.bodies import Bounded, Discard, Prefix, content_length, request_body
+from subrouter.proxy.tap import Tap
+from subrouter.routing.exchange import (
+    AUTH_REJECTED,
+    GONE,
+    Exchange,
+    OutOfQuota,
+    Sent,
+    Verdict,
+)
+from subrouter.routing.identity import identify
+from subrouter.routing.usage import UsagePoller
 from subrouter.sessions.keys import BadAccountSelector
-from subrouter.sessions.placement import Identity, NoAccount, Placement, identify
+from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
     is_overload,
     retry_after,
     usage_limit_in_body,
     windows_from_headers,
 )
-from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
 from subrouter.upstream.client import set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
@@ -55,217 +60,8 @@ from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
 
 _log = Logger()
 
-#: request bodies up to this size are sent in one write
-_SMALL_BODY = 1 << 20
 #: how much of an error answer is read to look for a usage-limit signal
 MAX_ERROR_SCAN = 1 << 20
-#: accounts one request may try when they turn out exhausted
-MAX_ACCOUNTS_PER_REQUEST = 4
-#: how long a new conversation waits for stale usage scores
-USAGE_WAIT_BOUND = 1.5
-#: methods that carry a body even when it is empty
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-
-
-@implementer(IBodyProducer)
-class _BytesBody:
-    """
-    A body already in memory, written at once.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def request_body(request: Request) -> IBodyProducer | None:
-    """
-    A fresh producer of the client's request body, which Twisted has already
-    received into ``request.content``. Each call starts from the beginning, so
-    a request can be sent again after a refreshed token.
-    """
-    content: IO[bytes] | None = request.content
-    if content is None:
-        return None
-    if isinstance(content, io.BytesIO):
-        data = content.getvalue()
-        if not data and request.method not in _BODY_METHODS:
-            return None
-        return _BytesBody(data)
-    content.seek(0, io.SEEK_END)
-    length = content.tell()
-    content.seek(0)
-    if length <= _SMALL_BODY:
-        return _BytesBody(content.read())
-    # large bodies live in a temporary file; stream it with backpressure
-    producer = FileBodyProducer(content)
-    producer.length = length if length else UNKNOWN_LENGTH
-    return producer
-
-
-class _Discard(Protocol):
-    """
-    Reads a response body to its end and drops it, so the connection can go
-    back to the pool.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-
-class _Bounded(Protocol):
-    """
-    Reads a response body up to a limit, then can hand the rest of the
-    stream over to another protocol.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[None] = Deferred()
-        self.complete = False
-        self._next: Protocol | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._next is not None:
-            self._next.dataReceived(data)
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size >= self.limit and not self.done.called:
-            producer = cast("IPushProducer | None", self.transport)
-            if producer is not None:
-                producer.pauseProducing()
-            self.done.callback(None)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        if self._next is not None:
-            self._next.connectionLost(reason)
-            return
-        self.complete = True
-        self.reason = reason
-        if not self.done.called:
-            self.done.callback(None)
-
-    def hand_over(self, protocol: Protocol) -> None:
-        self._next = protocol
-        protocol.makeConnection(self.transport)
-        producer = cast("IPushProducer | None", self.transport)
-        if producer is not None:
-            producer.resumeProducing()
-
-
-class _Body:
-    def __init__(self, protocol: _Bounded) -> None:
-        self.protocol = protocol
-        self.data = b"".join(protocol.chunks)
-        self.complete = protocol.complete
-
-
-class _Held:
-    """
-    An upstream answer and the start of its body, read before deciding.
-    """
-
-    def __init__(self, response: Any, body: _Body) -> None:
-        self.response = response
-        self.body = body
-
-
-async def _read_bounded(response: Any, limit: int) -> _Body:
-    protocol = _Bounded(limit)
-    response.deliverBody(protocol)
-    await protocol.done
-    return _Body(protocol)
-
-
-class _Tap:
-    """
-    What one exchange hands the transcript recorder: cheap calls only.
-    """
-
-    def __init__(self, recorder: Recorder, conversation: Conversation) -> None:
-        self.recorder = recorder
-        self.conversation = conversation
-        self.request_id = recorder.new_id("req")
-        self.response_stream: str | None = None
-        self.request_recorded = False
-
-    def meta(self, request: Request, account: Account, upstream: bytes) -> None:
-        self.conversation.account = account.id
-        self.recorder.event(self.conversation, self.request_id, "subrouter_meta", {
-            "transport": "http",
-            "user": self.conversation.user,
-            "account": account.id,
-            "method": request.method.decode("ascii", "replace"),
-            "path": request.uri.decode("ascii", "replace").partition("?")[0],
-            "upstream": upstream.decode("ascii", "replace"),
-            "headers": redact_headers(request.requestHeaders.getAllRawHeaders()),
-        })
-        if not self.request_recorded:
-            self.request_recorded = True
-            data = _body_bytes(request, self.recorder.max_body)
-            stream = self.recorder.new_id("body")
-            self.recorder.body(self.conversation, self.request_id, stream,
-                               "client_to_upstream", data)
-            self.recorder.body_end(self.conversation, self.request_id, stream)
-
-    def response(self, data: bytes, status: int | None) -> None:
-        if self.response_stream is None:
-            self.response_stream = self.recorder.new_id("body")
-        self.recorder.body(self.conversation, self.request_id, self.response_stream,
-                           "upstream_to_client", data, status)
-
-    def response_end(self, status: int | None) -> None:
-        if self.response_stream is None:
-            self.response(b"", status)
-        assert self.response_stream is not None
-        self.recorder.body_end(self.conversation, self.request_id, self.response_stream)
-
-
-def _body_bytes(request: Request, limit: int) -> bytes:
-    content = request.content
-    if content is None:
-        return b""
-    if isinstance(content, io.BytesIO):
-        return content.getvalue()[:limit]
-    position = content.tell()
-    content.seek(0)
-    data = content.read(limit)
-    content.seek(position)
-    return bytes(data)
-
-
-class _Relay(Protocol):
-    """
-    Relays an upstream response body to the client, chunk by chunk.
-    """
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self._exchange = exchange
-
-    def connectionMade(self) -> None:
-        self._exchange.relay_started(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._exchange.relay_chunk(data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self._exchange.relay_ended(reason)
 
 
 class ProxyResource(Resource):
@@ -279,10 +75,11 @@ class ProxyResource(Resource):
     :param refresher: keeps OAuth tokens fresh.
     :param agent: the HTTP agent for the upstreams (bare, so bytes pass
         through unchanged).
-    :param upstreams: the upstream base URLs.
+    :param upstreams: the providers.
     :param clock: the source of time, for timeouts and durations.
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
+    :param recorder: the transcript recorder, when recording is on.
     """
 
     isLeaf = True
@@ -317,11 +114,11 @@ class ProxyResource(Resource):
             # relay each event as it comes, without waiting for acknowledgements
             set_no_delay(request.transport)
             setattr(channel, "_subrouter_nodelay", True)  # noqa: B010 - a foreign object
-        _Exchange(self, request).start()
+        _ProxiedRequest(self, request).start()
         return NOT_DONE_YET
 
 
-class _Exchange:
+class _ProxiedRequest:
     """
     One client request and its way through the proxy.
     """
@@ -336,133 +133,95 @@ class _Exchange:
         self.account: Account | None = None
         self.status: int | None = None
         self.outcome = "ok"
-        self.bytes_in = _content_length(request)
+        self.bytes_in = content_length(request)
         self.bytes_out = 0
+        self.tap: Tap | None = None
+        # what is under way upstream, for the idle timer and a client that leaves
+        self.pending: Deferred[Any] | None = None
+        self.reading: Protocol | None = None
+        self.timer: IDelayedCall | None = None
         self.gone = False
         self.timed_out = False
-        self.pending: Deferred[Any] | None = None
-        self.relay: _Relay | None = None
-        self.timer: IDelayedCall | None = None
-        self.identity: Identity | None = None
-        self.committed: Deferred[bool] | None = None
-        self.pending_response: Any = None
-        self.first_chunk = False
-        self.holding = False
         self.headers_sent = False
-        self.tap: _Tap | None = None
+        # a streamed answer's first chunk is looked at for a usage-limit error
+        self.watch_first = False
         request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
         Deferred.fromCoroutine(self._run()).addErrback(self._crashed)
 
-    # -- choosing and sending -------------------------------------------------
+    # -- placing and sending ----------------------------------------------------
 
     async def _run(self) -> None:
         proxy = self.proxy
-        placement = proxy.placement
         try:
             identity = identify(self.request, self.path, self.query)
         except BadAccountSelector as e:
             self._fail(400, "invalid_account_selector", str(e))
             return
-        self.identity = identity
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
-            self.tap = _Tap(recorder, Conversation(session.agent, session.key, identity.email))
-        poller = proxy.poller
-        if poller is not None and identity.forced is None and not placement.knows(identity):
-            stale = poller.refresh_if_stale()
-            if stale is not None:
-                await bounded(stale, self.clock, USAGE_WAIT_BOUND)
-                if self.gone:
-                    return
-        tried: list[str] = []
-        oauth_only = is_backend_path(self.path)
-        held: _Held | None = None  # an exhausted account's answer, kept for the client
-        while True:
-            try:
-                account = placement.choose(identity, oauth_only=oauth_only, exclude=tried)
-            except NoAccount as e:
-                if held is not None:
-                    self._answer_held(held)
-                else:
-                    self._fail(e.status, e.kind, e.message)
-                return
-            tried.append(account.id)
-            try:
-                account = await proxy.refresher.ensure_fresh(account)
-            except RefreshFailed:
-                continue  # the account is now unusable, with the reason shown
-            if self.gone:
-                return
-            response = await self._send(account)
-            if response is None:
-                return
-            if response.code == 401 and account.is_oauth:
-                # the token may have been revoked or rotated early: refresh
-                # once and try once more on the same account
-                response.deliverBody(_Discard())
-                try:
-                    account = await proxy.refresher.refresh_rejected(account)
-                except RefreshFailed:
-                    continue
-                if self.gone:
-                    return
-                response = await self._send(account)
-                if response is None:
-                    return
-            self._observe_headers(account, response)
-            if response.code >= 400:
-                body = await _read_bounded(response, MAX_ERROR_SCAN)
-                if self.gone:
-                    return
-                if self._exhausted_by(account, response, body.data):
-                    if not body.complete:
-                        _stop_transport(body.protocol)
-                    held = _Held(response, body)
-                    if identity.forced is None and len(tried) < MAX_ACCOUNTS_PER_REQUEST:
-                        continue  # replay on the next best account; the session moves
-                    self._answer_held(held)
-                    return
-                self._answer_held(_Held(response, body))
-                return
-            committed = await self._answer(response)
-            if committed or self.gone:
-                return
-            # the stream opened with a usage-limit error before any byte
-            # reached the client: mark the account and place the request anew
-            if identity.forced is not None or len(tried) >= MAX_ACCOUNTS_PER_REQUEST:
+            self.tap = Tap(recorder, Conversation(session.agent, session.key, identity.email))
+        exchange: Exchange[None, Prefix] = Exchange(
+            placement=proxy.placement,
+            refresher=proxy.refresher,
+            identity=identity,
+            clock=self.clock,
+            gone=lambda: self.gone,
+            oauth_only=is_backend_path(self.path),
+            poller=proxy.poller,
+        )
+        result = await exchange.run(self._attempt)
+        if isinstance(result, NoAccount):
+            self._fail(result.status, result.kind, result.message)
+        elif isinstance(result, OutOfQuota):
+            # no other account could take it: the last account's own answer
+            if result.held is not None:
+                self._answer_prefix(result.held)
+            elif self.account is not None:
                 self._fail(
                     429, "usage_limit_reached",
-                    f"account {account.id} has reached its usage limit",
+                    f"account {self.account.id} has reached its usage limit",
                 )
-                return
 
-    def _exhausted_by(self, account: Account, response: Any, body: bytes) -> bool:
+    async def _attempt(self, account: Account, may_refresh: bool) -> Verdict[None, Prefix]:
         """
-        Whether an error answer says the account ran out; marks it if so.
-        Overload (5xx, "at capacity") is never exhaustion.
+        Send the request as ``account`` and answer the client, unless the
+        answer says to refresh the token or to try another account.
         """
-        status = response.code
-        if status >= 500:
-            return False
-        if not usage_limit_in_body(body) and (status != 429 or is_overload(status, body)):
-            return False
-        self.proxy.placement.mark_exhausted(
-            account.id, retry_after(response.headers), f"HTTP {status}"
-        )
-        return True
+        response = await self._send(account)
+        if response is None:
+            return GONE
+        if response.code == 401 and may_refresh:
+            response.deliverBody(Discard())
+            return AUTH_REJECTED
+        self._observe_headers(account, response)
+        if response.code >= 400:
+            body = await self._read_prefix(response, MAX_ERROR_SCAN)
+            if self.gone:
+                return GONE
+            if _out_of_quota(response.code, body.data):
+                body.stop()
+                return OutOfQuota(body, retry_after(response.headers), f"HTTP {response.code}")
+            self._answer_prefix(body)
+            return Sent(None)
+        if self.proxy.placement.at_risk(account):
+            # close to its limits: look at the first chunk before anything
+            # reaches the client, so a stream that opens with a usage-limit
+            # error can be replayed elsewhere
+            first = await self._read_prefix(response, 1)
+            if self.gone:
+                return GONE
+            if _usage_limit_event(first.data):
+                first.stop()
+                return OutOfQuota(None, None, "error event in the stream")
+            self._answer_prefix(first)
+            return Sent(None)
+        self._answer_streaming(response)
+        return Sent(None)
 
-    def _observe_headers(self, account: Account, response: Any) -> None:
-        if not account.is_oauth:
-            return
-        now = self.clock.seconds()
-        windows = windows_from_headers(response.headers, now)
-        if windows:
-            self.proxy.placement.usage.record(account.id, windows, now, "headers")
-
-    async def _send(self, account: Account) -> Any:
+    async def _send(self, account: Account) -> IResponse | None:
         """
         Send the request upstream as ``account``.
 
@@ -511,80 +270,87 @@ class _Exchange:
                 self.pending = None
         raise AssertionError("unreachable")
 
-    # -- answering --------------------------------------------------------------
-
-    def _answer(self, response: Any) -> Deferred[bool]:
+    async def _read_prefix(self, response: IResponse, limit: int) -> Prefix:
         """
-        Relay a response.
-
-        Normally the status line and headers go out at once. For an account
-        close to its limits they are held until the first chunk of the body,
-        which is looked at first: a stream that opens with a usage-limit error
-        is then not relayed (the Deferred fires False, nothing has reached the
-        client, and the request can be placed elsewhere). Otherwise the
-        Deferred fires True.
+        Read the start of an answer (up to ``limit`` bytes, or all of a
+        shorter one) before deciding what to do with it.
         """
-        self.committed = Deferred()
-        self.pending_response = response
-        self.first_chunk = True
-        self.holding = self.account is not None and self.proxy.placement.at_risk(self.account)
-        self.status = response.code
-        committed = self.committed
-        if not self.holding:
-            self._commit()
-        self._arm_timer()
-        response.deliverBody(_Relay(self))
-        return committed
+        reader = Bounded(limit)
+        self.reading = reader
+        response.deliverBody(reader)
+        try:
+            await reader.done
+        finally:
+            self.reading = None
+        return Prefix(response, reader)
 
-    def _commit(self) -> None:
-        if self.headers_sent:
+    def _observe_headers(self, account: Account, response: IResponse) -> None:
+        if not account.is_oauth:
             return
+        now = self.clock.seconds()
+        windows = windows_from_headers(response.headers, now)
+        if windows:
+            self.proxy.placement.usage.record(account.id, windows, now, "headers")
+
+    # -- answering ----------------------------------------------------------------
+
+    def _commit(self, response: IResponse) -> None:
+        """
+        Send the upstream's status line and headers to the client.
+        """
         self.headers_sent = True
+        self.status = response.code
         request = self.request
-        response = self.pending_response
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(b"")
-        committed, self.committed = self.committed, None
-        if committed is not None:
-            committed.callback(True)
 
-    def _answer_held(self, held: _Held) -> None:
+    def _answer_streaming(self, response: IResponse) -> None:
         """
-        Send an error answer whose body was read (up to the scan limit)
-        before deciding what to do with it, then the rest of it.
+        Relay an answer as it comes: headers now, each chunk as it arrives.
         """
-        response, body = held.response, held.body
-        request = self.request
-        self.status = response.code
-        request.setResponseCode(response.code, response.phrase or None)
-        client_response_headers(response.headers, request.responseHeaders)
-        request.write(body.data)
-        self.headers_sent = True
-        self.bytes_out += len(body.data)
-        if self.tap is not None:
-            self.tap.response(body.data, self.status)
-        if body.complete:
-            if self.tap is not None:
-                self.tap.response_end(self.status)
-            request.finish()
-            return
-        self.pending_response = response
-        self.first_chunk = False
-        self.committed = None
+        self._commit(response)
+        self.watch_first = True
         self._arm_timer()
-        body.protocol.hand_over(_Relay(self))
+        response.deliverBody(_Relay(self))
+
+    def _answer_prefix(self, prefix: Prefix) -> None:
+        """
+        Relay an answer whose start was read before deciding: the headers and
+        what was read, then the rest of the stream as it comes.
+        """
+        if prefix.complete and not prefix.clean and not prefix.data:
+            if self.timed_out:
+                self._fail(
+                    504, "upstream_timeout",
+                    f"the upstream answer stalled for {self.proxy.idle_timeout:g}s "
+                    f"(account {_account_id(self.account)})",
+                )
+                return
+            self._fail(
+                502, "upstream_error",
+                f"the upstream answer via account {_account_id(self.account)} broke off "
+                f"before its body: {describe_failure_reason(prefix.protocol.reason)}",
+            )
+            return
+        self._commit(prefix.response)
+        self._deliver(prefix.data)
+        if prefix.complete:
+            self._ended(prefix.protocol.reason)
+            return
+        self._arm_timer()
+        prefix.protocol.hand_over(_Relay(self))
 
     def relay_started(self, relay: _Relay) -> None:
-        self.relay = relay
-        transport = _producer_of(relay)
-        if transport is None:
+        self.reading = relay
+        producer = cast("IPushProducer | None", relay.transport)
+        if producer is None:
             return
         if self.gone:
-            transport.stopProducing()
+            producer.stopProducing()
             return
         # backpressure: a full client socket pauses the upstream read
-        self.request.registerProducer(transport, True)
+        self.request.registerProducer(producer, True)
 
     def relay_chunk(self, data: bytes) -> None:
         if self.gone:
@@ -592,36 +358,22 @@ class _Exchange:
         timer = self.timer
         if timer is not None:
             timer.reset(self.proxy.idle_timeout)
-        if b"rate_limits" in data and self.account is not None:
-            self._observe_events(self.account, data)
-        if self.first_chunk:
-            self.first_chunk = False
-            if (
-                self.account is not None
-                and b"usage" in data
-                and usage_limit_in_body(data)
-            ):
+        if self.watch_first:
+            self.watch_first = False
+            if self.account is not None and _usage_limit_event(data):
+                # too late to move this answer; the next request will
                 self.proxy.placement.mark_exhausted(
                     self.account.id, None, "error event in the stream"
                 )
-                if not self.headers_sent:
-                    committed, self.committed = self.committed, None
-                    self._stop_upstream()
-                    if committed is not None:
-                        committed.callback(False)
-                    return
-            self._commit()
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if b"rate_limits" in data and self.account is not None:
+            self._observe_events(self.account, data)
         self.bytes_out += len(data)
         self.request.write(data)
         if self.tap is not None:
             self.tap.response(data, self.status)
-
-    def _stop_upstream(self) -> None:
-        relay = self.relay
-        self.relay = None
-        if relay is not None:
-            self.request.unregisterProducer()
-            _stop(relay)
 
     def _observe_events(self, account: Account, data: bytes) -> None:
         for line in data.split(b"\n"):
@@ -634,42 +386,35 @@ class _Exchange:
             self.proxy.placement.observe_rate_limits(account.id, event, "stream")
 
     def relay_ended(self, reason: Failure) -> None:
-        if self.relay is None and self.committed is None and not self.first_chunk:
-            return  # a stream given up before it reached the client
-        self._disarm_timer()
-        if self.tap is not None and self.headers_sent:
-            self.tap.response_end(self.status)
+        self.reading = None
         if self.gone:
+            self._disarm_timer()
+            if self.tap is not None:
+                self.tap.response_end(self.status)
             return
-        request = self.request
-        request.unregisterProducer()
+        self.request.unregisterProducer()
+        self._ended(reason)
+
+    def _ended(self, reason: Failure) -> None:
+        """
+        The upstream answer is over: finish the client's, or abort it when
+        the upstream broke off (a cut stream must never look whole).
+        """
+        self._disarm_timer()
+        if self.tap is not None:
+            self.tap.response_end(self.status)
         if reason.check(ResponseDone, PotentialDataLoss):
-            if self.first_chunk:
-                self.first_chunk = False
-                self._commit()  # an empty body: the headers still go out
-            request.finish()
-            return
-        if self.first_chunk and not self.headers_sent:
-            # died before a byte: an error the client can read
-            self.first_chunk = False
-            committed, self.committed = self.committed, None
-            if committed is not None:
-                committed.callback(True)
-            self._fail(
-                502, "upstream_error",
-                f"the upstream answer via account {self.account.id if self.account else None} "
-                f"broke off before its body: {describe_failure_reason(reason)}",
-            )
+            self.request.finish()
             return
         self.outcome = "upstream-died" if not self.timed_out else "upstream-idle"
         _log.warn(
             "the upstream stream via account {account} broke off after {bytes} bytes: "
             "{reason}; aborting the client connection",
-            account=self.account.id if self.account else None,
+            account=_account_id(self.account),
             bytes=self.bytes_out,
             reason=describe_failure_reason(reason),
         )
-        _abort_client(request)
+        _abort_client(self.request)
 
     # -- timers, failures, the end ------------------------------------------------
 
@@ -687,10 +432,15 @@ class _Exchange:
     def _idle(self) -> None:
         self.timer = None
         self.timed_out = True
+        self._stop_upstream()
+
+    def _stop_upstream(self) -> None:
         if self.pending is not None:
             self.pending.cancel()
-        elif self.relay is not None:
-            _stop(self.relay)
+        elif self.reading is not None:
+            producer = cast("IPushProducer | None", self.reading.transport)
+            if producer is not None:
+                producer.stopProducing()
 
     def _fail(self, status: int, kind: str, message: str) -> None:
         self._disarm_timer()
@@ -715,11 +465,8 @@ class _Exchange:
             if self.outcome == "ok":
                 self.outcome = "client-gone"
             self._disarm_timer()
-            if self.pending is not None:
-                self.pending.cancel()
-            if self.relay is not None:
-                _stop(self.relay)
-        account_id = self.account.id if self.account is not None else None
+            self._stop_upstream()
+        account_id = _account_id(self.account)
         method = self.method.decode("ascii", "replace")
         path = self.path.decode("ascii", "replace")
         duration_ms = round((self.clock.seconds() - self.started) * 1000, 1)
@@ -740,24 +487,40 @@ class _Exchange:
         )
 
 
-def _producer_of(relay: _Relay) -> IPushProducer | None:
+class _Relay(Protocol):
     """
-    The upstream body's transport: a producer that can pause, resume and stop
-    the upstream read.
+    Relays an upstream response body to the client, chunk by chunk.
     """
-    return cast("IPushProducer | None", relay.transport)
+
+    def __init__(self, proxied: _ProxiedRequest) -> None:
+        self._proxied = proxied
+
+    def connectionMade(self) -> None:
+        self._proxied.relay_started(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._proxied.relay_chunk(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._proxied.relay_ended(reason)
 
 
-def _stop_transport(protocol: Protocol) -> None:
-    producer = cast("IPushProducer | None", protocol.transport)
-    if producer is not None:
-        producer.stopProducing()
+def _out_of_quota(status: int, body: bytes) -> bool:
+    """
+    Whether an error answer says the account ran out. Overload (5xx, "at
+    capacity") is never exhaustion.
+    """
+    if status >= 500:
+        return False
+    return usage_limit_in_body(body) or (status == 429 and not is_overload(status, body))
 
 
-def _stop(relay: _Relay) -> None:
-    producer = _producer_of(relay)
-    if producer is not None:
-        producer.stopProducing()
+def _usage_limit_event(data: bytes) -> bool:
+    return b"usage" in data and usage_limit_in_body(data)
+
+
+def _account_id(account: Account | None) -> str | None:
+    return account.id if account is not None else None
 
 
 def _abort_client(request: Request) -> None:
@@ -765,22 +528,6 @@ def _abort_client(request: Request) -> None:
     transport = channel.transport if channel is not None else None
     if transport is not None:
         cast(ITCPTransport, transport).abortConnection()
-
-
-def _content_length(request: Request) -> int:
-    content = request.content
-    if content is None:
-        return 0
-    if isinstance(content, io.BytesIO):
-        return len(content.getbuffer())
-    try:
-        position = content.tell()
-        content.seek(0, io.SEEK_END)
-        size = content.tell()
-        content.seek(position)
-        return int(size)
-    except (OSError, ValueError):
-        return 0
 
 
 def _stale_connection(error: Exception) -> bool:

@@ -12,9 +12,9 @@ the poller never stops on an error.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import treq
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -26,7 +26,6 @@ from subrouter.sessions.usage import UsageBook, windows_from_usage
 
 _log = Logger()
 
-DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 FETCH_TIMEOUT = 10.0
 
 
@@ -41,7 +40,7 @@ class UsagePoller:
         *,
         store: AccountStore,
         refresher: TokenRefresher,
-        http: Any,
+        http: HTTPClient,
         usage_url: str,
         usage: UsageBook,
         clock: IReactorTime,
@@ -116,7 +115,9 @@ class UsagePoller:
         except RefreshFailed as e:
             self._usage.record_failure(account.id, e.reason, now)
             return
-        headers = {"Authorization": [f"Bearer {account.secret}"], "Accept": ["application/json"]}
+        headers: dict[bytes | str, list[bytes | str]] = {
+            "Authorization": [f"Bearer {account.secret}"], "Accept": ["application/json"]
+        }
         if account.chatgpt_account_id:
             headers["ChatGPT-Account-ID"] = [account.chatgpt_account_id]
         try:

@@ -10,19 +10,17 @@ kept sorted, so placing a conversation walks a few entries, not every account.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Collection
 from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
-from twisted.web.server import Request
 
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.store import Account
 from subrouter.sessions import keys
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.scheduler import Candidate, rank, standing
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
@@ -35,17 +33,6 @@ RANKING_TTL = 1.0
 AT_RISK_HEADROOM = 0.10
 
 
-@attrs.frozen
-class Identity:
-    """
-    Who a request is: its conversation, its user, and a forced account.
-    """
-
-    session: keys.SessionKey
-    email: str | None = None
-    forced: str | None = None
-
-
 class NoAccount(Exception):
     """
     No account can take the request; carries the answer to give.
@@ -56,61 +43,6 @@ class NoAccount(Exception):
         self.status = status
         self.kind = kind
         self.message = message
-
-
-def identify(request: Request, path: bytes, query: bytes) -> Identity:
-    """
-    The identity of a request; the body is scanned only when no header or
-    query parameter names the conversation.
-
-    :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
-    """
-    headers = request.requestHeaders
-    body: bytes | None = None
-    if keys.key_from_headers(headers) is None and keys.key_from_query(query) is None:
-        content = request.content
-        if isinstance(content, io.BytesIO):
-            body = content.getvalue()
-    client = request.getClientAddress()
-    return identify_headers(
-        headers, query, path, str(getattr(client, "host", "")), request.method, body
-    )
-
-
-def identify_headers(
-    headers: Headers,
-    query: bytes,
-    path: bytes,
-    remote: str,
-    method: bytes,
-    body: bytes | None = None,
-) -> Identity:
-    """
-    The identity of a request from its parts (an HTTP request, or the
-    handshake of a WebSocket).
-
-    :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
-    """
-    agent = keys.agent_type(headers)
-    found = keys.key_from_headers(headers) or keys.key_from_query(query)
-    if found is None and body is not None:
-        ctype = headers.getRawHeaders(b"content-type")
-        found = keys.key_from_body(body, ctype[0] if ctype else None)
-    if found is None:
-        user_agent = (headers.getRawHeaders(b"user-agent") or [b""])[0]
-        found = (
-            keys.fallback_key(
-                remote,
-                user_agent.decode("utf-8", "replace"),
-                method.decode("ascii", "replace"),
-                path.decode("ascii", "replace"),
-            ),
-            "fallback",
-        )
-    key, source = found
-    return Identity(
-        keys.SessionKey(agent, key, source), keys.user_email(headers), keys.forced_account(headers)
-    )
 
 
 class Placement:
@@ -151,67 +83,6 @@ class Placement:
         )
         self._ranked_key = (self.usage.version, store.version, now)
         return self._ranked
-
-    def describe_accounts(self) -> dict[str, Any]:
-        """
-        ``/_subrouter/accounts``: the pool's view plus usage, headroom, live
-        conversations and exhaustion per account. Never holds a secret.
-        """
-        now = self.clock.seconds()
-        listing = self.pool.describe()
-        counts = self.table.live_counts(now)
-        for row in listing["accounts"]:
-            account_id = row["id"]
-            oauth = row["kind"] == "oauth"
-            usage = self.usage.get(account_id) if account_id in self.usage.ids() else None
-            score = self.usage.score(account_id, oauth, now)
-            until = self.usage.exhausted_until(account_id, now)
-            row["windows"] = [
-                {
-                    "name": w.name,
-                    "used_percent": w.used_percent,
-                    "window_minutes": w.window_seconds // 60 if w.window_seconds else None,
-                    "resets_in": int(w.reset_after) if w.reset_after else None,
-                    "resets_at": int(now + w.reset_after) if w.reset_after else None,
-                }
-                for w in self.usage.current_windows(account_id, now)
-            ]
-            row["headroom"] = round(score.headroom, 4)
-            row["short_headroom"] = round(score.short_headroom, 4)
-            row["usable_for_new_sessions"] = bool(
-                row["usable"] and (score.usable or not oauth) and until is None
-            )
-            row["live_sessions"] = counts.get(account_id, 0)
-            row["exhausted_until"] = until
-            row["exhausted_reason"] = usage.exhausted_reason if usage and until else None
-            row["usage_source"] = usage.source if usage else None
-            row["usage_age"] = (
-                round(now - usage.observed_at, 1) if usage and usage.observed_at else None
-            )
-            row["usage_error"] = usage.error if usage else None
-            if usage and usage.plan and not row.get("plan"):
-                row["plan"] = usage.plan
-        return listing
-
-    def describe_sessions(self) -> list[dict[str, Any]]:
-        """
-        ``/_subrouter/sessions``: every sticky assignment, most recent first.
-        """
-        rows = []
-        for a in sorted(self.table, key=lambda a: a.last_seen, reverse=True):
-            rows.append(
-                {
-                    "agent": a.agent,
-                    "session": a.key,
-                    "account": a.account_id,
-                    "user_email": a.user_email,
-                    "first_seen": _iso(a.first_seen),
-                    "last_seen": _iso(a.last_seen),
-                    "requests": a.requests,
-                    "fallback": a.fallback,
-                }
-            )
-        return rows
 
     def at_risk(self, account: Account) -> bool:
         """
@@ -367,9 +238,3 @@ class Placement:
         if details:
             message += " (" + "; ".join(details) + ")"
         return NoAccount(503, "no_usable_account", message)
-
-
-def _iso(seconds: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -21,7 +21,7 @@ taking all of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import attrs
 
@@ -157,12 +157,3 @@ def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
     The candidates, best first.
     """
     return sorted(candidates, key=_order)
-
-
-def pick(candidates: Sequence[Candidate]) -> Candidate | None:
-    """
-    The best candidate, or None when there is none.
-    """
-    if not candidates:
-        return None
-    return min(candidates, key=_order)

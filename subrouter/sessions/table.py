@@ -145,27 +145,6 @@ class SessionTable:
         self.version += 1
         return assignment
 
-    def move_all(self, from_account: str, to_account: str | None = None) -> int:
-        """
-        Forget (or move) every assignment to ``from_account``; for an account
-        removed from the store.
-        """
-        moved = 0
-        for sid, assignment in list(self._all.items()):
-            if assignment.account_id != from_account:
-                continue
-            if sid in self._live:
-                self._live.pop(sid)
-                self._count(from_account, -1)
-            if to_account is None:
-                del self._all[sid]
-            else:
-                assignment.account_id = to_account
-            moved += 1
-        if moved:
-            self.version += 1
-        return moved
-
     def load(self, rows: list[dict[str, Any]]) -> None:
         """
         Restore saved assignments (none counts as live until seen again).

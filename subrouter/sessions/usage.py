@@ -325,12 +325,6 @@ class UsageBook:
             return UNKNOWN
         return score_windows(self.current_windows(account_id, now))
 
-    def age(self, account_id: str, now: float) -> float | None:
-        usage = self._accounts.get(account_id)
-        if usage is None or usage.observed_at is None:
-            return None
-        return now - usage.observed_at
-
     def exhaustion_marks(self) -> dict[str, dict[str, Any]]:
         return {
             account_id: {"until": u.exhausted_until, "reason": u.exhausted_reason}

@@ -16,11 +16,11 @@ import base64
 import hashlib
 import json
 import re
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from subrouter.redact import REDACTED, SECRET_HEADERS
+from subrouter.timefmt import rfc3339_micro as timestamp
 
 CHUNK = 64 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -34,17 +34,6 @@ def safe_name(value: str) -> str:
     """
     cleaned = _UNSAFE.sub("_", value).strip("._-")[:200]
     return cleaned or "unknown"
-
-
-def timestamp(seconds: float) -> str:
-    """
-    RFC 3339 UTC with microseconds.
-    """
-    whole = int(seconds)
-    micros = round((seconds - whole) * 1_000_000)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
 
 
 def redact_headers(pairs: Iterable[tuple[bytes, Sequence[bytes]]]) -> dict[str, list[str]]:

@@ -58,19 +58,15 @@ class Conversation:
     user: str | None = None
     account: str | None = None
 
-    @property
-    def base_id(self) -> str:
-        return self.session_id
-
     def identity(self, request_id: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "agent_type": self.agent,
             "session_id": self.session_id,
-            "agent_session_id": self.base_id,
+            "agent_session_id": self.session_id,
             "request_id": request_id,
         }
         if self.agent == "codex":
-            payload["codex_session_id"] = self.base_id
+            payload["codex_session_id"] = self.session_id
         return payload
 
     _path: str | None = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -78,7 +74,8 @@ class Conversation:
     def relative_path(self) -> str:
         if self._path is None:
             self._path = os.path.join(
-                "by-agent", safe_name(self.agent), "by-session", safe_name(self.base_id) + ".jsonl"
+                "by-agent", safe_name(self.agent),
+                "by-session", safe_name(self.session_id) + ".jsonl",
             )
         return self._path
 

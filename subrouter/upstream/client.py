@@ -19,7 +19,6 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
-    IReactorCore,
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import platformTrust
@@ -187,7 +186,7 @@ class PoolService(Service):
 
     name = "http-pool"
 
-    def __init__(self, pool: HTTPConnectionPool, reactor: IReactorCore | None = None) -> None:
+    def __init__(self, pool: HTTPConnectionPool) -> None:
         self.pool = pool
 
     def stopService(self) -> Deferred[None]:

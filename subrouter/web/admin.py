@@ -18,6 +18,7 @@ import subrouter
 from subrouter.accounts.pool import AccountPool
 from subrouter.errors import error_body
 from subrouter.sessions.placement import Placement
+from subrouter.timefmt import rfc3339
 
 
 def json_answer(request: Request, value: Any, status: int = 200) -> bytes:
@@ -61,6 +62,68 @@ class NotFound(Resource):
         )
 
 
+def accounts_json(placement: Placement) -> dict[str, Any]:
+    """
+    ``/_subrouter/accounts``: the pool's view plus usage, headroom, live
+    conversations and exhaustion per account. Never holds a secret.
+    """
+    now = placement.clock.seconds()
+    listing = placement.pool.describe()
+    counts = placement.table.live_counts(now)
+    for row in listing["accounts"]:
+        account_id = row["id"]
+        oauth = row["kind"] == "oauth"
+        usage = placement.usage.get(account_id) if account_id in placement.usage.ids() else None
+        score = placement.usage.score(account_id, oauth, now)
+        until = placement.usage.exhausted_until(account_id, now)
+        row["windows"] = [
+            {
+                "name": w.name,
+                "used_percent": w.used_percent,
+                "window_minutes": w.window_seconds // 60 if w.window_seconds else None,
+                "resets_in": int(w.reset_after) if w.reset_after else None,
+                "resets_at": int(now + w.reset_after) if w.reset_after else None,
+            }
+            for w in placement.usage.current_windows(account_id, now)
+        ]
+        row["headroom"] = round(score.headroom, 4)
+        row["short_headroom"] = round(score.short_headroom, 4)
+        row["usable_for_new_sessions"] = bool(
+            row["usable"] and (score.usable or not oauth) and until is None
+        )
+        row["live_sessions"] = counts.get(account_id, 0)
+        row["exhausted_until"] = until
+        row["exhausted_reason"] = usage.exhausted_reason if usage and until else None
+        row["usage_source"] = usage.source if usage else None
+        row["usage_age"] = (
+            round(now - usage.observed_at, 1) if usage and usage.observed_at else None
+        )
+        row["usage_error"] = usage.error if usage else None
+        if usage and usage.plan and not row.get("plan"):
+            row["plan"] = usage.plan
+    return listing
+
+def sessions_json(placement: Placement) -> list[dict[str, Any]]:
+    """
+    ``/_subrouter/sessions``: every sticky assignment, most recent first.
+    """
+    rows = []
+    for a in sorted(placement.table, key=lambda a: a.last_seen, reverse=True):
+        rows.append(
+            {
+                "agent": a.agent,
+                "session": a.key,
+                "account": a.account_id,
+                "user_email": a.user_email,
+                "first_seen": rfc3339(a.first_seen),
+                "last_seen": rfc3339(a.last_seen),
+                "requests": a.requests,
+                "fallback": a.fallback,
+            }
+        )
+    return rows
+
+
 class AdminResource(Resource):
     """
     The ``/_subrouter/`` tree.
@@ -72,8 +135,8 @@ class AdminResource(Resource):
             b"health",
             JSONEndpoint(lambda: {"ok": True, "version": subrouter.__version__}),
         )
-        self.putChild(b"accounts", JSONEndpoint(placement.describe_accounts))
-        self.putChild(b"sessions", JSONEndpoint(placement.describe_sessions))
+        self.putChild(b"accounts", JSONEndpoint(lambda: accounts_json(placement)))
+        self.putChild(b"sessions", JSONEndpoint(lambda: sessions_json(placement)))
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NotFound()

@@ -44,10 +44,12 @@ from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
-from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
+from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
+from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
-from subrouter.sessions.placement import Identity, NoAccount, Placement, identify_headers
+from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import is_usage_limit
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
@@ -175,6 +177,17 @@ class UpstreamRefused(Exception):
         self.reason = reason
 
 
+def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
+    """
+    The client's answer when the upstream refused the upgrade: the same status.
+    """
+    _log.warn(
+        "the upstream refused the WebSocket via account {account}: {status} {reason}",
+        account=name, status=refused.status, reason=refused.reason,
+    )
+    return ConnectionDeny(refused.status, f"the upstream refused the WebSocket via account {name}")
+
+
 class UpstreamProtocol(WebSocketClientProtocol):
     """
     The relay's connection to the upstream.
@@ -259,48 +272,42 @@ class RelayServerProtocol(WebSocketServerProtocol):
         except BadAccountSelector as e:
             raise ConnectionDeny(400, str(e)) from None
         self.identity = identity
-        tried: list[str] = []
-        oauth_only = is_backend_path(path)
-        while True:
-            try:
-                account = relay.placement.choose(identity, oauth_only=oauth_only, exclude=tried)
-            except NoAccount as e:
-                raise ConnectionDeny(e.status, e.message) from None
-            tried.append(account.id)
-            try:
-                account = await relay.refresher.ensure_fresh(account)
-            except RefreshFailed:
-                continue
+        exchange: Exchange[tuple[Account, UpstreamProtocol] | ConnectionDeny, UpstreamRefused]
+        exchange = Exchange(
+            placement=relay.placement,
+            refresher=relay.refresher,
+            identity=identity,
+            clock=relay.reactor,
+            gone=lambda: False,
+            oauth_only=is_backend_path(path),
+        )
+
+        async def attempt(
+            account: Account, may_refresh: bool
+        ) -> Verdict[tuple[Account, UpstreamProtocol] | ConnectionDeny, UpstreamRefused]:
             try:
                 upstream = await self._dial(account, headers, path, query, request.protocols)
             except UpstreamRefused as refused:
-                if refused.status == 401 and account.is_oauth:
-                    try:
-                        account = await relay.refresher.refresh_rejected(account)
-                        upstream = await self._dial(
-                            account, headers, path, query, request.protocols
-                        )
-                    except RefreshFailed:
-                        continue
-                    except UpstreamRefused as again:
-                        refused = again
-                    else:
-                        return self._accepted(account, upstream)
-                if refused.status == 429 and identity.forced is None:
-                    relay.placement.mark_exhausted(
-                        account.id, None, "the upstream refused the WebSocket with 429"
+                if refused.status == 401 and may_refresh:
+                    return AUTH_REJECTED
+                if refused.status == 429:
+                    return OutOfQuota(
+                        refused, None, "the upstream refused the WebSocket with 429"
                     )
-                    if len(tried) < 4:
-                        continue
-                _log.warn(
-                    "the upstream refused the WebSocket via account {account}: {status} {reason}",
-                    account=account.id, status=refused.status, reason=refused.reason,
-                )
-                raise ConnectionDeny(
-                    refused.status,
-                    f"the upstream refused the WebSocket via account {account.id}",
-                ) from None
-            return self._accepted(account, upstream)
+                return Sent(_refused(account.id, refused))
+            return Sent((account, upstream))
+
+        result = await exchange.run(attempt)
+        if isinstance(result, NoAccount):
+            raise ConnectionDeny(result.status, result.message)
+        if isinstance(result, OutOfQuota):
+            assert result.held is not None
+            raise _refused(exchange.tried[-1], result.held)
+        if not isinstance(result, Sent):
+            raise ConnectionDeny(500, "the WebSocket was given up")
+        if isinstance(result.value, ConnectionDeny):
+            raise result.value
+        return self._accepted(*result.value)
 
     def _accepted(self, account: Account, upstream: UpstreamProtocol) -> Any:
         self.account = account

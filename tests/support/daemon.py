@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from subrouter.tap import Config, build_service
+from subrouter.config import Config
+from subrouter.tap import build_service
 
 from .tlsca import TestCA
 from .upstream import FakeUpstream

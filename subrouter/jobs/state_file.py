@@ -1,12 +1,13 @@
-# -*- test-case-name: tests.test_state -*-
+# -*- test-case-name: tests.test_sessions_live -*-
 """
-State that survives restarts: sticky assignments (with user emails) and
-exhaustion marks, in ``<state-dir>/state.json``.
+The state file: sticky assignments (with user emails) and exhaustion marks
+that survive restarts, in ``<state-dir>/state.json``.
 
 The file is loaded once at start. Changes are saved at most once a second,
 off the reactor thread, with the atomic private write every credential file
-gets. A file that cannot be read is moved aside (``state.json.corrupt-<time>``)
-with a log line, and the daemon starts with empty state.
+gets, and once more when the daemon stops. A file that cannot be read is
+moved aside (``state.json.corrupt-<time>``) with a log line, and the daemon
+starts with empty state.
 """
 
 from __future__ import annotations

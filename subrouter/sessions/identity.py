@@ -1,0 +1,60 @@
+# -*- test-case-name: tests.test_placement -*-
+"""
+Who a request is: its conversation (agent and session key), its user and a
+forced account, from the request's headers, query and (only when nothing else
+names the conversation) its body.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.web.http_headers import Headers
+
+from subrouter.sessions import keys
+
+
+@attrs.frozen
+class Identity:
+    """
+    Who a request is: its conversation, its user, and a forced account.
+    """
+
+    session: keys.SessionKey
+    email: str | None = None
+    forced: str | None = None
+
+
+def identify_headers(
+    headers: Headers,
+    query: bytes,
+    path: bytes,
+    remote: str,
+    method: bytes,
+    body: bytes | None = None,
+) -> Identity:
+    """
+    The identity of a request from its parts (an HTTP request, or the
+    handshake of a WebSocket).
+
+    :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
+    """
+    agent = keys.agent_type(headers)
+    found = keys.key_from_headers(headers) or keys.key_from_query(query)
+    if found is None and body is not None:
+        ctype = headers.getRawHeaders(b"content-type")
+        found = keys.key_from_body(body, ctype[0] if ctype else None)
+    if found is None:
+        user_agent = (headers.getRawHeaders(b"user-agent") or [b""])[0]
+        found = (
+            keys.fallback_key(
+                remote,
+                user_agent.decode("utf-8", "replace"),
+                method.decode("ascii", "replace"),
+                path.decode("ascii", "replace"),
+            ),
+            "fallback",
+        )
+    key, source = found
+    return Identity(
+        keys.SessionKey(agent, key, source), keys.user_email(headers), keys.forced_account(headers)
+    )
