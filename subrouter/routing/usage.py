@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_poller -*-
+# -*- test-case-name: tests.test_sessions_live -*-
 """
 Polling the usage endpoint for every ChatGPT login.
 

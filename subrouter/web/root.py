@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
 every other path to the proxy.
