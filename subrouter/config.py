@@ -31,6 +31,14 @@ DEFAULT_USAGE_URL = "https://chatgpt.com/backend-api/wham/usage"
 DEFAULT_TOKEN_URL = "https://auth.openai.com/oauth/token"
 #: the Anthropic OAuth usage endpoint, for Claude profiles
 DEFAULT_ANTHROPIC_USAGE_URL = "https://api.anthropic.com/api/oauth/usage"
+#: where Claude profiles and Anthropic keys go
+DEFAULT_ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
+#: the endpoint Claude Code refreshes its OAuth tokens at (public:
+#: robinebers/openusage docs/providers/claude.md, "refresh via
+#: platform.claude.com/v1/oauth/token")
+DEFAULT_ANTHROPIC_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"
+#: how long one request may wait out an overloaded upstream on its account
+DEFAULT_OVERLOAD_WAIT = "2m"
 #: where ``subrouter codex`` points Codex
 DEFAULT_CODEX_BASE_URL = "http://127.0.0.1:31415/v1"
 DEFAULT_IDLE_TIMEOUT = "5m"
@@ -77,6 +85,10 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    anthropic_upstream: str = DEFAULT_ANTHROPIC_UPSTREAM
+    anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
+    anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL
+    overload_wait: float = 120.0
 
 
 # -- parsers -------------------------------------------------------------------

@@ -33,6 +33,15 @@ class _CodexHelp(usage.Options):
     )
 
 
+class _ClaudeHelp(usage.Options):
+    synopsis = "[claude arguments...]"
+    longdesc = (
+        "Runs claude with ANTHROPIC_BASE_URL pointing at Subrouter "
+        "($SUBROUTER_CLAUDE_BASE_URL, default http://127.0.0.1:31415); Claude profiles "
+        "are managed with `cx claude ...`."
+    )
+
+
 class SubrouterOptions(usage.Options):
     """
     ``subrouter`` / ``sr``.
@@ -43,6 +52,8 @@ class SubrouterOptions(usage.Options):
         ("serve", None, ServeOptions, "Run the proxy in the foreground."),
         ("cx", None, CxOptions, "Manage Codex accounts (same as the cx command)."),
         ("codex", None, _CodexHelp, "Run codex through Subrouter: subrouter codex [args...]."),
+        ("claude", None, _ClaudeHelp,
+         "Run Claude Code through Subrouter: subrouter claude [args...]."),
     ]
     optFlags = [["version", None, "Print the version and exit."]]
     optParameters = [
@@ -105,6 +116,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         except WrapperError as e:
             sys.stderr.write(f"{prog} codex: {e}\n")
             raise SystemExit(2) from None
+        return
+    if args[:1] == ["claude"]:
+        # everything after `claude` is Claude's own (profiles: `cx claude ...`)
+        from subrouter.cli import claude_code
+
+        try:
+            claude_code.run(args[1:])
+        except claude_code.WrapperError as e:
+            sys.stderr.write(f"{prog} claude: {e}\n")
+            raise SystemExit(e.code) from None
         return
     if not args and prog == "sr":
         # `sr` alone is the interactive account view, like `cx`

@@ -22,10 +22,14 @@ from subrouter.accounts.refresh import codex_auth_path
 from subrouter.config import (
     DEFAULT_ACCOUNTS_DIR,
     DEFAULT_ADDR,
+    DEFAULT_ANTHROPIC_TOKEN_URL,
+    DEFAULT_ANTHROPIC_UPSTREAM,
+    DEFAULT_ANTHROPIC_USAGE_URL,
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
+    DEFAULT_OVERLOAD_WAIT,
     DEFAULT_SESSION_IDLE_TTL,
     DEFAULT_STATE_DIR,
     DEFAULT_TOKEN_URL,
@@ -62,7 +66,16 @@ class Options(usage.Options):
         ["codex-upstream", None, DEFAULT_CODEX_UPSTREAM,
          "Base URL for ChatGPT (OAuth) logins."],
         ["openai-upstream", None, DEFAULT_OPENAI_UPSTREAM, "Base URL for API-key accounts."],
+        ["anthropic-upstream", None, DEFAULT_ANTHROPIC_UPSTREAM,
+         "Base URL for Claude profiles and Anthropic API keys."],
         ["token-url", None, DEFAULT_TOKEN_URL, "OAuth token endpoint for refreshes."],
+        ["anthropic-token-url", None, DEFAULT_ANTHROPIC_TOKEN_URL,
+         "OAuth token endpoint for Claude profiles' refreshes."],
+        ["anthropic-usage-url", None, DEFAULT_ANTHROPIC_USAGE_URL,
+         "The Anthropic OAuth usage endpoint (Claude profiles' 5-hour and weekly windows)."],
+        ["overload-wait", None, DEFAULT_OVERLOAD_WAIT,
+         "How long one request may wait out an overloaded upstream (Anthropic 529, Codex "
+         "'at capacity') on its own account before the error is passed on (0: never wait)."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
         ["codex-home", None, None,
@@ -166,7 +179,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         raise usage.UsageError("--fetch-usage: must be true or false")
     durations = {}
-    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl"):
+    for name in ("session-idle-ttl", "usage-interval", "usage-score-ttl", "overload-wait"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     for name in ("session-idle-ttl", "usage-interval"):
         if durations[name] <= 0:
@@ -226,6 +239,16 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        anthropic_upstream=_checked(
+            "anthropic-upstream", parse.parse_http_url, opts["anthropic-upstream"]
+        ),
+        anthropic_token_url=_checked(
+            "anthropic-token-url", parse.parse_http_url, opts["anthropic-token-url"]
+        ),
+        anthropic_usage_url=_checked(
+            "anthropic-usage-url", parse.parse_http_url, opts["anthropic-usage-url"]
+        ),
+        overload_wait=durations["overload-wait"],
     )
 
 
@@ -247,13 +270,14 @@ class _StartupService(Service):
         accounts = self._store.accounts()
         Logger().info(
             "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
-            "codex upstream {codex}, openai upstream {openai}",
+            "codex upstream {codex}, openai upstream {openai}, anthropic upstream {anthropic}",
             version=_version(),
             addr=self._config.addr,
             count=len(accounts),
             accounts_dir=self._config.accounts_dir,
             codex=self._config.codex_upstream,
             openai=self._config.openai_upstream,
+            anthropic=self._config.anthropic_upstream,
         )
 
 
@@ -333,6 +357,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         clock=reactor,
         run_blocking=run_blocking,
         codex_auth=config.codex_auth,
+        anthropic_token_url=config.anthropic_token_url,
     )
     accounts = AccountPool(store, refresher)
     table = SessionTable(config.session_idle_ttl)
@@ -340,10 +365,13 @@ def build_service(config: Config, reactor: Any) -> MultiService:
     if config.state_dir:
         load_state(config.state_dir, table, book, reactor.seconds())
     placement = Placement(accounts, table, book, reactor)
-    upstreams = Upstreams.from_text(config.codex_upstream, config.openai_upstream)
+    upstreams = Upstreams.from_text(
+        config.codex_upstream, config.openai_upstream, config.anthropic_upstream
+    )
     poller = UsagePoller(
         store=store, refresher=refresher, http=http, usage_url=config.usage_url, usage=book,
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
+        anthropic_usage_url=config.anthropic_usage_url,
     )
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
@@ -359,6 +387,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
+        overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,

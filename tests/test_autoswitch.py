@@ -77,3 +77,32 @@ def test_the_best_login_becomes_active_and_a_second_round_changes_nothing(
     switcher.run_once()
     active = json.loads((tmp_path / "codex" / "auth.json").read_text())
     assert active["tokens"]["account_id"] == "ws-a" and switcher.switches == 2
+
+
+def test_a_claude_profile_is_never_made_codexs_login(tmp_path: Path) -> None:
+    from tests.support.anthropic_backend import write_claude_profile
+
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_claude_profile(tmp_path / "store", "aaa", "sk-ant-oat01-x", expires_at=FAR)
+    clock = Clock()
+    clock.advance(time.time())
+    store = AccountStore(str(tmp_path / "store"), sync)
+    store.scan_now()
+    refresher = TokenRefresher(store=store, http=None, token_url="https://t", clock=clock,
+                               run_blocking=sync, codex_auth=str(tmp_path / "codex" / "auth.json"))
+    usage = UsageBook()
+    now = clock.seconds()
+    # the profile looks best by far; the login is the only Codex candidate
+    usage.record("claude:aaa", [Window("five_hour", 0, 18000, 60)], now, "poll")
+    usage.record("a@example.com", [Window("primary", 70, 18000, 3600)], now, "poll")
+    placement = Placement(AccountPool(store, refresher), SessionTable(1800), usage, clock)
+    switcher = AutoSwitch(
+        placement=placement, poller=_Poller(),  # type: ignore[arg-type]
+        codex_auth=str(tmp_path / "codex" / "auth.json"),
+        environ={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+                 "PI_CODING_AGENT_DIR": str(tmp_path / "pi")},
+        run_blocking=sync,
+    )
+    switcher.run_once()
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["account_id"] == "ws-a"

@@ -32,7 +32,7 @@ _UP = Upstreams.from_text("https://chatgpt.example/backend-api/codex", "https://
 
 
 def _creds(account: Account) -> list[tuple[bytes, bytes]]:
-    provider = _UP.provider(account.kind)
+    provider = _UP.provider(account.kind, account.provider)
     return provider.credential_headers(account.secret, account.chatgpt_account_id)
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from subrouter.accounts.store import AccountKind
-from subrouter.upstream.routing import Upstreams, split_uri
+from subrouter.upstream.routing import OPENAI, Upstreams, split_uri
 
 UP = Upstreams.from_text("https://chatgpt.com/backend-api/codex/", "https://api.openai.com")
 OAUTH, KEY = AccountKind.OAUTH, AccountKind.APIKEY
@@ -36,12 +36,12 @@ OAUTH, KEY = AccountKind.OAUTH, AccountKind.APIKEY
     ],
 )
 def test_path_rules(kind: AccountKind, path: bytes, expected: bytes) -> None:
-    assert UP.provider(kind).url(path, b"") == expected
+    assert UP.provider(kind, OPENAI).url(path, b"") == expected
 
 
 def test_query_string_is_kept_byte_for_byte() -> None:
     assert (
-        UP.provider(KEY).url(b"/responses", b"a=1+2&b=%20&a=3")
+        UP.provider(KEY, OPENAI).url(b"/responses", b"a=1+2&b=%20&a=3")
         == b"https://api.openai.com/v1/responses?a=1+2&b=%20&a=3"
     )
 
@@ -59,7 +59,7 @@ _segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size
 @given(st.lists(_segment, min_size=1, max_size=5), st.booleans())
 def test_api_keys_always_get_exactly_one_v1(segments: list[str], with_v1: bool) -> None:
     path = ("/v1/" if with_v1 else "/") + "/".join(segments)
-    url = UP.provider(KEY).url(path.encode(), b"")
+    url = UP.provider(KEY, OPENAI).url(path.encode(), b"")
     assert url.startswith(b"https://api.openai.com/v1/")
     assert url.endswith(("/" + "/".join(segments)).encode())
 
@@ -67,7 +67,7 @@ def test_api_keys_always_get_exactly_one_v1(segments: list[str], with_v1: bool) 
 @given(st.lists(_segment, min_size=1, max_size=5))
 def test_oauth_never_sends_a_leading_v1(segments: list[str]) -> None:
     rest = "/" + "/".join(segments)
-    with_v1 = UP.provider(OAUTH).url(("/v1" + rest).encode(), b"")
-    without = UP.provider(OAUTH).url(rest.encode(), b"")
+    with_v1 = UP.provider(OAUTH, OPENAI).url(("/v1" + rest).encode(), b"")
+    without = UP.provider(OAUTH, OPENAI).url(rest.encode(), b"")
     if not rest.startswith("/backend-api"):
         assert with_v1 == without == b"https://chatgpt.com/backend-api/codex" + rest.encode()

@@ -5,7 +5,9 @@ Claude Code profiles, each its own ``CLAUDE_CONFIG_DIR``: the registry and its f
 The registry is ``<store>/claude.json`` (``{"active", "profiles": {name:
 {"name", "createdAt", "lastUsed"?, "dir"}}}``); a profile's config folder is
 ``<store>/claude/<dir>``. Switching only changes the registry and prints the
-variable to export: Claude's own credential files are never touched.
+variable to export: Claude's own credential files are never touched here
+(the daemon refreshes a profile's tokens in place, see
+:mod:`subrouter.accounts.claude_credentials`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import re
 from typing import Any
 
 from subrouter.accounts import activate as manage
+from subrouter.accounts.claude_credentials import config_dir, dir_name
+
+__all__ = ["RESERVED", "config_dir", "dir_name", "find", "load", "save", "valid_name"]
 from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
 RESERVED = frozenset(
@@ -32,10 +37,6 @@ def valid_name(name: str) -> bool:
     if _NAME.match(name):
         return True
     return "@" in name and not name.startswith("@") and not name.endswith("@")
-
-
-def dir_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name).lower()
 
 
 def registry_path(store: str) -> str:
@@ -61,10 +62,6 @@ def save(store: str, registry: dict[str, Any]) -> None:
     if not registry.get("active"):
         registry.pop("active", None)
     atomic_write(registry_path(store), dump_json(registry))
-
-
-def config_dir(store: str, profile: dict[str, Any]) -> str:
-    return os.path.join(store, "claude", str(profile.get("dir") or dir_name(profile["name"])))
 
 
 def find(registry: dict[str, Any], selector: str) -> str:

@@ -50,6 +50,7 @@ class AccountPool:
                 {
                     "id": account.id,
                     "kind": account.kind.value,
+                    "provider": account.provider,
                     "email": account.email,
                     "plan": account.plan,
                     "usable": reason is None,

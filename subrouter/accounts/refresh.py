@@ -1,12 +1,18 @@
 # -*- test-case-name: tests.test_refresh -*-
 """
-OAuth token refresh for Codex logins, shared by the daemon and ``cx``.
+OAuth token refresh for ChatGPT logins and Claude profiles, shared by the
+daemon and ``cx``.
 
 Refresh tokens rotate on use, so a refresh must happen exactly once per
 expiry: one refresh at a time per account in this process (concurrent callers
 wait for the same one), and an exclusive lock on the account's lock file
 around "re-read, refresh, write back", so a concurrent ``cx`` command never
 burns the same refresh token or loses the new one.
+
+The two kinds of login differ only in their file format, token endpoint and
+client id (:class:`_Format`): a ChatGPT login lives in a ``cx`` account file
+(and may be mirrored into Codex's ``auth.json``), a Claude profile in its
+``CLAUDE_CONFIG_DIR/.credentials.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from subrouter.accounts import tokens
+from subrouter.accounts import claude_credentials, tokens
 from subrouter.accounts.store import (
     Account,
     AccountFileError,
@@ -33,9 +39,11 @@ from subrouter.accounts.store import (
     FileVersion,
     parse_account,
 )
+from subrouter.config import DEFAULT_ANTHROPIC_TOKEN_URL
 from subrouter.files import atomic_write, dump_json, locked
 from subrouter.redact import fingerprint, scrub_text
 from subrouter.timefmt import rfc3339
+from subrouter.upstream.routing import ANTHROPIC
 
 _log = Logger()
 
@@ -104,13 +112,38 @@ class _Held:
     release: Callable[[], None]
 
 
-def _lock_and_read(path: str) -> _Held:
+Parser = Callable[[bytes, str], Account]
+
+
+@attrs.frozen
+class _Format:
+    """
+    What differs between the kinds of login a refresh deals with.
+
+    :ivar parse: reads a credentials file's bytes (and its path) into an account.
+    :ivar apply: puts a token endpoint's answer into the file's document.
+    :ivar required: the answer's fields that must be non-empty strings.
+    :ivar numbers: the answer's numeric fields that are kept.
+    :ivar sign_in: the command that makes a new login.
+    """
+
+    token_url: str
+    client_id: str
+    parse: Parser
+    apply: Callable[[dict[str, Any], dict[str, Any], float], None]
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    numbers: tuple[str, ...] = ()
+    sign_in: str = "cx add"
+
+
+def _lock_and_read(path: str, parse: Parser = parse_account) -> _Held:
     manager = locked(lock_path_for(path))
     manager.__enter__()
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        account = parse_account(raw, path)
+        account = parse(raw, path)
         document = json.loads(raw)
     except BaseException:
         manager.__exit__(None, None, None)
@@ -121,7 +154,7 @@ def _lock_and_read(path: str) -> _Held:
     return _Held(account, document, release)
 
 
-def apply_new_tokens(document: dict[str, Any], new: dict[str, str], now: float) -> None:
+def apply_new_tokens(document: dict[str, Any], new: dict[str, Any], now: float) -> None:
     """
     Put refreshed tokens into an auth-bearing document (an account file or
     Codex's ``auth.json``), keeping every field it does not replace.
@@ -181,6 +214,7 @@ class TokenRefresher:
     :param clock: the source of time.
     :param run_blocking: runs file work off the reactor thread.
     :param codex_auth: the path of Codex's active ``auth.json``.
+    :param anthropic_token_url: the token endpoint of Claude profiles.
     """
 
     def __init__(
@@ -192,10 +226,15 @@ class TokenRefresher:
         clock: IReactorTime,
         run_blocking: BlockingRunner,
         codex_auth: str,
+        anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL,
     ) -> None:
         self._store = store
         self._http = http
-        self._token_url = token_url
+        self._codex_format = _Format(
+            token_url, CLIENT_ID, parse_account, apply_new_tokens,
+            ("access_token", "refresh_token", "id_token"),
+        )
+        self._anthropic_token_url = anthropic_token_url
         self._clock = clock
         self._run_blocking = run_blocking
         self._codex_auth = codex_auth
@@ -204,6 +243,21 @@ class TokenRefresher:
 
     def now(self) -> float:
         return self._clock.seconds()
+
+    def _format(self, account: Account) -> _Format:
+        if account.provider != ANTHROPIC:
+            return self._codex_format
+        name = account.id.removeprefix(claude_credentials.ID_PREFIX)
+
+        def parse(raw: bytes, path: str) -> Account:
+            return claude_credentials.parse_credentials(raw, path, name)
+
+        return _Format(
+            self._anthropic_token_url, claude_credentials.CLIENT_ID, parse,
+            claude_credentials.apply_new_tokens, ("access_token",),
+            optional=("refresh_token", "scope"), numbers=("expires_in",),
+            sign_in="cx claude add",
+        )
 
     def needs_refresh(self, account: Account) -> bool:
         """
@@ -273,8 +327,11 @@ class TokenRefresher:
         return waiter
 
     async def _refresh(self, account: Account, force: bool) -> Account:
+        form = self._format(account)
         try:
-            held: _Held = await self._run_blocking(lambda: _lock_and_read(account.source))
+            held: _Held = await self._run_blocking(
+                lambda: _lock_and_read(account.source, form.parse)
+            )
         except (OSError, AccountFileError) as e:
             raise self._failed(account, f"cannot read its account file: {e}", terminal=False) from e
         try:
@@ -287,29 +344,16 @@ class TokenRefresher:
                 return current
             if not current.refresh_token:
                 raise self._failed(current, "the login has no refresh token", terminal=True)
-            new_tokens = await self._call_token_endpoint(current)
+            new_tokens = await self._call_token_endpoint(current, form)
             now = self._clock.seconds()
             document = held.document
-            apply_new_tokens(document, new_tokens, now)
+            form.apply(document, new_tokens, now)
             path = current.source
             version = await self._run_blocking(lambda: _write_account(path, document))
-            refreshed = parse_account(dump_json(document), path)
-            # still under the account's lock: a `cx switch` of this account
-            # either ran before (and is mirrored over now) or waits and reads
-            # the new tokens; neither can put the spent refresh token back
-            try:
-                mirrored = await self._run_blocking(
-                    lambda: _mirror_into_codex_auth(self._codex_auth, refreshed.id, new_tokens,
-                                                    now)
-                )
-            except OSError as e:
-                mirrored = False
-                _log.warn(
-                    "could not update {path} with the new tokens of {account}: {error}",
-                    path=self._codex_auth,
-                    account=refreshed.id,
-                    error=str(e),
-                )
+            refreshed = form.parse(dump_json(document), path)
+            mirrored = False
+            if refreshed.is_codex_login:
+                mirrored = await self._mirror(refreshed, new_tokens, now)
         finally:
             held.release()
         self._store.replace(refreshed, version)
@@ -326,10 +370,29 @@ class TokenRefresher:
                       account=refreshed.id)
         return refreshed
 
-    async def _call_token_endpoint(self, account: Account) -> dict[str, str]:
+    async def _mirror(self, refreshed: Account, new_tokens: dict[str, Any], now: float) -> bool:
+        # still under the account's lock: a `cx switch` of this account
+        # either ran before (and is mirrored over now) or waits and reads
+        # the new tokens; neither can put the spent refresh token back
+        try:
+            mirrored: bool = await self._run_blocking(
+                lambda: _mirror_into_codex_auth(self._codex_auth, refreshed.id, new_tokens, now)
+            )
+        except OSError as e:
+            _log.warn(
+                "could not update {path} with the new tokens of {account}: {error}",
+                path=self._codex_auth,
+                account=refreshed.id,
+                error=str(e),
+            )
+            return False
+        return mirrored
+
+    async def _call_token_endpoint(self, account: Account, form: _Format) -> dict[str, Any]:
+        # both endpoints take the same JSON refresh grant
         body = json.dumps(
             {
-                "client_id": CLIENT_ID,
+                "client_id": form.client_id,
                 "grant_type": "refresh_token",
                 "refresh_token": account.refresh_token,
             }
@@ -337,7 +400,7 @@ class TokenRefresher:
         try:
             response = await self._http.request(
                 "POST",
-                self._token_url,
+                form.token_url,
                 data=body,
                 headers=_JSON_HEADERS,
                 timeout=TOKEN_TIMEOUT,
@@ -350,7 +413,7 @@ class TokenRefresher:
         if not 200 <= response.code < 300:
             terminal = response.code in (400, 401, 403)
             detail = _provider_error(raw, (account.refresh_token, account.secret))
-            advice = "; sign in again with `cx add`" if terminal else ""
+            advice = f"; sign in again with `{form.sign_in}`" if terminal else ""
             raise self._failed(
                 account, f"the token endpoint answered HTTP {response.code}{detail}{advice}",
                 terminal=terminal,
@@ -359,16 +422,20 @@ class TokenRefresher:
             answer = json.loads(raw)
         except ValueError:
             answer = None
-        new: dict[str, str] = {}
+        new: dict[str, Any] = {}
         if isinstance(answer, dict):
-            for key in ("access_token", "refresh_token", "id_token"):
+            for key in form.required + form.optional:
                 value = answer.get(key)
                 if isinstance(value, str) and value:
                     new[key] = value
-        if len(new) != 3:
+            for key in form.numbers:
+                value = answer.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    new[key] = value
+        if any(key not in new for key in form.required):
             raise self._failed(
                 account,
-                "the token endpoint's answer lacks access_token, refresh_token or id_token",
+                "the token endpoint's answer lacks " + " or ".join(form.required),
                 terminal=False,
             )
         return new

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from subrouter.accounts import tokens
+from subrouter.upstream.routing import ANTHROPIC, OPENAI
 
 _log = Logger()
 
@@ -31,7 +32,7 @@ _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._@-]")
 
 class AccountKind(StrEnum):
     """
-    The two kinds of Codex account ``cx`` stores.
+    The two kinds of account: a subscription login (OAuth) or an API key.
     """
 
     OAUTH = "oauth"
@@ -44,8 +45,10 @@ class Account:
     One account, as read from its file. Secrets are kept out of ``repr`` so an
     account can be logged or shown in a traceback safely.
 
-    :ivar id: the ``cx`` id: the email for OAuth logins, ``apikey:<label>`` for
-        API keys.
+    :ivar id: the ``cx`` id: the email for ChatGPT logins, ``apikey:<label>``
+        for API keys, ``claude:<profile>`` for Claude profiles.
+    :ivar provider: whose credential it is: ``openai`` (ChatGPT logins and
+        OpenAI keys) or ``anthropic`` (Claude profiles and Anthropic keys).
     :ivar secret: the OAuth access token or the API key.
     :ivar problem: why the file's content cannot be used, or None.
     """
@@ -53,6 +56,7 @@ class Account:
     id: str
     kind: AccountKind
     source: str
+    provider: str = OPENAI
     email: str | None = None
     plan: str | None = None
     chatgpt_account_id: str | None = None
@@ -64,6 +68,14 @@ class Account:
     @property
     def is_oauth(self) -> bool:
         return self.kind is AccountKind.OAUTH
+
+    @property
+    def is_codex_login(self) -> bool:
+        """
+        A ChatGPT login: what ``wham/usage``, ``cx switch`` and Codex's own
+        ``auth.json`` deal with.
+        """
+        return self.kind is AccountKind.OAUTH and self.provider == OPENAI
 
 
 class AccountFileError(Exception):
@@ -102,6 +114,24 @@ def parse_account(raw: bytes, source: str) -> Account:
     if not isinstance(auth, dict):
         raise AccountFileError('has no "auth" object')
 
+    provider = provider_of(document.get("provider"))
+    if provider is None:
+        raise AccountFileError(
+            f"names provider {str(document.get('provider'))[:40]!r}, which Subrouter does "
+            "not serve (openai or anthropic)"
+        )
+    if provider == ANTHROPIC:
+        # an Anthropic API key (`cx add-key --provider anthropic`): the same
+        # record as an OpenAI key, the key under its own name
+        key = _string(auth.get("ANTHROPIC_API_KEY")) or _string(auth.get("OPENAI_API_KEY"))
+        return Account(
+            id=account_id,
+            kind=AccountKind.APIKEY,
+            source=source,
+            provider=ANTHROPIC,
+            secret=key,
+            problem=None if key else "the API key is empty",
+        )
     api_key = auth.get("OPENAI_API_KEY")
     if auth.get("auth_mode") == "apikey" or (isinstance(api_key, str) and api_key):
         key = api_key if isinstance(api_key, str) else ""
@@ -133,6 +163,26 @@ def parse_account(raw: bytes, source: str) -> Account:
         refresh_token=refresh,
         problem=None if access else "the login has no access token (run `cx add` again)",
     )
+
+
+#: how the store's ``provider`` field may spell each provider we serve (the
+#: late Go ``cx`` writes ``codex`` and ``claude``; absent means Codex)
+_PROVIDER_NAMES = {
+    "": OPENAI, "codex": OPENAI, "openai": OPENAI, "chatgpt": OPENAI,
+    "anthropic": ANTHROPIC, "claude": ANTHROPIC,
+}
+
+
+def provider_of(value: object) -> str | None:
+    """
+    The provider an account record's ``provider`` field names, or None for
+    one Subrouter does not serve.
+    """
+    if value is None:
+        return OPENAI
+    if not isinstance(value, str):
+        return None
+    return _PROVIDER_NAMES.get(value.strip().lower())
 
 
 def _string(value: object) -> str:
@@ -211,6 +261,19 @@ def scan_directory(
     return found
 
 
+def scan_store(directory: str, previous: dict[str, ScannedFile]) -> dict[str, ScannedFile]:
+    """
+    Everything the daemon serves from a store: the account files under
+    ``accounts/`` and the registered Claude profiles' credentials. Blocking.
+    """
+    # imported here: the Claude module builds on this one's Account
+    from subrouter.accounts.claude_credentials import scan_profiles
+
+    found = scan_directory(os.path.join(directory, "accounts"), previous)
+    found.update(scan_profiles(directory, previous))
+    return found
+
+
 BlockingRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
 
 
@@ -240,7 +303,7 @@ class AccountStore:
         """
         Scan synchronously; for start-up, before the first request arrives.
         """
-        self._apply(scan_directory(self.accounts_path, self._files))
+        self._apply(scan_store(self.directory, self._files))
 
     def rescan(self) -> Deferred[None]:
         """
@@ -261,9 +324,8 @@ class AccountStore:
         def failed(failure: Any) -> None:
             _log.failure("scanning the account store failed", failure)
 
-        d: Deferred[Any] = self._run_blocking(
-            lambda: scan_directory(self.accounts_path, previous)
-        )
+        directory = self.directory
+        d: Deferred[Any] = self._run_blocking(lambda: scan_store(directory, previous))
         self._scanning = d
         d.addErrback(failed)
         d.addCallback(done)

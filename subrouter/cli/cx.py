@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
-from subrouter.accounts.store import Account, AccountKind
+from subrouter.accounts.store import Account, AccountKind, provider_of
 from subrouter.cli.claude import ClaudeOptions
 from subrouter.config import (
     DEFAULT_ACCOUNTS_DIR,
@@ -30,6 +30,7 @@ from subrouter.config import (
     expand_path,
 )
 from subrouter.timefmt import rfc3339
+from subrouter.upstream.routing import ANTHROPIC, OPENAI
 
 SubCommand = tuple[str, None, type[usage.Options], str]
 
@@ -76,10 +77,12 @@ class _ListOptions(usage.Options):
 
 
 class _AddKeyOptions(_Interspersed):
-    synopsis = "[--label LABEL] [--key sk-...]"
+    synopsis = "[--label LABEL] [--key sk-...] [--provider openai|anthropic]"
     optParameters = [
         ["label", None, None, "The account's label (prompted for when missing)."],
         ["key", None, None, "The API key (prompted for when missing; prefer the prompt)."],
+        ["provider", None, "openai",
+         "Whose key it is: openai (for Codex) or anthropic (for Claude Code)."],
     ]
 
 
@@ -299,7 +302,8 @@ def run_cx(options: CxOptions, streams: Streams | None = None) -> int:
 
 def _display(account: Account) -> str:
     if account.kind is AccountKind.APIKEY:
-        return f"{account.id.removeprefix('apikey:')} (api key)"
+        kind = "anthropic key" if account.provider == ANTHROPIC else "api key"
+        return f"{account.id.removeprefix('apikey:')} ({kind})"
     return account.id
 
 
@@ -340,18 +344,39 @@ def _prompt(streams: Streams, question: str) -> str:
 
 
 def _add_key(store: str, sub: usage.Options, streams: Streams) -> int:
+    provider = provider_of(sub["provider"])
+    if provider is None:
+        raise manage.StoreError(f"--provider: {sub['provider']!r} is not openai or anthropic")
+    anthropic = provider == ANTHROPIC
     _sync_active_to_store(store, streams)
     label = (sub["label"] or _prompt(streams, "Label (e.g. work, personal): ")).strip()
     if not label:
         raise manage.StoreError("a label is required")
-    key = (sub["key"] or _prompt(streams, "API key (sk-...): ")).strip()
-    if not key.startswith("sk-"):
-        raise manage.StoreError("an API key starts with sk-")
-    _, created = manage.save_auth(
-        store, f"apikey:{label}", {"auth_mode": "apikey", "OPENAI_API_KEY": key}
-    )
+    prefix = "sk-ant-" if anthropic else "sk-"
+    key = (sub["key"] or _prompt(streams, f"API key ({prefix}...): ")).strip()
+    if not key.startswith(prefix):
+        raise manage.StoreError(
+            f"an {'Anthropic' if anthropic else 'OpenAI'} API key starts with {prefix}"
+        )
+    account_id = f"apikey:{label}"
+    accounts, _ = manage.load_all(store)
+    for existing in accounts:
+        if existing.id.lower() == account_id.lower() and existing.provider != provider:
+            raise manage.StoreError(
+                f"the label {label!r} is taken by an {existing.provider} key; choose another"
+            )
+    if anthropic:
+        _, created = manage.save_auth(
+            store, account_id, {"auth_mode": "apikey", "ANTHROPIC_API_KEY": key},
+            extra={"provider": ANTHROPIC},
+        )
+    else:
+        _, created = manage.save_auth(
+            store, account_id, {"auth_mode": "apikey", "OPENAI_API_KEY": key}
+        )
     verb = "Added" if created else "Updated"
-    streams.stdout.write(f"{verb} API key account: {label}\n")
+    kind = "Anthropic API key" if anthropic else "API key"
+    streams.stdout.write(f"{verb} {kind} account: {label}\n")
     return 0
 
 
@@ -399,6 +424,11 @@ def _switch(store: str, state_dir: str, sub: usage.Options, streams: Streams,
             gui: bool = False) -> int:
     _sync_active_to_store(store, streams)
     account = manage.find(store, sub["selector"])
+    if account.provider != OPENAI:
+        raise manage.StoreError(
+            f"cannot switch to {account.id}: it is an Anthropic key, which Codex cannot use "
+            "(Claude Code reaches it through `subrouter claude`)"
+        )
     if account.problem:
         raise manage.StoreError(f"cannot switch to {account.id}: {account.problem}")
     exhausted = _exhaustion(state_dir, account.id)
@@ -676,6 +706,7 @@ def _status_row(account: Account, result: dict[str, object] | None, active: bool
     row: dict[str, object] = {
         "id": account.id,
         "kind": account.kind.value,
+        "provider": account.provider,
         "plan": account.plan,
         "active": active,
         "windows": [],
@@ -705,7 +736,8 @@ def _bar(used: float, width: int = 20) -> str:
 def _render(row: dict[str, object], colour: bool) -> str:
     name = str(row["id"])
     if row["kind"] == "apikey":
-        name = f"{name.removeprefix('apikey:')} (api key)"
+        kind = "anthropic key" if row.get("provider") == ANTHROPIC else "api key"
+        name = f"{name.removeprefix('apikey:')} ({kind})"
     plan = f" [{row['plan']}]" if row.get("plan") else ""
     active = " (active)" if row.get("active") else ""
     lines = [f"{name}{plan}{active}"]
@@ -861,7 +893,7 @@ def _usage(store: str, sub: usage.Options, streams: Streams) -> int:
     from subrouter.files import atomic_write, dump_json, ensure_private_directory
 
     accounts, _ = manage.load_all(store)
-    keys = [a for a in accounts if a.kind is AccountKind.APIKEY]
+    keys = [a for a in accounts if a.kind is AccountKind.APIKEY and a.provider == OPENAI]
     if not keys:
         streams.stdout.write("No API-key accounts. Run 'subrouter add-key' first.\n")
         return 0
@@ -956,8 +988,8 @@ def _attach(store: str, sub: usage.Options, streams: Streams) -> int:
     from subrouter.files import atomic_write, dump_json
 
     account = manage.find(store, sub["label"])
-    if account.kind is not AccountKind.APIKEY:
-        raise manage.StoreError(f"{account.id} is not an API-key account")
+    if account.kind is not AccountKind.APIKEY or account.provider != OPENAI:
+        raise manage.StoreError(f"{account.id} is not an OpenAI API-key account")
     admins = _admin_keys_map(store)
     if not admins:
         raise manage.StoreError("no admin keys. Run 'subrouter add-admin-key' first")

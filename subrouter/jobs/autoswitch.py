@@ -62,6 +62,7 @@ class AutoSwitch:
             c for c in rank(placement.ranking(now))
             if c.oauth and not c.score.exhausted
             and (account := store.get(c.id)) is not None
+            and account.is_codex_login  # Claude profiles are not Codex's to use
             and placement.pool.why_unusable(account) is None
         ]
         if not candidates:

@@ -40,11 +40,13 @@ from subrouter.routing.exchange import (
     GONE,
     Exchange,
     OutOfQuota,
+    Overloaded,
     Sent,
     Verdict,
 )
 from subrouter.routing.identity import identify
 from subrouter.routing.usage import UsagePoller
+from subrouter.sessions import anthropic
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
@@ -52,11 +54,12 @@ from subrouter.sessions.usage import (
     retry_after,
     usage_limit_in_body,
     windows_from_headers,
+    worth_waiting_out,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
 from subrouter.upstream.client import set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
-from subrouter.upstream.routing import Upstreams, is_backend_path, split_uri
+from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
 _log = Logger()
 
@@ -80,6 +83,8 @@ class ProxyResource(Resource):
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
     :param recorder: the transcript recorder, when recording is on.
+    :param overload_wait: seconds one request may wait out an overloaded
+        upstream on its own account before the error is passed on.
     """
 
     isLeaf = True
@@ -95,9 +100,11 @@ class ProxyResource(Resource):
         clock: IReactorTime,
         idle_timeout: float,
         recorder: Recorder | None = None,
+        overload_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.overload_wait = overload_wait
         self.placement = placement
         self.poller = poller
         self.refresher = refresher
@@ -171,10 +178,14 @@ class _ProxiedRequest:
             gone=lambda: self.gone,
             oauth_only=is_backend_path(self.path),
             poller=proxy.poller,
+            overload_wait=proxy.overload_wait,
         )
         result = await exchange.run(self._attempt)
         if isinstance(result, NoAccount):
             self._fail(result.status, result.kind, result.message)
+        elif isinstance(result, Overloaded):
+            # waited out as long as allowed: the upstream's own error
+            self._answer_prefix(result.held)
         elif isinstance(result, OutOfQuota):
             # no other account could take it: the last account's own answer
             if result.held is not None:
@@ -203,7 +214,13 @@ class _ProxiedRequest:
                 return GONE
             if _out_of_quota(response.code, body.data):
                 body.stop()
-                return OutOfQuota(body, retry_after(response.headers), f"HTTP {response.code}")
+                return OutOfQuota(body, self._resets_in(account, response),
+                                  f"HTTP {response.code}")
+            if worth_waiting_out(response.code, body.data):
+                # the pause before the next try is the exchange's, not idleness
+                self._disarm_timer()
+                return Overloaded(body, retry_after(response.headers), f"HTTP {response.code}",
+                                  drop=body.stop)
             self._answer_prefix(body)
             return Sent(None)
         if self.proxy.placement.at_risk(account):
@@ -230,7 +247,7 @@ class _ProxiedRequest:
         """
         self.account = account
         proxy = self.proxy
-        provider = proxy.upstreams.provider(account.kind)
+        provider = proxy.upstreams.provider(account.kind, account.provider)
         url = provider.url(self.path, self.query)
         headers = upstream_request_headers(
             self.request.requestHeaders,
@@ -288,9 +305,22 @@ class _ProxiedRequest:
         if not account.is_oauth:
             return
         now = self.clock.seconds()
-        windows = windows_from_headers(response.headers, now)
+        if account.provider == ANTHROPIC:
+            windows = anthropic.windows_from_headers(response.headers, now)
+        else:
+            windows = windows_from_headers(response.headers, now)
         if windows:
             self.proxy.placement.usage.record(account.id, windows, now, "headers")
+
+    def _resets_in(self, account: Account, response: IResponse) -> float | None:
+        """
+        When an account that ran out may be used again, as the answer says.
+        """
+        if account.provider == ANTHROPIC and anthropic.rejected(response.headers):
+            found = anthropic.rejection_reset(response.headers, self.clock.seconds())
+            if found is not None:
+                return found
+        return retry_after(response.headers)
 
     # -- answering ----------------------------------------------------------------
 

@@ -9,7 +9,13 @@ conversation, make the token fresh, send, and on the way:
   with the reason shown);
 - an answer saying the account ran out of quota marks it exhausted and, while
   nothing has reached the client, places the request on the next best
-  account (the conversation moves), up to ``MAX_ACCOUNTS_PER_REQUEST``.
+  account (the conversation moves), up to ``MAX_ACCOUNTS_PER_REQUEST``;
+- an answer saying the upstream is overloaded (Anthropic's 529, Codex's "at
+  capacity") is not the account's fault and moving would throw the
+  conversation's prompt cache away: while nothing has reached the client the
+  same request is sent again on the same account after a pause (honouring
+  ``Retry-After``, doubling otherwise), until ``overload_wait`` seconds are
+  spent; then the upstream's error is the answer. The account is never marked.
 
 How to send, and what an answer means, is the transport's business: it hands
 :meth:`Exchange.run` an ``attempt`` callable that sends as one account and says
@@ -23,6 +29,8 @@ from typing import Generic, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account
@@ -34,6 +42,14 @@ from subrouter.sessions.placement import NoAccount, Placement
 MAX_ACCOUNTS_PER_REQUEST = 4
 #: how long a new conversation waits for stale usage scores
 USAGE_WAIT_BOUND = 1.5
+#: the first pause before an overloaded upstream is asked again, doubling
+#: after each further overload up to the cap, within the request's budget
+OVERLOAD_FIRST_PAUSE = 1.0
+OVERLOAD_MAX_PAUSE = 30.0
+#: a Retry-After of 0 still pauses this long, so the budget always runs down
+OVERLOAD_MIN_PAUSE = 0.5
+
+_log = Logger()
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -73,6 +89,43 @@ class OutOfQuota(Generic[H]):
 
 
 @attrs.frozen
+class Overloaded(Generic[H]):
+    """
+    The upstream is overloaded right now (not the account's fault) and
+    nothing reached the client.
+
+    :ivar held: the upstream's error, the answer once waiting is given up.
+    :ivar retry_after: seconds the upstream said to wait, if it said.
+    :ivar why: what showed it, for the log.
+    :ivar drop: lets go of ``held`` when the request is sent again instead.
+    """
+
+    held: H
+    retry_after: float | None
+    why: str
+    drop: Callable[[], None] = lambda: None
+
+
+def overload_pause(
+    waits: int, retry_after: float | None, remaining: float
+) -> float | None:
+    """
+    How long to wait before asking an overloaded upstream again, or None
+    when the budget does not allow another try.
+
+    :param waits: how many pauses this request already took.
+    :param retry_after: the upstream's ``Retry-After``, if any: never asked
+        again sooner, and given up at once when it is beyond the budget.
+    :param remaining: seconds of the budget left.
+    """
+    if retry_after is not None and retry_after >= 0:
+        pause = max(retry_after, OVERLOAD_MIN_PAUSE)
+        return pause if pause <= remaining else None
+    pause = min(OVERLOAD_FIRST_PAUSE * (2 ** waits), OVERLOAD_MAX_PAUSE, remaining)
+    return pause if pause >= OVERLOAD_MIN_PAUSE else None
+
+
+@attrs.frozen
 class Gone:
     """
     The exchange ended without an answer to give (the client left, or the
@@ -83,7 +136,7 @@ class Gone:
 GONE = Gone()
 AUTH_REJECTED = AuthRejected()
 
-Verdict = Sent[T] | AuthRejected | OutOfQuota[H] | Gone
+Verdict = Sent[T] | AuthRejected | OutOfQuota[H] | Overloaded[H] | Gone
 #: ``attempt(account, may_refresh)``: send as ``account``; ``may_refresh`` is
 #: False on the retry after a refresh, when a 401 is the answer to give
 Attempt = Callable[[Account, bool], Awaitable["Verdict[T, H]"]]
@@ -100,6 +153,8 @@ class Exchange(Generic[T, H]):
     :param oauth_only: only ChatGPT logins can serve this path.
     :param gone: tells whether the client has left (checked after each wait).
     :param poller: refreshes stale usage before a new conversation is placed.
+    :param overload_wait: seconds one request may spend waiting out an
+        overloaded upstream on its account (0: never wait).
     """
 
     placement: Placement
@@ -109,16 +164,23 @@ class Exchange(Generic[T, H]):
     gone: Callable[[], bool]
     oauth_only: bool = False
     poller: UsagePoller | None = None
+    overload_wait: float = 0.0
     tried: list[str] = attrs.Factory(list)
+    #: seconds spent waiting out overloads so far
+    waited: float = 0.0
+    waits: int = 0
 
-    async def run(self, attempt: Attempt[T, H]) -> Sent[T] | OutOfQuota[H] | NoAccount | Gone:
+    async def run(
+        self, attempt: Attempt[T, H]
+    ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | NoAccount | Gone:
         """
         Try accounts until one answers, the client leaves or none is left.
 
         :return: the answer (``Sent``); the last account's ``OutOfQuota`` when
-            no other account could take the request; ``NoAccount`` when no
-            account was usable at all; ``GONE`` when the client left or the
-            transport already answered.
+            no other account could take the request; ``Overloaded`` when the
+            upstream stayed overloaded for the whole budget; ``NoAccount``
+            when no account was usable at all; ``GONE`` when the client left
+            or the transport already answered.
         """
         if not await self._usage_fresh_enough():
             return GONE
@@ -144,11 +206,45 @@ class Exchange(Generic[T, H]):
 
     async def _on(
         self, account: Account, attempt: Attempt[T, H]
-    ) -> Sent[T] | OutOfQuota[H] | Gone | None:
+    ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | Gone | None:
         """
-        One account: fresh token, send, and on a 401 refresh once and resend.
-        None when the account's token cannot be refreshed.
+        One account: send (waiting out overloads), and on a 401 refresh once
+        and resend. None when the account's token cannot be refreshed.
         """
+        while True:
+            verdict = await self._once(account, attempt)
+            if not isinstance(verdict, Overloaded):
+                return verdict
+            pause = overload_pause(
+                self.waits, verdict.retry_after, self.overload_wait - self.waited
+            )
+            if pause is None:
+                _log.warn(
+                    "the upstream is still overloaded ({why}) for account {account} after "
+                    "{waited}s of waiting; passing its error on",
+                    why=verdict.why, account=account.id, waited=round(self.waited, 1),
+                )
+                return verdict
+            verdict.drop()
+            self.waits += 1
+            self.waited += pause
+            _log.info(
+                "the upstream is overloaded ({why}) for account {account}: waiting {pause}s "
+                "before sending again on the same account (wait {n}, {left}s of the "
+                "overload budget left)",
+                why=verdict.why, account=account.id, pause=round(pause, 1), n=self.waits,
+                left=round(self.overload_wait - self.waited, 1),
+            )
+            await deferLater(self.clock, pause, lambda: None)
+            if self.gone():
+                return GONE
+            # a long wait may have taken the token close to its expiry
+            current = self.placement.pool.store.get(account.id)
+            account = current if current is not None else account
+
+    async def _once(
+        self, account: Account, attempt: Attempt[T, H]
+    ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | Gone | None:
         try:
             account = await self.refresher.ensure_fresh(account)
         except RefreshFailed:

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_sessions_live -*-
 """
-Polling the usage endpoint for every ChatGPT login.
+Polling the usage endpoints: ``wham/usage`` for every ChatGPT login, the
+Anthropic OAuth usage endpoint for every Claude profile.
 
 The poll runs at start and every ``--usage-interval``; a request that opens a
 new conversation also asks for a refresh when the scores are older than
@@ -21,8 +22,12 @@ from twisted.logger import Logger
 
 from subrouter.accounts.refresh import RefreshFailed, TokenRefresher
 from subrouter.accounts.store import Account, AccountStore
+from subrouter.config import DEFAULT_ANTHROPIC_USAGE_URL
 from subrouter.errors import describe_failure_reason
+from subrouter.sessions.anthropic import windows_from_oauth_usage
+from subrouter.sessions.scheduler import Window
 from subrouter.sessions.usage import UsageBook, windows_from_usage
+from subrouter.upstream.routing import ANTHROPIC, ANTHROPIC_OAUTH_BETA
 
 _log = Logger()
 
@@ -45,8 +50,10 @@ class UsagePoller:
         usage: UsageBook,
         clock: IReactorTime,
         score_ttl: float,
+        anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL,
     ) -> None:
         self._store = store
+        self._anthropic_url = anthropic_usage_url
         self._refresher = refresher
         self._http = http
         self._url = usage_url
@@ -118,11 +125,16 @@ class UsagePoller:
         headers: dict[bytes | str, list[bytes | str]] = {
             "Authorization": [f"Bearer {account.secret}"], "Accept": ["application/json"]
         }
-        if account.chatgpt_account_id:
+        url = self._url
+        if account.provider == ANTHROPIC:
+            # cx-accounts.md §5.3: the bearer plus the OAuth beta flag
+            url = self._anthropic_url
+            headers["anthropic-beta"] = [ANTHROPIC_OAUTH_BETA.decode("ascii")]
+        elif account.chatgpt_account_id:
             headers["ChatGPT-Account-ID"] = [account.chatgpt_account_id]
         try:
             response = await self._http.request(
-                "GET", self._url, headers=headers, timeout=FETCH_TIMEOUT
+                "GET", url, headers=headers, timeout=FETCH_TIMEOUT
             )
             raw = await treq.content(response)
         except Exception as e:
@@ -137,7 +149,12 @@ class UsagePoller:
             self._failed(account, "the answer is not JSON")
             return
         now = self._clock.seconds()
-        windows, plan = windows_from_usage(document, now)
+        windows: list[Window]
+        plan: str | None
+        if account.provider == ANTHROPIC:
+            windows, plan = windows_from_oauth_usage(document, now), account.plan
+        else:
+            windows, plan = windows_from_usage(document, now)
         if not windows:
             self._failed(account, "the answer holds no usage windows")
             return

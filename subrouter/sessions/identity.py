@@ -11,6 +11,16 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from subrouter.sessions import keys
+from subrouter.upstream.routing import ANTHROPIC, OPENAI
+
+
+def provider_for_agent(agent: str) -> str:
+    """
+    Whose credentials an agent's conversations go out with: Claude Code's
+    only ever on Anthropic's (Claude profiles, Anthropic keys), every other
+    agent's (Codex and the like) on OpenAI's (ChatGPT logins, OpenAI keys).
+    """
+    return ANTHROPIC if agent == "claude" else OPENAI
 
 
 @attrs.frozen
@@ -22,6 +32,13 @@ class Identity:
     session: keys.SessionKey
     email: str | None = None
     forced: str | None = None
+
+    @property
+    def provider(self) -> str:
+        """
+        The provider whose accounts may serve this conversation.
+        """
+        return provider_for_agent(self.session.agent)
 
 
 def identify_headers(

@@ -3,6 +3,11 @@
 Placing requests on accounts: the sticky assignment of a known conversation,
 a forced account, or the scheduler's pick for a new conversation.
 
+A conversation is only ever placed on its agent's provider: Claude Code's on
+Claude profiles and Anthropic keys, Codex's on ChatGPT logins and OpenAI keys
+(:func:`~subrouter.sessions.identity.provider_for_agent`); one with none of
+its kind gets a 503 saying how to add one, never another provider's account.
+
 Scores are cached and recomputed only when the rate-limit book or the store
 changed, or once a second as resets count down; the order of candidates is
 kept sorted, so placing a conversation walks a few entries, not every account.
@@ -24,6 +29,7 @@ from subrouter.sessions.identity import Identity
 from subrouter.sessions.scheduler import Candidate, rank, standing
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import UsageBook, windows_from_event
+from subrouter.upstream.routing import ANTHROPIC
 
 _log = Logger()
 
@@ -149,6 +155,7 @@ class Placement:
         now = self.clock.seconds()
         session = identity.session
         store = self.pool.store
+        provider = identity.provider
         if identity.forced is not None:
             return self._forced(identity, now, exclude)
         sticky = self.table.get(session.agent, session.key)
@@ -156,13 +163,14 @@ class Placement:
             account = store.get(sticky.account_id)
             if (
                 account is not None
+                and account.provider == provider
                 and (account.is_oauth or not oauth_only)
                 and self.pool.why_unusable(account) is None
                 and self.usage.exhausted_until(account.id, now) is None
             ):
                 self.table.touch(session.agent, session.key, now, user_email=identity.email)
                 return account
-        best = self._pick(now, oauth_only, exclude)
+        best = self._pick(now, provider, oauth_only, exclude)
         self.table.assign(
             session.agent, session.key, best.id, now,
             fallback=session.fallback, user_email=identity.email,
@@ -171,7 +179,9 @@ class Placement:
         assert account is not None
         return account
 
-    def _pick(self, now: float, oauth_only: bool, exclude: Collection[str]) -> Candidate:
+    def _pick(
+        self, now: float, provider: str, oauth_only: bool, exclude: Collection[str]
+    ) -> Candidate:
         counts = self.table.live_counts(now)
         store = self.pool.store
         best: Candidate | None = None
@@ -180,7 +190,11 @@ class Placement:
             if candidate.id in exclude or (oauth_only and not candidate.oauth):
                 continue
             account = store.get(candidate.id)
-            if account is None or self.pool.why_unusable(account) is not None:
+            if (
+                account is None
+                or account.provider != provider
+                or self.pool.why_unusable(account) is not None
+            ):
                 continue
             order = standing(candidate)
             if best_order is not None and order != best_order:
@@ -189,16 +203,18 @@ class Placement:
             if best is None or sessions < best.sessions:
                 best, best_order = attrs.evolve(candidate, sessions=sessions), order
         if best is None:
-            raise self._nothing(oauth_only)
+            raise self._nothing(provider, oauth_only)
         if best.oauth and best.score.exhausted:
             soonest = min(
-                (u for u in (self.usage.exhausted_until(c, now) for c in store.ids()) if u),
+                (u for u in (self.usage.exhausted_until(a.id, now) for a in store.accounts()
+                             if a.provider == provider) if u),
                 default=None,
             )
             when = f" (the first resets in {int(soonest - now)}s)" if soonest else ""
+            add = "cx claude add" if provider == ANTHROPIC else "cx add"
             raise NoAccount(
                 503, "usage_limit_reached",
-                f"every account has reached its usage limit{when}; add one with `cx add`",
+                f"every account has reached its usage limit{when}; add one with `{add}`",
             )
         return best
 
@@ -214,6 +230,12 @@ class Placement:
             raise NoAccount(
                 503, "account_unavailable", f"the requested account {account_id} failed"
             )
+        if account.provider != identity.provider:
+            raise NoAccount(
+                503, "account_unavailable",
+                f"the requested account {account_id} is a{_credential(account.provider)}, "
+                f"which a {identity.session.agent} conversation cannot use",
+            )
         why = self.pool.why_unusable(account)
         if why is not None:
             raise NoAccount(503, "account_unavailable", f"account {account_id}: {why}")
@@ -224,17 +246,29 @@ class Placement:
         )
         return account
 
-    def _nothing(self, oauth_only: bool) -> NoAccount:
+    def _nothing(self, provider: str, oauth_only: bool) -> NoAccount:
         store = self.pool.store
-        if not store.accounts():
-            return NoAccount(
-                503, "no_usable_account",
-                "no accounts are set up: run `cx add` to add a ChatGPT login "
-                "(or `cx add-key` for an API key)",
-            )
-        details = [f"{a.id}: {why}" for a, why in self.pool.unusable()]
-        kind = "ChatGPT login" if oauth_only else "account"
-        message = f"no usable {kind} right now; run `cx add` to add one"
+        own = [a for a in store.accounts() if a.provider == provider]
+        if provider == ANTHROPIC:
+            add = "run `cx claude add` or `cx add-key --provider anthropic`"
+            if not own:
+                return NoAccount(503, "no_usable_account",
+                                 f"no Claude profile or Anthropic key: {add}")
+            message = f"no usable Claude profile or Anthropic key right now; {add}"
+        else:
+            if not own:
+                return NoAccount(
+                    503, "no_usable_account",
+                    "no accounts are set up: run `cx add` to add a ChatGPT login "
+                    "(or `cx add-key` for an API key)",
+                )
+            kind = "ChatGPT login" if oauth_only else "account"
+            message = f"no usable {kind} right now; run `cx add` to add one"
+        details = [f"{a.id}: {why}" for a, why in self.pool.unusable() if a.provider == provider]
         if details:
             message += " (" + "; ".join(details) + ")"
         return NoAccount(503, "no_usable_account", message)
+
+
+def _credential(provider: str) -> str:
+    return "n Anthropic credential" if provider == ANTHROPIC else " ChatGPT/OpenAI credential"

@@ -347,6 +347,26 @@ class UsageBook:
         return self._accounts.keys()
 
 
+def worth_waiting_out(status: int, body: bytes) -> bool:
+    """
+    Whether an error says the upstream (not the account) is overloaded right
+    now, so the same request is worth sending again on the same account after
+    a pause: Anthropic's 529 ``overloaded_error``, Codex's 503 "Selected model
+    is at capacity" (``server_is_overloaded``). Moving the conversation would
+    throw its prompt cache away for nothing.
+    """
+    if status == 529:
+        return True
+    if status < 500:
+        return False
+    lowered = body.lower()
+    return (
+        b"overloaded_error" in lowered
+        or b"server_is_overloaded" in lowered
+        or (status == 503 and b"at capacity" in lowered)
+    )
+
+
 def is_overload(status: int, body: bytes) -> bool:
     """
     Whether an error is the upstream being overloaded (never exhaustion).

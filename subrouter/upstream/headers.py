@@ -4,7 +4,8 @@ Which headers cross the proxy, in each direction. Pure functions, no I/O.
 
 Upstream requests carry every client header except the hop-by-hop ones (and
 those named in ``Connection``), Subrouter's own ``X-Subrouter-*`` controls,
-the client's credentials, and the few the HTTP client recomputes (``Host``,
+the client's credentials (``Authorization``, ``x-api-key``,
+``ChatGPT-Account-ID``), and the few the HTTP client recomputes (``Host``,
 ``Content-Length``, ``Accept-Encoding``). The chosen account's credentials are
 then set. Repeated headers stay repeated and in order.
 """
@@ -52,9 +53,15 @@ _REQUEST_ONLY_DROPS = frozenset(
         b"content-length",
         b"accept-encoding",
         b"authorization",
+        b"x-api-key",
         b"chatgpt-account-id",
     }
 )
+
+#: comma-list headers a provider adds a token to instead of replacing them:
+#: Claude Code's ``anthropic-beta`` list changes between versions and every
+#: flag in it matters to the API
+_LIST_HEADERS = frozenset({b"anthropic-beta"})
 
 #: recomputed when the body is re-framed towards the client
 _RESPONSE_ONLY_DROPS = frozenset({b"content-length"})
@@ -109,14 +116,41 @@ def upstream_request_headers(
 
     :param client: the client's request headers.
     :param credentials: the chosen account's credential headers, which
-        replace the client's.
+        replace the client's; for a comma-list header (``anthropic-beta``)
+        the value is a token added to the client's list when not already in
+        it, or, written ``-token``, removed from it.
     """
     out = Headers()
     for name, values in forwardable(client):
         out.setRawHeaders(name, list(values))
     for name, value in credentials:
-        out.setRawHeaders(name, [value])
+        if name.lower() in _LIST_HEADERS:
+            edited = edit_list(out.getRawHeaders(name), value)
+            if edited:
+                out.setRawHeaders(name, edited)
+            else:
+                out.removeHeader(name)
+        else:
+            out.setRawHeaders(name, [value])
     return out
+
+
+def edit_list(values: Sequence[bytes] | None, edit: bytes) -> list[bytes]:
+    """
+    A comma-list header's values, as one value, with ``edit`` applied:
+    ``token`` added once, ``-token`` removed. Empty when nothing is left.
+    """
+    items: list[bytes] = []
+    for value in values or ():
+        for item in value.split(b","):
+            item = item.strip()
+            if item and item not in items:
+                items.append(item)
+    if edit.startswith(b"-"):
+        items = [item for item in items if item != edit[1:]]
+    elif edit not in items:
+        items.append(edit)
+    return [b",".join(items)] if items else []
 
 
 def client_response_headers(upstream: Headers, into: Headers) -> None:

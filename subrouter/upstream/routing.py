@@ -4,10 +4,10 @@ The providers: where each kind of credential sends a request, and the headers
 that carry the credential.
 
 A provider is one small object: its base URL, its path rules and its
-credential headers. The proxy and the relay ask ``Upstreams.provider(kind)``
-for the one that matches the chosen account and never look at the kind
-themselves, so a new provider is one new class here and one line in
-``Upstreams``.
+credential headers. The proxy and the relay ask
+``Upstreams.provider(account.kind, account.provider)`` for the one that
+matches the chosen account and never look at the kind themselves, so a new
+provider is one new class here and one line in ``Upstreams``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ _BACKEND = b"/backend-api"
 #: the account kinds, as the store spells them (``AccountKind`` values)
 OAUTH = "oauth"
 APIKEY = "apikey"
+#: the providers, as accounts name them (``Account.provider``)
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+
+#: the beta flag Anthropic's API wants with a subscription's OAuth token
+#: (``claude-code.md``: the CLI adds it in OAuth mode; the Go original
+#: appends it the same way)
+ANTHROPIC_OAUTH_BETA = b"oauth-2025-04-20"
 
 
 class Provider(Protocol):
@@ -118,25 +126,74 @@ class OpenAIAPI:
 
 
 @attrs.frozen
+class AnthropicAPI:
+    """
+    Anthropic's API (``/v1/messages``), for Claude subscriptions (OAuth) and
+    Anthropic API keys; paths pass as the client sent them.
+
+    A subscription's access token goes in ``Authorization: Bearer`` with
+    :data:`ANTHROPIC_OAUTH_BETA` added to ``anthropic-beta`` (which
+    :func:`~subrouter.upstream.headers.upstream_request_headers` adds to the
+    client's list rather than replacing it); a key goes in ``x-api-key``,
+    and that flag is taken out of the list (a Claude Code signed in with a
+    subscription sends it, and it belongs to OAuth requests only). The
+    client's ``Authorization`` and ``x-api-key`` are dropped for every
+    provider, so its own credentials never pass.
+    """
+
+    base: bytes
+    oauth: bool
+    name: str = "anthropic"
+
+    @property
+    def root(self) -> bytes:
+        return self.base
+
+    def url(self, path: bytes, query: bytes) -> bytes:
+        return _join(self.base, path, query)
+
+    def credential_headers(self, secret: str, workspace: str | None) -> list[tuple[bytes, bytes]]:
+        if self.oauth:
+            return [
+                (b"authorization", b"Bearer " + secret.encode("latin-1")),
+                (b"anthropic-beta", ANTHROPIC_OAUTH_BETA),
+            ]
+        return [
+            (b"x-api-key", secret.encode("latin-1")),
+            (b"anthropic-beta", b"-" + ANTHROPIC_OAUTH_BETA),
+        ]
+
+
+@attrs.frozen
 class Upstreams:
     """
-    The configured providers, by the account kind each serves.
+    The configured providers, by the provider and kind of account each serves.
     """
 
     chatgpt: ChatGPTBackend
     openai: OpenAIAPI
+    claude: AnthropicAPI = AnthropicAPI(b"https://api.anthropic.com", oauth=True)
+    anthropic_key: AnthropicAPI = AnthropicAPI(b"https://api.anthropic.com", oauth=False)
 
     @classmethod
-    def from_text(cls, codex: str, openai: str) -> Upstreams:
+    def from_text(
+        cls, codex: str, openai: str, anthropic: str = "https://api.anthropic.com"
+    ) -> Upstreams:
+        base = anthropic.rstrip("/").encode("ascii")
         return cls(
             ChatGPTBackend(codex.rstrip("/").encode("ascii")),
             OpenAIAPI(openai.rstrip("/").encode("ascii")),
+            AnthropicAPI(base, oauth=True),
+            AnthropicAPI(base, oauth=False),
         )
 
-    def provider(self, kind: str) -> Provider:
+    def provider(self, kind: str, provider: str) -> Provider:
         """
-        The provider for an account of ``kind`` (``oauth`` or ``apikey``).
+        The provider for an account of ``kind`` (``oauth`` or ``apikey``)
+        from ``provider`` (``openai`` or ``anthropic``).
         """
+        if provider == ANTHROPIC:
+            return self.claude if kind == OAUTH else self.anthropic_key
         if kind == OAUTH:
             return self.chatgpt
         return self.openai

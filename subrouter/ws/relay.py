@@ -348,7 +348,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                 "account": account.id,
                 "method": "GET",
                 "path": self.http_request_path,
-                "upstream": self.factory.upstreams.provider(account.kind).root.decode("ascii"),
+                "upstream": self.factory.upstreams.provider(
+                    account.kind, account.provider
+                ).root.decode("ascii"),
                 "upstream_url": getattr(upstream.factory, "url", None),
                 "headers": redact_headers(
                     (k.encode("latin-1"), [v.encode("latin-1")])
@@ -361,7 +363,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         self, account: Account, client: Headers, path: bytes, query: bytes, protocols: list[str]
     ) -> UpstreamProtocol:
         relay = self.factory
-        provider = relay.upstreams.provider(account.kind)
+        provider = relay.upstreams.provider(account.kind, account.provider)
         url = provider.url(path, query).decode("ascii")
         secure = url.startswith("https://")
         url = ("wss://" if secure else "ws://") + url.split("://", 1)[1]

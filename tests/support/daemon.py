@@ -110,6 +110,10 @@ def make_config(
         "fetch_usage": False,
         "usage_score_ttl": 0.0,
         "state_dir": str(tmp_path / "state"),
+        # never Anthropic's real hosts either
+        "anthropic_upstream": "https://127.0.0.1:9",
+        "anthropic_token_url": "https://127.0.0.1:9/v1/oauth/token",
+        "anthropic_usage_url": "https://127.0.0.1:9/api/oauth/usage",
     }
     settings.update(overrides)
     return Config(**settings)
