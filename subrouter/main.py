@@ -17,10 +17,12 @@ from typing import Any
 from twisted.python import usage
 
 import subrouter
-from subrouter.cli.cx import CxOptions, run_cx
+from subrouter.cli.cx import CxOptions, cx_process
+from subrouter.cli.dispatch import Group
+from subrouter.cli.entry import guarded, react
 from subrouter.tap import Options as ServeOptions
 
-SubCommand = tuple[str, None, type[usage.Options], str]
+SubCommand = tuple[str, Any, type[Any], str]
 
 
 class _CodexHelp(usage.Options):
@@ -29,7 +31,8 @@ class _CodexHelp(usage.Options):
         "Runs codex with -c openai_base_url pointing at Subrouter "
         "($SUBROUTER_CODEX_BASE_URL, default http://127.0.0.1:31415/v1), or with a "
         "custom provider carrying X-Subrouter-User-Email / X-Subrouter-Account-ID when "
-        "SUBROUTER_CODEX_USER_EMAIL or SUBROUTER_CODEX_ACCOUNT_ID is set."
+        "SUBROUTER_CODEX_USER_EMAIL or SUBROUTER_CODEX_ACCOUNT_ID is set. It checks first "
+        "that Subrouter answers (SUBROUTER_CODEX_SKIP_CHECK=1 skips that)."
     )
 
 
@@ -42,36 +45,32 @@ class _ClaudeHelp(usage.Options):
     )
 
 
-class SubrouterOptions(usage.Options):
+class SubrouterOptions(Group):
     """
     ``subrouter`` / ``sr``.
     """
 
-    synopsis = "<command> [options]"
+    prog = "subrouter"
+    summary = ("A local proxy for AI coding agents: `subrouter serve` runs it, `cx` (or "
+               "`subrouter cx`) manages its accounts, `subrouter codex` runs Codex through it.")
+    version = f"subrouter {subrouter.__version__}"
     subCommands: list[SubCommand] = [
         ("serve", None, ServeOptions, "Run the proxy in the foreground."),
-        ("cx", None, CxOptions, "Manage Codex accounts (same as the cx command)."),
+        ("cx", None, CxOptions, "Manage accounts (same as the cx command)."),
         ("codex", None, _CodexHelp, "Run codex through Subrouter: subrouter codex [args...]."),
         ("claude", None, _ClaudeHelp,
          "Run Claude Code through Subrouter: subrouter claude [args...]."),
     ]
-    optFlags = [["version", None, "Print the version and exit."]]
     optParameters = [
         ["log-format", None, "text", "Log format for serve: text or json."],
     ]
 
-    def opt_version(self) -> None:
-        print(f"subrouter {subrouter.__version__}")
-        raise SystemExit(0)
-
-    def postOptions(self) -> None:
+    def check(self) -> None:
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format: must be text or json")
-        if self.subCommand is None:
-            raise usage.UsageError("name a command; see --help")
 
 
-_CX_COMMANDS = frozenset(name for name, _, _, _ in CxOptions.subCommands)
+_CX_COMMANDS = frozenset(name for c in CxOptions.commands for name in c.names())
 
 
 def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
@@ -89,24 +88,7 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str) -> Any:
     return Deferred()  # runs until SIGINT/SIGTERM stops the reactor
 
 
-def _parse(options: usage.Options, argv: Sequence[str], prog: str) -> None:
-    try:
-        options.parseOptions(list(argv))
-    except usage.UsageError as e:
-        # print the usage of the deepest command reached
-        target: usage.Options = options
-        while getattr(target, "subOptions", None) is not None:
-            target = target.subOptions
-        sys.stderr.write(f"{target}\n{prog}: {e}\n")
-        raise SystemExit(2) from None
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """
-    ``subrouter`` and ``sr``.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    prog = os.path.basename(sys.argv[0]) or "subrouter"
+def _main(args: list[str], prog: str) -> int:
     if args[:1] == ["codex"]:
         # everything after `codex` is Codex's own: never parse it here
         from subrouter.cli.codex import WrapperError, run
@@ -115,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             run(args[1:])
         except WrapperError as e:
             sys.stderr.write(f"{prog} codex: {e}\n")
-            raise SystemExit(2) from None
-        return
+            return e.code
+        return 0
     if args[:1] == ["claude"]:
         # everything after `claude` is Claude's own (profiles: `cx claude ...`)
         from subrouter.cli import claude_code
@@ -125,22 +107,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             claude_code.run(args[1:])
         except claude_code.WrapperError as e:
             sys.stderr.write(f"{prog} claude: {e}\n")
-            raise SystemExit(e.code) from None
-        return
-    if not args and prog == "sr":
+            return e.code
+        return 0
+    if prog == "sr" and (not args or args[0].split("=")[0] in ("--accounts-dir",
+                                                               "--state-dir")):
         # `sr` alone is the interactive account view, like `cx`
-        args = ["cx"]
+        args = ["cx", *args]
     if args and args[0] in _CX_COMMANDS:
         # the direct aliases: `subrouter list` is `subrouter cx list`
         args = ["cx", *args]
     options = SubrouterOptions()
-    _parse(options, args, prog)
+    options.prog = prog
+    options.parseOptions(args)
     if options.subCommand == "serve":
-        from twisted.internet import task
+        serve: Any = options.subOptions
+        return react(lambda reactor: _serve(reactor, serve, options["log-format"]),
+                     interruptible=False)
+    if options.subCommand == "cx":
+        return cx_process(options.subOptions)
+    return 0
 
-        task.react(_serve, (options.subOptions, options["log-format"]))
-    elif options.subCommand == "cx":
-        raise SystemExit(run_cx(options.subOptions))
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    ``subrouter`` and ``sr``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) or "subrouter"
+    if prog not in ("subrouter", "sr"):
+        prog = "subrouter"
+    guarded(prog, lambda: _main(args, prog))
 
 
 def cx_main(argv: Sequence[str] | None = None) -> None:
@@ -148,6 +144,10 @@ def cx_main(argv: Sequence[str] | None = None) -> None:
     ``cx``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    options = CxOptions()
-    _parse(options, args, "cx")
-    raise SystemExit(run_cx(options))
+
+    def body() -> int:
+        options = CxOptions()
+        options.parseOptions(args)
+        return cx_process(options)
+
+    guarded("cx", body)

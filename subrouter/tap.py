@@ -135,9 +135,12 @@ class Options(usage.Options):
         if self.subCommand == "cx":
             # a one-shot command: run it now and leave before twistd checks a
             # pidfile, daemonizes or starts a reactor
-            from subrouter.cli.cx import run_cx
+            from subrouter.cli.cx import cx_process
+            from subrouter.cli.entry import guarded
 
-            raise SystemExit(run_cx(self.subOptions))
+            options: Any = self.subOptions
+            options.prog = "twistd subrouter cx"
+            guarded("cx", lambda: cx_process(options))
         self.config = config_from_options(self, self.stderr)
 
 
@@ -174,6 +177,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
+    accounts_dir = parse.expand_path(opts["accounts-dir"])
+    if os.path.exists(accounts_dir) and not os.path.isdir(accounts_dir):
+        raise usage.UsageError(f"--accounts-dir: {accounts_dir} is a file, not a folder")
     codex_home = opts["codex-home"]
     fetch = str(opts["fetch-usage"]).strip().lower()
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -208,7 +214,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
         expose=expose,
-        accounts_dir=parse.expand_path(opts["accounts-dir"]),
+        accounts_dir=accounts_dir,
         codex_upstream=_checked("codex-upstream", parse.parse_http_url, opts["codex-upstream"]),
         openai_upstream=_checked(
             "openai-upstream", parse.parse_http_url, opts["openai-upstream"]
@@ -268,7 +274,14 @@ class _StartupService(Service):
         super().startService()
         self._store.scan_now()
         accounts = self._store.accounts()
-        Logger().info(
+        log = Logger()
+        if not accounts:
+            log.warn(
+                "no accounts in {accounts_dir}: add one with `cx add` (a ChatGPT login) or "
+                "`cx add-key` (an OpenAI API key); it is picked up within seconds, no restart",
+                accounts_dir=self._config.accounts_dir,
+            )
+        log.info(
             "subrouter {version} listening on {addr}: {count} accounts in {accounts_dir}, "
             "codex upstream {codex}, openai upstream {openai}, anthropic upstream {anthropic}",
             version=_version(),
@@ -408,7 +421,8 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         ).setServiceParent(top)
     if config.fetch_usage and config.cx_switch_interval > 0:
         switcher = AutoSwitch(placement=placement, poller=poller, codex_auth=config.codex_auth,
-                              environ=environ_for_agents(), run_blocking=run_blocking)
+                              environ=environ_for_agents(), run_blocking=run_blocking,
+                              state_dir=config.state_dir)
         every("cx-switch", config.cx_switch_interval, switcher.run_once, reactor
               ).setServiceParent(top)
     if config.fetch_usage:

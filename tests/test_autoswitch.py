@@ -55,6 +55,7 @@ def test_the_best_login_becomes_active_and_a_second_round_changes_nothing(
     usage.record("b@example.com", [Window("primary", 10, 18000, 3600)], now, "poll")
     placement = Placement(AccountPool(store, refresher), SessionTable(1800), usage, clock)
     poller = _Poller()
+    (tmp_path / "xdg" / "opencode").mkdir(parents=True)  # OpenCode is installed; pi is not
     switcher = AutoSwitch(
         placement=placement, poller=poller,  # type: ignore[arg-type]
         codex_auth=str(tmp_path / "codex" / "auth.json"),
@@ -67,6 +68,7 @@ def test_the_best_login_becomes_active_and_a_second_round_changes_nothing(
     assert active["tokens"]["account_id"] == "ws-b"
     opencode = json.loads((tmp_path / "xdg" / "opencode" / "auth.json").read_text())
     assert opencode["openai"]["accountId"] == "ws-b"
+    assert not (tmp_path / "pi").exists()  # files only for the tools that are there
     assert switcher.switches == 1 and poller.runs == 1
     switcher.run_once()
     assert switcher.switches == 1 and poller.runs == 2
@@ -77,6 +79,36 @@ def test_the_best_login_becomes_active_and_a_second_round_changes_nothing(
     switcher.run_once()
     active = json.loads((tmp_path / "codex" / "auth.json").read_text())
     assert active["tokens"]["account_id"] == "ws-a" and switcher.switches == 2
+
+
+def test_a_pin_from_cx_switch_holds_until_the_pinned_login_runs_out(tmp_path: Path) -> None:
+    from subrouter.accounts import activate as manage
+
+    write_oauth_account(tmp_path / "store", "a@example.com", exp=FAR, account_id="ws-a")
+    write_oauth_account(tmp_path / "store", "b@example.com", exp=FAR, account_id="ws-b")
+    clock = Clock()
+    clock.advance(time.time())
+    store = AccountStore(str(tmp_path / "store"), sync)
+    store.scan_now()
+    refresher = TokenRefresher(store=store, http=None, token_url="https://t", clock=clock,
+                               run_blocking=sync, codex_auth=str(tmp_path / "codex" / "auth.json"))
+    usage = UsageBook()
+    usage.record("a@example.com", [Window("primary", 80, 18000, 3600)], clock.seconds(), "poll")
+    usage.record("b@example.com", [Window("primary", 10, 18000, 3600)], clock.seconds(), "poll")
+    placement = Placement(AccountPool(store, refresher), SessionTable(1800), usage, clock)
+    manage.write_pin(str(tmp_path / "state"), "a@example.com")  # what `cx switch a` leaves
+    switcher = AutoSwitch(
+        placement=placement, poller=_Poller(),  # type: ignore[arg-type]
+        codex_auth=str(tmp_path / "codex" / "auth.json"),
+        environ={"HOME": str(tmp_path)}, run_blocking=sync, state_dir=str(tmp_path / "state"),
+    )
+    switcher.run_once()
+    assert switcher.switches == 0  # b is better, but the user chose a
+    usage.mark_exhausted("a@example.com", clock.seconds(), 600, "429")
+    switcher.run_once()
+    active = json.loads((tmp_path / "codex" / "auth.json").read_text())
+    assert active["tokens"]["account_id"] == "ws-b" and switcher.switches == 1
+    assert manage.read_pin(str(tmp_path / "state")) is None  # the pin is dropped
 
 
 def test_a_claude_profile_is_never_made_codexs_login(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ def test_the_wrapper_becomes_codex_with_its_exit_status(tmp_path: Path) -> None:
         "exit 7\n"
     )
     fake.chmod(0o755)
-    env = dict(os.environ, SUBROUTER_CODEX_BIN=str(fake), SUBROUTER_CODEX_ACCOUNT_ID="work")
+    env = dict(os.environ, SUBROUTER_CODEX_BIN=str(fake), SUBROUTER_CODEX_ACCOUNT_ID="work",
+               SUBROUTER_CODEX_SKIP_CHECK="1")
     result = subprocess.run(
         [sys.executable, "-c", "from subrouter.main import main; main()", "codex", "exec", "-m",
          "x", "hello"],
@@ -90,7 +91,8 @@ def test_the_wrapper_becomes_codex_with_its_exit_status(tmp_path: Path) -> None:
 
 
 def test_a_missing_codex_is_explained(tmp_path: Path) -> None:
-    env = dict(os.environ, SUBROUTER_CODEX_BIN=str(tmp_path / "nope"))
+    env = dict(os.environ, SUBROUTER_CODEX_BIN=str(tmp_path / "nope"),
+               SUBROUTER_CODEX_SKIP_CHECK="1")
     result = subprocess.run(
         [sys.executable, "-c", "from subrouter.main import main; main()", "codex", "hi"],
         env=env, capture_output=True, text=True, timeout=60,

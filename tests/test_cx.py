@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -43,7 +44,12 @@ def test_add_key_writes_the_cx_format_privately(tmp_path: Path) -> None:
     assert path.read_text().startswith('{\n  "email"') and path.read_text().endswith("}\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    code, out, _ = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456")
+    # an existing label is never replaced silently: --force off a terminal
+    code, out, err = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456")
+    assert code == 1 and "--force" in err and out == ""
+    assert json.loads(path.read_text())["auth"]["OPENAI_API_KEY"] == "sk-work-123"
+    code, out, _ = cx(tmp_path, "add-api-key", "--label", "work", "--key", "sk-new-456",
+                      "--force")
     assert out == "Updated API key account: work\n"
     assert json.loads(path.read_text())["addedAt"] == document["addedAt"]
     code, _, err = cx(tmp_path, "add-key", "--label", "x", "--key", "nope")
@@ -64,8 +70,8 @@ def test_import_reads_codex_auth_and_keeps_unknown_fields(tmp_path: Path) -> Non
     assert stored["auth"] == auth
     assert cx(tmp_path, "import")[1] == "Updated existing account: me@example.com\n"
     code, out, _ = cx(tmp_path, "list")
-    assert "  me@example.com * (added " in out
-    assert f"* = currently active in {tmp_path / 'codex' / 'auth.json'}" in out
+    assert out.splitlines()[1].split()[0] == "me@example.com"
+    assert out.splitlines()[1].split()[-2:] == ["active,", "next"]
 
 
 def test_switch_writes_codex_opencode_and_pi_keeping_other_providers(tmp_path: Path) -> None:
@@ -84,7 +90,9 @@ def test_switch_writes_codex_opencode_and_pi_keeping_other_providers(tmp_path: P
         "Switched to a@example.com",
         f"Synced OpenCode auth: {tmp_path / 'xdg' / 'opencode' / 'auth.json'}",
         f"Synced pi auth: {tmp_path / 'pi' / 'auth.json'}",
-        "Restart any running Codex, OpenCode, or pi sessions to use the new account.",
+        "Restart any running Codex, OpenCode or pi sessions to use the new account.",
+        "Pinned: the daemon's auto-switch keeps a@example.com active until it runs out "
+        "(`cx switch --auto` to let it choose again).",
     ]
     stored = json.loads((tmp_path / "store" / "accounts" / "a@example.com.json").read_text())
     codex = json.loads((tmp_path / "codex" / "auth.json").read_text())
@@ -102,7 +110,7 @@ def test_switch_writes_codex_opencode_and_pi_keeping_other_providers(tmp_path: P
 
 def test_switching_to_an_api_key_writes_only_the_key(tmp_path: Path) -> None:
     write_apikey_account(tmp_path / "store", "work", "sk-work-1")
-    code, _, err = cx(tmp_path, "use", "work")
+    code, _, err = cx(tmp_path, "use", "work", "--opencode", "--pi")
     assert code == 0, err
     assert json.loads((tmp_path / "codex" / "auth.json").read_text()) == {
         "auth_mode": "apikey", "OPENAI_API_KEY": "sk-work-1"}
@@ -171,7 +179,7 @@ def test_twistd_runs_a_cx_command_and_exits_without_a_pidfile(tmp_path: Path) ->
         env=dict(os.environ, HOME=str(tmp_path), CODEX_HOME=str(tmp_path / "codex")),
     )
     assert result.returncode == 0, result.stderr
-    assert "  work (api key) (added " in result.stdout
+    assert result.stdout.splitlines()[1].split()[:3] == ["work", "api", "key"]
     assert not (tmp_path / "twistd.pid").exists()
     failing = subprocess.run(
         [twistd, "subrouter", "cx", "--accounts-dir", str(tmp_path / "store"), "rm", "nope"],
@@ -231,15 +239,32 @@ async def test_status_fetches_every_login_and_prints_bars_or_json(
     args = ["--accounts-dir", str(tmp_path / "store"), "status", "--usage-url",
             upstream.base_url + "/backend-api/wham/usage", "--token-url", upstream.token_url]
     text = await _run(cx_script, args, env)
-    assert "a@example.com [pro]" in text
-    assert "5h     [##------------------]  12.5% used, resets in 1h " in text
-    assert "weekly [######--------------]  30.0% used, resets in " in text
-    assert "headroom 70%" in text and "headroom 10%" in text
-    assert "work (api key)" in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "KIND", "PLAN", "5H", "WEEKLY", "RESETS",
+                                "HEADROOM", "STATE"]
+    # ranked best first: a (70% headroom) before b (10%), the API key between them
+    # (a login under 40% takes no new conversations; keys rank before it)
+    assert [line.split()[0] for line in lines[1:4]] == ["a@example.com", "work",
+                                                        "b@example.com"]
+    # the plan is the daemon's view of the login (its token's claim)
+    assert lines[1].split()[:3] == ["a@example.com", "login", "plus"]
+    assert "[#---------]  12%" in lines[1] and "[###-------]  30%" in lines[1]
+    assert re.search(r"5h 1h (29|30)m · wk (2d 23h|3d 0h)", lines[1]) and " 70% " in lines[1]
+    assert lines[1].rstrip().endswith("next")
+    assert "pay per token" in lines[2]
+    assert "low, no new conversations" in lines[3] and " 10% " in lines[3]
+    columns = {line.index("login") for line in (lines[1], lines[3])}
+    assert len(columns) == 1  # aligned
     rows = json.loads(await _run(cx_script, [*args, "--json"], env))
     by_id = {row["id"]: row for row in rows}
-    assert by_id["b@example.com"]["headroom"] == 0.1
-    assert by_id["a@example.com"]["windows"][0]["used_percent"] == 12.5
+    assert [row["id"] for row in rows] == ["a@example.com", "apikey:work", "b@example.com"]
+    assert by_id["b@example.com"]["headroom_percent"] == 10.0
+    first = by_id["a@example.com"]["windows"][0]
+    assert 5390 <= first.pop("resets_in_seconds") <= 5400
+    assert first == {"name": "5h", "used_percent": 12.5, "window_minutes": 300}
+    assert by_id["a@example.com"]["windows"][1]["name"] == "weekly"
+    assert by_id["a@example.com"]["next"] and not by_id["b@example.com"]["next"]
+    assert by_id["apikey:work"]["billing"] == "pay per token"
     assert "sk-work-1" not in text
 
 
@@ -286,8 +311,7 @@ async def test_admin_keys_are_validated_stored_masked_and_removed(
     code, out, _ = cx(tmp_path, "remove-admin-key", "org")
     assert out == "Removed admin key: org\n"
     assert cx(tmp_path, "remove-admin-key", "org")[2] == 'cx: no admin key labeled "org"\n'
-    assert cx(tmp_path, "admin-keys")[1] == (
-        "No admin keys. Run 'subrouter add-admin-key' to add one.\n")
+    assert cx(tmp_path, "admin-keys")[1] == "No admin keys. Add one with `cx add-admin-key`.\n"
 
 
 def test_gemini_scaffold_lists_profiles(tmp_path: Path) -> None:
@@ -312,7 +336,8 @@ def test_switch_during_a_refresh_never_writes_the_spent_tokens(tmp_path: Path) -
                                refresh_token="rt-old")
     held = _lock_and_read(str(path))  # the refresh has begun
     results: list[tuple[int, str, str]] = []
-    switching = threading.Thread(target=lambda: results.append(cx(tmp_path, "switch", "a@")))
+    switching = threading.Thread(
+        target=lambda: results.append(cx(tmp_path, "switch", "a@", "--pi")))
     switching.start()
     switching.join(0.3)
     assert switching.is_alive(), "switch must wait for the refresh"
@@ -334,9 +359,8 @@ def test_gui_switch_says_restarts_are_macos_only_here(tmp_path: Path) -> None:
     code, out, _ = cx(tmp_path, "gui-use", "work")
     assert code == 0
     assert out.splitlines()[0] == "Switched to apikey:work"
-    assert out.splitlines()[-1] == (
-        "Codex.app restart is only supported on macOS." if sys.platform != "darwin"
-        else out.splitlines()[-1])
+    if sys.platform != "darwin":
+        assert "Codex.app restart is only supported on macOS." in out.splitlines()
 
 
 def test_a_login_codex_refreshed_is_copied_back_before_switching(tmp_path: Path) -> None:
@@ -405,8 +429,8 @@ async def test_cx_alone_ranks_accounts_and_switches_to_the_chosen_row(
         str(tmp_path / "state")], env=env)
     assert await collect.done == 0
     text = collect.out.decode()
-    first, second = text.index("1) b@example.com"), text.index("2) a@example.com")
-    assert first < second and "Switch to (#): " in text
+    first, second = text.index("1)  b@example.com"), text.index("2)  a@example.com")
+    assert first < second and "Switch to (#, a name, or Enter for none): " in text
     assert "Switched to b@example.com" in text
     active = json.loads((tmp_path / "codex" / "auth.json").read_text())
     assert active["tokens"]["account_id"] == "ws-b"

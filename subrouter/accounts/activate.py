@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_cx -*-
 """
-The write side of the ``cx`` store, and the files ``cx switch`` writes for
-the local agents (Codex, OpenCode, pi). Blocking file work: for commands, or
+The write side of the ``cx`` store, and :func:`activate`: making an account
+the one the local agents (Codex, OpenCode, pi) use, for ``cx switch`` and the
+daemon's auto-switch alike, and the pin by which ``cx switch`` asks
+auto-switch to leave its choice alone. Blocking file work: for commands, or
 off the reactor thread.
 
 Every write is atomic and private (0600 files in 0700 folders); account files
@@ -14,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
+
+import attrs
 
 from subrouter.accounts import tokens
 from subrouter.accounts.refresh import lock_path_for
@@ -127,8 +132,17 @@ def save_auth(store: str, account_id: str, auth: Mapping[str, Any],
 
 
 def remove(store: str, account: Account) -> None:
-    with locked(lock_path_for(account.source)):
+    """
+    Delete an account's file, and then its lock file (nothing else waits on
+    the lock of a file that is gone).
+    """
+    lock = lock_path_for(account.source)
+    with locked(lock):
         os.unlink(account.source)
+    try:
+        os.unlink(lock)
+    except FileNotFoundError:
+        pass
 
 
 def read_json_object(path: str) -> dict[str, Any] | None:
@@ -267,14 +281,134 @@ def sync_opencode(account: Account, environ: Mapping[str, str]) -> str:
     return path
 
 
-def sync_pi(account: Account, environ: Mapping[str, str]) -> str:
+def sync_pi(account: Account, environ: Mapping[str, str],
+            our_keys: Collection[str] = ()) -> str:
     """
     Make the account pi's ``openai-codex`` (login) or ``openai`` (key)
-    provider, keeping every other provider.
+    provider, keeping every other provider. Switching to a login drops an
+    ``openai`` key entry that holds one of ``our_keys`` (an earlier switch to
+    a key wrote it; pi would keep using it).
     """
     path = pi_auth_path(environ)
     if account.kind is AccountKind.APIKEY:
         _merge_provider(path, "openai", {"type": "api_key", "key": account.secret})
-    else:
-        _merge_provider(path, "openai-codex", _oauth_entry(account, "pi"))
+        return path
+    document = read_json_object(path) or {}
+    stale = document.get("openai")
+    if isinstance(stale, dict) and stale.get("type") == "api_key" and stale.get("key") in set(
+        our_keys
+    ):
+        del document["openai"]
+    document["openai-codex"] = _oauth_entry(account, "pi")
+    ensure_private_directory(os.path.dirname(path))
+    atomic_write(path, dump_json(document))
     return path
+
+
+# -- activating an account ------------------------------------------------------
+
+OPENCODE = "OpenCode"
+PI = "pi"
+
+
+def tool_present(tool: str, environ: Mapping[str, str]) -> bool:
+    """
+    Whether a local agent looks installed: its folder exists or its binary is
+    on ``PATH``. Files are not written for tools that are not there.
+    """
+    home = environ.get("HOME") or os.path.expanduser("~")
+    if tool == OPENCODE:
+        folders = [os.path.dirname(opencode_auth_path(environ)),
+                   os.path.join(environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"),
+                                "opencode")]
+        binary = "opencode"
+    else:
+        folders = [os.path.dirname(pi_auth_path(environ))]
+        binary = "pi"
+    if any(os.path.isdir(f) for f in folders):
+        return True
+    return shutil.which(binary, path=environ.get("PATH")) is not None
+
+
+@attrs.frozen
+class Activation:
+    """
+    What :func:`activate` did.
+
+    :ivar synced: ``(tool, path)`` for each agent file written.
+    :ivar skipped: the tools left alone because they are not installed.
+    :ivar failed: ``(tool, why)`` for each file that could not be written.
+    """
+
+    codex: str
+    synced: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+
+
+def activate(account: Account, codex_auth: str, environ: Mapping[str, str], *,
+             our_keys: Collection[str] = (), always: Collection[str] = ()) -> Activation:
+    """
+    Make ``account`` the active one for the local agents: Codex's
+    ``auth.json``, then OpenCode's and pi's files when those tools are
+    installed (or named in ``always``). All under the account's lock, so a
+    refresh is never half copied. A failed OpenCode or pi write is reported,
+    not raised.
+
+    :param our_keys: every stored API key (for pi's stale entry).
+    :raises StoreError: or ``OSError`` when Codex's file cannot be written.
+    """
+    synced: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    failed: list[tuple[str, str]] = []
+    # under the account's lock: a refresh by the daemon is either finished
+    # (its new tokens are what we copy) or waits for us and then updates the
+    # files we wrote; a rotated refresh token is never lost
+    with locked(lock_path_for(account.source)):
+        write_codex_auth(codex_auth, codex_auth_for(account))
+        for tool in (OPENCODE, PI):
+            if tool not in always and not tool_present(tool, environ):
+                skipped.append(tool)
+                continue
+            try:
+                if tool == OPENCODE:
+                    synced.append((tool, sync_opencode(account, environ)))
+                else:
+                    synced.append((tool, sync_pi(account, environ, our_keys)))
+            except (StoreError, OSError) as e:
+                failed.append((tool, str(e)))
+    return Activation(codex_auth, tuple(synced), tuple(skipped), tuple(failed))
+
+
+# -- the pin: cx switch's choice, which auto-switch respects ------------------------
+
+PIN_FILE = "pin.json"
+
+
+def read_pin(state_dir: str) -> str | None:
+    """
+    The account ``cx switch`` pinned, if any (an unreadable pin is none).
+    """
+    try:
+        document = read_json_object(os.path.join(state_dir, PIN_FILE)) or {}
+    except (StoreError, OSError):
+        return None
+    account = document.get("account")
+    return account if isinstance(account, str) and account else None
+
+
+def write_pin(state_dir: str, account_id: str) -> None:
+    ensure_private_directory(state_dir)
+    atomic_write(os.path.join(state_dir, PIN_FILE),
+                 dump_json({"account": account_id, "pinnedAt": rfc3339()}))
+
+
+def clear_pin(state_dir: str) -> bool:
+    """
+    Remove the pin; whether there was one.
+    """
+    try:
+        os.unlink(os.path.join(state_dir, PIN_FILE))
+    except FileNotFoundError:
+        return False
+    return True

@@ -32,7 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.errors import describe_failure_reason, write_error
+from subrouter.errors import describe_failure_reason, error_body, write_error
 from subrouter.proxy.bodies import Bounded, Discard, Prefix, content_length, request_body
 from subrouter.proxy.tap import Tap
 from subrouter.routing.exchange import (
@@ -142,6 +142,13 @@ class _ProxiedRequest:
         self.outcome = "ok"
         self.bytes_in = content_length(request)
         self.bytes_out = 0
+        #: for the request line: the conversation (a short hash), the agent,
+        #: why the account was chosen (set by placement reasons when known) and
+        #: the error given to the client
+        self.conversation = "-"
+        self.agent = "-"
+        self.reason = "-"
+        self.error: str | None = None
         self.tap: Tap | None = None
         # what is under way upstream, for the idle timer and a client that leaves
         self.pending: Deferred[Any] | None = None
@@ -166,6 +173,8 @@ class _ProxiedRequest:
         except BadAccountSelector as e:
             self._fail(400, "invalid_account_selector", str(e))
             return
+        self.conversation = _short_hash(identity.session.key)
+        self.agent = identity.session.agent
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
@@ -476,9 +485,9 @@ class _ProxiedRequest:
         self._disarm_timer()
         self.status = status
         self.outcome = kind
-        _log.warn("{method} {path}: {status} {message}", method=self.method.decode("ascii",
-                  "replace"), path=self.path.decode("ascii", "replace"), status=status,
-                  message=message)
+        self.error = message  # logged once, on the request line
+        if not (self.request.finished or self.request.startedWriting):
+            self.bytes_out += len(error_body(kind, message))
         write_error(self.request, status, kind, message)
 
     def _crashed(self, failure: Failure) -> None:
@@ -496,15 +505,26 @@ class _ProxiedRequest:
                 self.outcome = "client-gone"
             self._disarm_timer()
             self._stop_upstream()
-        account_id = _account_id(self.account)
+        account_id = self.account.id if self.account is not None else "-"
         method = self.method.decode("ascii", "replace")
         path = self.path.decode("ascii", "replace")
         duration_ms = round((self.clock.seconds() - self.started) * 1000, 1)
-        # the text is built here once; the named fields are there for JSON logs
-        _log.info(
+        line = (f"{method} {path} {self.status if self.status is not None else '-'} "
+                f"{self.outcome} account={account_id} conversation={self.conversation} "
+                f"agent={self.agent} why={self.reason} {duration_ms}ms in={self.bytes_in}B "
+                f"out={self.bytes_out}B")
+        if self.error:
+            line += f": {self.error}"
+        # one line per request, a warning when it failed; the text is built
+        # here once, the named fields are there for JSON logs
+        emit = _log.warn if self.error or (self.status or 0) >= 500 else _log.info
+        emit(
             "{request_line}",
-            request_line=f"{method} {path} {self.status} {self.outcome} account={account_id} "
-            f"{duration_ms}ms in={self.bytes_in}B out={self.bytes_out}B",
+            request_line=line,
+            conversation=self.conversation,
+            agent=self.agent,
+            why=self.reason,
+            error=self.error,
             method=method,
             path=path,
             status=self.status,
@@ -515,6 +535,16 @@ class _ProxiedRequest:
             bytes_out=self.bytes_out,
             log_category="request",
         )
+
+
+def _short_hash(key: str) -> str:
+    """
+    A conversation as the log shows it: 8 hex digits of its key's hash (the
+    key itself can be long, and is the client's business).
+    """
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:8]
 
 
 class _Relay(Protocol):

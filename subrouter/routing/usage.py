@@ -138,7 +138,10 @@ class UsagePoller:
             )
             raw = await treq.content(response)
         except Exception as e:
-            self._failed(account, describe_failure_reason(e))
+            reason = describe_failure_reason(e)
+            if reason == "cancelled":  # only our own timeout cancels it
+                reason = f"timed out after {FETCH_TIMEOUT:g}s"
+            self._failed(account, reason)
             return
         if not 200 <= response.code < 300:
             self._failed(account, f"HTTP {response.code}")

@@ -177,6 +177,16 @@ class Placement:
         )
         account = store.get(best.id)
         assert account is not None
+        if not best.oauth and not session.fallback and (
+            sticky is None or sticky.account_id != best.id
+        ):
+            # once per conversation (it stays on the key afterwards): this costs money
+            _log.warn(
+                "conversation {conversation} ({agent}) {moved} the pay-per-token API key "
+                "{account}: no ChatGPT login can take it",
+                conversation=session.key[:12], agent=session.agent, account=best.id,
+                moved=f"moved from {sticky.account_id} to" if sticky else "placed on",
+            )
         return account
 
     def _pick(

@@ -83,3 +83,7 @@ class QuietSite(Site):
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def logPrefix(self) -> str:
+        # Twisted names the listener in "<prefix> starting on <port>": not a class name
+        return "subrouter proxy"

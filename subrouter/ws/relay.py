@@ -256,6 +256,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     factory: RelayFactory
     upstream: UpstreamProtocol | None = None
     account: Account | None = None
+    opened_at = 0.0
+    counts: list[int]
     identity: Identity | None = None
     closing_after_response = False
     conversation: Conversation | None = None
@@ -323,6 +325,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
         return self._accepted(*result.value)
 
     def _accepted(self, account: Account, upstream: UpstreamProtocol) -> Any:
+        # what the closing log line reports: messages and bytes each way
+        self.opened_at = self.factory.reactor.seconds()
+        self.counts = [0, 0, 0, 0]  # client→upstream messages, bytes; upstream→client
         self.account = account
         self.upstream = upstream
         upstream.client = self
@@ -414,6 +419,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
         upstream = self.upstream
         if upstream is not None and upstream.opened and upstream.state == upstream.STATE_OPEN:
             upstream.sendMessage(payload, isBinary)
+            self.counts[0] += 1
+            self.counts[1] += len(payload)
             if self.conversation is not None and self.factory.recorder is not None:
                 self.factory.recorder.message(self.conversation, self.request_id,
                                               "client_to_upstream", payload, isBinary)
@@ -422,6 +429,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         self.sendMessage(payload, isBinary)
+        self.counts[2] += 1
+        self.counts[3] += len(payload)
         if self.conversation is not None and self.factory.recorder is not None:
             self.factory.recorder.message(self.conversation, self.request_id,
                                           "upstream_to_client", payload, isBinary)
@@ -463,10 +472,17 @@ class RelayServerProtocol(WebSocketServerProtocol):
         _stop_close_timer(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
+            # a client that just exits drops the connection (1006): that is how
+            # agents end, not an error
+            how = "the client left" if code in (None, 1006) else f"closed ({code})"
+            up_messages, up_bytes, down_messages, down_bytes = self.counts
+            seconds = round(self.factory.reactor.seconds() - self.opened_at, 1)
             _log.info(
-                "WebSocket {path} via account {account} closed ({code})",
+                "WebSocket {path} via account {account}: {how} after {seconds}s; "
+                "{up_messages} messages ({up_bytes}B) up, {down_messages} ({down_bytes}B) down",
                 path=getattr(self, "http_request_path", "?"), account=self.account.id,
-                code=code,
+                how=how, code=code, seconds=seconds, up_messages=up_messages,
+                up_bytes=up_bytes, down_messages=down_messages, down_bytes=down_bytes,
             )
 
     def _close_upstream(self, code: int, reason: str | None) -> None:

@@ -2,7 +2,8 @@
 Run the real Codex CLI from a test, as a child process on the running
 reactor, against a backend on 127.0.0.1.
 
-:func:`codex_binary` finds the CLI (tests fail, not skip, without it),
+:func:`codex_binary` finds the CLI (installing the pinned version into a
+cache when it is missing; tests fail, never skip, when that is impossible),
 :func:`write_codex_home` makes a ``CODEX_HOME`` signed in with ChatGPT and
 configured to stay local, quiet and non-interactive, and :func:`run_codex`
 runs one command and collects its output. :func:`builtin_provider_args` and
@@ -50,18 +51,12 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from .npm_tools import CODEX
 from .upstream import access_token_for, id_token_for
 
 #: The CLI version these helpers were worked out against.
-CODEX_VERSION = "0.169.0"
+CODEX_VERSION = CODEX.version
 REPO = Path(__file__).resolve().parents[2]
-_CANDIDATES = (
-    # where .ci/run installs it
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "subrouter" / f"codex-{CODEX_VERSION}" / "node_modules" / ".bin" / "codex",
-    REPO / ".ci-cache" / "codex" / "node_modules" / ".bin" / "codex",
-    Path("/tmp/codexnpm/node_modules/.bin/codex"),
-)
 #: Where nothing listens: the default for every URL the CLI could otherwise
 #: send to the internet.
 DEAD_ORIGIN = "http://127.0.0.1:9"
@@ -71,25 +66,12 @@ _KILL_GRACE = 3.0
 
 def codex_binary() -> str:
     """
-    The Codex CLI to run: ``$SUBROUTER_CODEX_BIN`` if set, else
-    ``<repo>/.ci-cache/codex/node_modules/.bin/codex``, else
-    ``/tmp/codexnpm/node_modules/.bin/codex``.
+    The Codex CLI to run: ``$SUBROUTER_CODEX_BIN`` if set, else the pinned
+    version in the cache, installed from the npm registry on first use.
 
-    :raises AssertionError: (failing the test) if none exists.
+    :raises AssertionError: (failing the test) when it cannot be had.
     """
-    configured = os.environ.get("SUBROUTER_CODEX_BIN")
-    if configured:
-        if not os.access(configured, os.X_OK):
-            raise AssertionError(f"SUBROUTER_CODEX_BIN={configured!r} is not an executable")
-        return configured
-    for candidate in _CANDIDATES:
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise AssertionError(
-        "the Codex CLI is not installed; install it with\n"
-        f"    npm install --prefix {REPO / '.ci-cache' / 'codex'} @openai/codex@{CODEX_VERSION}\n"
-        "or point SUBROUTER_CODEX_BIN at a codex executable"
-    )
+    return CODEX.executable()
 
 
 def _toml_string(value: str) -> str:
