@@ -65,7 +65,9 @@ SETTLE_LIMIT = 1.0
 def _twisted_internal(selectable: object) -> bool:
     """
     Whether a reader/writer is the reactor's own: its waker and the SIGCHLD
-    waker it installs while running (neither is a connection).
+    waker it installs while running (neither is a connection). The reactor's
+    thread pool needs no exception: it keeps no reader, writer or timer (its
+    results come back through the waker).
     """
     return type(selectable).__module__ == "twisted.internet._signals"
 
