@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_options,tests.test_daemon_process -*-
 """
 The twistd plugin's options and service: ``twistd -n subrouter --addr ...``.
 

@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from subrouter.web.channel import LINGER, MAX_HEAD, MAX_HEADERS, MAX_LINE, SubrouterChannel
 from subrouter.web.root import QuietSite
-from tests.live import make_config, reactor, start_daemon
+from tests.support.daemon import make_config, reactor, start_daemon
 
 
 class _Ok(Resource):

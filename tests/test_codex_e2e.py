@@ -20,9 +20,9 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.codex_backend import FakeCodexBackend
 from tests.support.codex_cli import CodexResult, codex_binary, run_codex, write_codex_home
+from tests.support.daemon import Daemon, make_config, reactor, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import decode_jwt, write_oauth_account
 
@@ -48,10 +48,7 @@ async def daemon(tmp_path: Path, backend: FakeCodexBackend, ca: TestCA) -> Async
         make_config(tmp_path, None, ca, codex_upstream=backend.codex_url,
                     openai_upstream=backend.base_url)
     )
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < len(ACCOUNTS):
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(len(ACCOUNTS))
     yield running
     await running.stop()
 

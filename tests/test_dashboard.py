@@ -16,7 +16,7 @@ from typing import Any
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,

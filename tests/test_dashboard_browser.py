@@ -32,7 +32,7 @@ from subrouter.accounting.extract import Origin, Usage
 from subrouter.accounting.rows import Row
 from subrouter.accounting.store import utc_day
 from subrouter.accounts import client_tokens
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,

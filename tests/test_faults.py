@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, sse, write_apikey_account, write_oauth_account
 from tests.test_ws_relay import WSBackend, connect, messages
@@ -149,7 +149,7 @@ def test_tls_failures_are_described_in_words() -> None:
 async def test_a_bad_upstream_certificate_gives_502_in_words(
     tmp_path: Path, ca: TestCA, case: str
 ) -> None:
-    from tests.live import reactor
+    from tests.support.daemon import reactor
 
     options = (ca.untrusted_server_options() if case == "untrusted"
                else ca.server_options(("other.example",)))
@@ -422,7 +422,7 @@ async def test_a_client_that_stops_reading_gets_every_byte_in_order_later(
 ) -> None:
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-    from tests.live import reactor
+    from tests.support.daemon import reactor
 
     write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
     await accounts_seen(daemon, 1)

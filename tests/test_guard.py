@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 
 from subrouter.accounts import client_tokens
 from subrouter.web.guard import host_name, host_refusal, origin_refusal
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, write_oauth_account
 

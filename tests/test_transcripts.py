@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 
 from subrouter.transcripts.events import safe_name
 from subrouter.transcripts.recorder import Conversation, Recorder
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, sse, write_oauth_account
 
@@ -39,10 +39,7 @@ async def recording_daemon(tmp_path: Path, upstream: FakeUpstream, ca: TestCA,
     write_oauth_account(tmp_path / "accounts-store", EMAIL, exp=FAR)
     daemon = await start_daemon(make_config(tmp_path, upstream, ca,
                                             transcripts=str(tmp_path / "tx"), **kw))
-    deadline = time.monotonic() + 5
-    while not (await daemon.get_json("/_subrouter/accounts"))["accounts"]:
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await daemon.wait_for_accounts(1)
     return daemon
 
 

@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from subrouter.ws.relay import client_close_code
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import write_oauth_account
 
@@ -193,10 +193,7 @@ async def daemon(tmp_path: Path, backend: WSBackend, ca: TestCA) -> AsyncIterato
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     write_oauth_account(tmp_path / "accounts-store", "b@example.com", exp=FAR, account_id="ws-b")
     running = await start_daemon(config)
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(2)
     yield running
     await running.stop()
 
@@ -339,10 +336,7 @@ async def test_websocket_messages_are_recorded_both_ways(
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     running = await start_daemon(config)
     try:
-        deadline = time.monotonic() + 5
-        while not (await running.get_json("/_subrouter/accounts"))["accounts"]:
-            assert time.monotonic() < deadline
-            await sleep(0.02)
+        await running.wait_for_accounts(1)
         client, factory = await connect(running, headers={"session-id": "wsrec"})
         client.sendMessage(json.dumps({"type": "response.create"}).encode())
         await messages(factory, 4)

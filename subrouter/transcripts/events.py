@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transcript_events -*-
+# -*- test-case-name: tests.test_transcripts -*-
 """
 The shapes of transcript events. Pure functions: no I/O.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 The root of the Site: every request passes the guard first (no web page and,
 with client tokens, no stranger may drive Subrouter); then ``/_subrouter/...``

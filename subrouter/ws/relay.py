@@ -205,6 +205,18 @@ def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
     return ConnectionDeny(refused.status, f"the upstream refused the WebSocket via account {name}")
 
 
+def _stop_close_timer(protocol: WebSocketClientProtocol | WebSocketServerProtocol) -> None:
+    """
+    Cancel the close-handshake timer of a connection that is gone: autobahn
+    leaves it running when the peer drops TCP instead of answering our close
+    frame, which keeps the protocol (and the relay) alive until it fires.
+    """
+    call = protocol.closeHandshakeTimeoutCall
+    if call is not None:
+        protocol.closeHandshakeTimeoutCall = None
+        call.cancel()
+
+
 class UpstreamProtocol(WebSocketClientProtocol):
     """
     The relay's connection to the upstream.
@@ -237,6 +249,7 @@ class UpstreamProtocol(WebSocketClientProtocol):
             self.client.from_upstream(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        _stop_close_timer(self)
         waiting = self.factory.waiting
         if not self.opened:
             status = 502
@@ -523,6 +536,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.tracked and self.factory.inflight is not None:
             self.tracked = False
             self.factory.inflight.websocket_closed(self)
+        _stop_close_timer(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
             # a client that just exits drops the connection (1006): that is how
