@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from tests.support.codex_backend import FakeCodexBackend
 from tests.support.codex_cli import CodexResult, codex_binary, run_codex, write_codex_home
-from tests.support.daemon import Daemon, make_config, reactor, start_daemon
+from tests.support.daemon import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import decode_jwt, write_oauth_account
 
