@@ -89,6 +89,14 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    #: names allowed in Host besides loopback and the listening address
+    allow_hosts: tuple[str, ...] = ()
+    #: the client-tokens file every request must present a token from
+    client_tokens: str | None = None
+    #: whole UTC days of per-answer token records before hourly rollups
+    usage_raw_days: int = 7
+    #: how long the hourly token rollups are kept
+    usage_retention: float = 90 * 86400.0
     anthropic_upstream: str = DEFAULT_ANTHROPIC_UPSTREAM
     anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
     anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL

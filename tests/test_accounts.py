@@ -5,7 +5,6 @@ the foundation's account choice.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
@@ -26,46 +25,7 @@ from subrouter.accounts.store import (
     filename_for_id,
     header_value_problem,
 )
-
-
-def jwt(claims: dict[str, Any]) -> str:
-    def enc(value: bytes) -> str:
-        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
-
-    return ".".join([enc(b'{"alg":"none"}'), enc(json.dumps(claims).encode()), enc(b"sig")])
-
-
-def oauth_document(email: str, exp: int = 2_000_000_000, workspace: str | None = None) -> dict:
-    access = jwt(
-        {
-            "exp": exp,
-            "https://api.openai.com/auth": {
-                "chatgpt_account_id": "ws-from-claim",
-                "chatgpt_plan_type": "pro",
-            },
-        }
-    )
-    token_block = {
-        "access_token": access,
-        "refresh_token": "rt-1",
-        "id_token": jwt({"https://api.openai.com/profile": {"email": email}}),
-    }
-    if workspace:
-        token_block["account_id"] = workspace
-    return {
-        "email": email,
-        "addedAt": "2026-04-28T00:00:00Z",
-        "auth": {"auth_mode": "chatgpt", "tokens": token_block, "last_refresh": "x"},
-        "unknownField": {"kept": True},
-    }
-
-
-def write(directory: Path, name: str, content: bytes | dict) -> Path:
-    accounts = directory / "accounts"
-    accounts.mkdir(parents=True, exist_ok=True)
-    path = accounts / name
-    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
-    return path
+from tests.support.store import jwt, oauth_document, write
 
 
 def sync(f: Any) -> Deferred[Any]:

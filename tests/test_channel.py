@@ -24,7 +24,7 @@ from twisted.web.server import Request
 
 from subrouter.web.channel import LINGER, MAX_HEAD, MAX_HEADERS, MAX_LINE, SubrouterChannel
 from subrouter.web.root import QuietSite
-from tests.live import make_config, reactor, start_daemon
+from tests.support.daemon import make_config, reactor, start_daemon
 
 
 class _Ok(Resource):
@@ -76,7 +76,7 @@ def _error(raw: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def _head(target: bytes = b"/v1/models", headers: list[bytes] | None = None) -> bytes:
-    lines = [b"GET " + target + b" HTTP/1.1", b"Host: x", *(headers or [])]
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", *(headers or [])]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -143,7 +143,7 @@ def test_a_malformed_header_gets_400_with_a_reason() -> None:
 
 def test_a_bad_content_length_gets_400_with_a_reason() -> None:
     channel, transport = _connect()
-    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n")
     assert _error(transport.value())[0] == 400
 
 
@@ -210,7 +210,7 @@ def test_the_deadline_starts_at_each_requests_first_byte() -> None:
 def test_a_body_is_not_bound_by_the_head_deadline() -> None:
     clock = Clock()
     channel, transport = _connect(clock, header_timeout=30.0)
-    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n")
     for byte in b"abcd":
         clock.advance(20)
         channel.dataReceived(bytes([byte]))
@@ -357,7 +357,7 @@ async def test_the_daemon_drops_a_trickled_head_after_its_header_timeout(
     running = await start_daemon(make_config(tmp_path, None, None, header_timeout=0.3))
     try:
         # the head never ends: only the deadline can answer
-        raw = await _send_raw(running.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: 1")
+        raw = await _send_raw(running.port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1")
         assert _error(raw)[0] == 408
     finally:
         await running.stop()
@@ -376,7 +376,7 @@ def test_a_form_body_is_forwarded_as_it_is_never_parsed() -> None:
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
-    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\n"
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/x-www-form-urlencoded\r\n"
                          b"Content-Length: 7\r\n\r\na=1&b=2")
     status, _, body = _answer(transport.value())

@@ -99,3 +99,13 @@ def test_a_missing_codex_is_explained(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "SUBROUTER_CODEX_BIN" in result.stderr
+
+
+def test_a_client_token_goes_in_a_header_codex_reads_from_the_environment() -> None:
+    args, env = config_args({"SUBROUTER_TOKEN": "srt_secret-value-1234"})
+    assert 'model_provider="subrouter"' in args
+    assert args[-1] == ('model_providers.subrouter.env_http_headers='
+                        '{"X-Subrouter-Token"="SUBROUTER_TOKEN"}')
+    # the token itself is never on the command line (where ps would show it)
+    assert not any("srt_secret" in arg for arg in args)
+    assert env == {"SUBROUTER_CODEX_DUMMY_API_KEY": "subrouter"}

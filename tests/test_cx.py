@@ -5,7 +5,6 @@ where other tools read them, and what they refuse.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -19,8 +18,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from subrouter.cli.cx import CxOptions, Streams, run_cx
-from tests.live import reactor
+from subrouter.cli.cx import CxOptions
+from tests.support.cx import cx
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,
@@ -31,19 +31,6 @@ from tests.support.upstream import (
 )
 
 FAR = time.time() + 30 * 86400
-
-
-def cx(tmp_path: Path, *argv: str, stdin: str = "", env: dict[str, str] | None = None
-       ) -> tuple[int, str, str]:
-    options = CxOptions()
-    options.parseOptions(["--accounts-dir", str(tmp_path / "store"),
-                          "--state-dir", str(tmp_path / "state"), *argv])
-    out, err = io.StringIO(), io.StringIO()
-    environ = {"HOME": str(tmp_path), "CODEX_HOME": str(tmp_path / "codex"),
-               "XDG_DATA_HOME": str(tmp_path / "xdg"),
-               "PI_CODING_AGENT_DIR": str(tmp_path / "pi"), **(env or {})}
-    code = run_cx(options, Streams(out, err, io.StringIO(stdin), environ))
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_add_key_writes_the_cx_format_privately(tmp_path: Path) -> None:

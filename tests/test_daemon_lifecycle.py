@@ -23,7 +23,7 @@ from treq.client import HTTPClient
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.live import reactor, read_all, sleep
+from tests.support.daemon import reactor, read_all, sleep
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, Gate, StreamReader, sse, write_oauth_account
 from tests.test_daemon_process import BIN, _Collect, _free_port

@@ -22,7 +22,7 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.live import reactor, read_all, sleep
+from tests.support.daemon import reactor, read_all, sleep
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_account
 

@@ -24,7 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, reactor, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, Gate, StreamReader, sse, write_oauth_account
 from tests.test_ws_relay import connect, messages

@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, sse, write_apikey_account, write_oauth_account
 from tests.test_ws_relay import WSBackend, connect, messages
@@ -149,7 +149,7 @@ def test_tls_failures_are_described_in_words() -> None:
 async def test_a_bad_upstream_certificate_gives_502_in_words(
     tmp_path: Path, ca: TestCA, case: str
 ) -> None:
-    from tests.live import reactor
+    from tests.support.daemon import reactor
 
     options = (ca.untrusted_server_options() if case == "untrusted"
                else ca.server_options(("other.example",)))
@@ -358,7 +358,7 @@ async def test_faults_at_once_leave_a_healthy_stream_whole_and_no_traceback(
             Deferred.fromCoroutine(
                 _send_raw(running.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")),
             Deferred.fromCoroutine(
-                _send_raw(running.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1")),
+                _send_raw(running.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")),
             Deferred.fromCoroutine(_send_raw(running.port, b"BAD\r\n\r\n")),
         ], consumeErrors=True)
         body = results[0][1]
@@ -422,15 +422,15 @@ async def test_a_client_that_stops_reading_gets_every_byte_in_order_later(
 ) -> None:
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-    from tests.live import reactor
+    from tests.support.daemon import reactor
 
     write_oauth_account(daemon.accounts_dir, "a@example.com", exp=FAR)
     await accounts_seen(daemon, 1)
     # 8 MiB of events, far more than the socket buffers hold
     events = [json.dumps({"n": i, "pad": "p" * 65000}) for i in range(128)]
     upstream.script(PATH, sse(events))
-    client = _PausingClient(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-                            b"session-id: slow-reader\r\n\r\n{}")
+    client = _PausingClient(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Length: 2\r\nsession-id: slow-reader\r\n\r\n{}")
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port), client)
     await sleep(0.5)
     client.transport.resumeProducing()  # type: ignore[union-attr]

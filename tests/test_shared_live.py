@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.http_headers import Headers
 
 from subrouter.state.settings import parse_state
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.redis import RedisServer
 from tests.support.tlsca import TestCA
 from tests.support.upstream import Exchange, FakeUpstream, sse, write_oauth_account

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests.live import reactor, read_all, sleep
+from tests.support.daemon import reactor, read_all, sleep
 from tests.support.redis import RedisServer
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_account

@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from subrouter.ws.relay import client_close_code
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import write_oauth_account
 
@@ -70,7 +70,11 @@ class FakeUpstreamWS(WebSocketServerProtocol):
         for i in range(3):
             self.sendMessage(json.dumps({"type": "response.output_text.delta", "i": i,
                                          "account": account}).encode())
-        self.sendMessage(json.dumps({"type": "response.completed", "account": account}).encode())
+        self.sendMessage(json.dumps({"type": "response.completed", "account": account,
+                                     "response": {"model": "gpt-5", "usage": {
+                                         "input_tokens": 1000,
+                                         "input_tokens_details": {"cached_tokens": 600},
+                                         "output_tokens": 30, "total_tokens": 1030}}}).encode())
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.backend.closed.append(code)
@@ -189,10 +193,7 @@ async def daemon(tmp_path: Path, backend: WSBackend, ca: TestCA) -> AsyncIterato
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     write_oauth_account(tmp_path / "accounts-store", "b@example.com", exp=FAR, account_id="ws-b")
     running = await start_daemon(config)
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(2)
     yield running
     await running.stop()
 
@@ -242,6 +243,30 @@ async def test_messages_relay_both_ways_with_the_accounts_credentials(
         assert time.monotonic() < deadline
         await sleep(0.02)
     assert backend.closed == [1000]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_completed_response_on_the_websocket_is_counted_once(
+    daemon: Daemon, backend: WSBackend, tmp_path: Path
+) -> None:
+    client, factory = await connect(
+        daemon, headers={"session-id": "ws-thread", "X-Subrouter-User-Email": "dev@example.com"})
+    for turn in (1, 2):
+        client.sendMessage(json.dumps({"type": "response.create", "input": []}).encode())
+        await messages(factory, 4 * turn)
+    client.sendClose(1000)
+    await factory.closed
+    deadline = time.monotonic() + 5
+    while True:
+        usage = await daemon.get_json("/_subrouter/token-usage?since=1h&by=conversation,user")
+        if usage["totals"]["requests"] >= 2 or time.monotonic() > deadline:
+            break
+        await sleep(0.1)
+    assert usage["totals"]["requests"] == 2
+    assert usage["totals"]["total_tokens"] == 2060
+    assert usage["totals"]["cache_hit_ratio"] == 0.6
+    assert usage["by"]["conversation"]["rows"][0]["key"] == "codex/ws-thread"
+    assert usage["by"]["user"]["rows"][0]["key"] == "dev@example.com"
 
 
 @pytest_twisted.ensureDeferred
@@ -311,10 +336,7 @@ async def test_websocket_messages_are_recorded_both_ways(
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     running = await start_daemon(config)
     try:
-        deadline = time.monotonic() + 5
-        while not (await running.get_json("/_subrouter/accounts"))["accounts"]:
-            assert time.monotonic() < deadline
-            await sleep(0.02)
+        await running.wait_for_accounts(1)
         client, factory = await connect(running, headers={"session-id": "wsrec"})
         client.sendMessage(json.dumps({"type": "response.create"}).encode())
         await messages(factory, 4)

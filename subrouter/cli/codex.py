@@ -7,7 +7,10 @@ its built-in provider, the user's login and its model picker, and Subrouter
 swaps the credentials upstream. When ``SUBROUTER_CODEX_USER_EMAIL`` or
 ``SUBROUTER_CODEX_ACCOUNT_ID`` is set, a custom ``subrouter`` provider is used
 instead, with WebSockets on and the ``X-Subrouter-*`` headers that carry the
-user and the forced account. Codex's config files and auth are never touched;
+user and the forced account. When ``SUBROUTER_TOKEN`` is set (a client token
+for a shared Subrouter), that provider also sends it in ``X-Subrouter-Token``,
+read by Codex from the environment, so the token never appears in a command
+line; Codex's own ``Authorization`` stays its own. Codex's config files and auth are never touched;
 the process is replaced by ``codex``, so its exit status and signals are the
 caller's.
 
@@ -35,6 +38,7 @@ SKIP_CHECK_ENV = "SUBROUTER_CODEX_SKIP_CHECK"
 CHECK_TIMEOUT = 0.3
 #: exit status when Subrouter cannot serve Codex (EX_UNAVAILABLE)
 EXIT_UNAVAILABLE = 69
+TOKEN_ENV = "SUBROUTER_TOKEN"
 
 #: subcommands whose turns go through the model provider: config goes after them
 ROUTED = frozenset({"exec", "e", "review", "resume", "fork", "app-server"})
@@ -134,7 +138,8 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
                 f"SUBROUTER_CODEX_USER_EMAIL={raw_email!r} is not an email address; "
                 "to pick an account, set SUBROUTER_CODEX_ACCOUNT_ID instead"
             )
-    if email is None and not account:
+    token = environ.get(TOKEN_ENV, "").strip()
+    if email is None and not account and not token:
         return ["-c", f"openai_base_url={_toml_string(base)}"], {}
     headers = {"X-Subrouter-Agent": "codex"}
     if email:
@@ -151,6 +156,9 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
         "-c", "model_providers.subrouter.supports_websockets=true",
         "-c", f"model_providers.subrouter.http_headers={{{table}}}",
     ]
+    if token:
+        args += ["-c", "model_providers.subrouter.env_http_headers="
+                 f'{{"X-Subrouter-Token"={_toml_string(TOKEN_ENV)}}}']
     return args, {DUMMY_KEY_ENV: "subrouter"}
 
 

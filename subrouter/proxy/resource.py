@@ -30,6 +30,8 @@ from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import BodyTap, Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, error_body, write_error
@@ -48,6 +50,7 @@ from subrouter.routing.identity import identify
 from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller
 from subrouter.sessions import anthropic
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
@@ -84,6 +87,7 @@ class ProxyResource(Resource):
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
     :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every successful answer's usage goes to.
     :param overload_wait: seconds one request may wait out an overloaded
         upstream on its own account before the error is passed on.
     """
@@ -102,11 +106,13 @@ class ProxyResource(Resource):
         idle_timeout: float,
         recorder: Recorder | None = None,
         shared: SharedPlacement | None = None,
+        ledger: Ledger | None = None,
         overload_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.recorder = recorder
         self.shared = shared
+        self.ledger = ledger
         self.overload_wait = overload_wait
         self.placement = placement
         self.poller = poller
@@ -153,6 +159,8 @@ class _ProxiedRequest:
         self.reason = "-"
         self.error: str | None = None
         self.tap: Tap | None = None
+        self.identity: Identity | None = None
+        self.usage: BodyTap | None = None
         # what is under way upstream, for the idle timer and a client that leaves
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
@@ -179,6 +187,7 @@ class _ProxiedRequest:
             return
         self.conversation = _short_hash(identity.session.key)
         self.agent = identity.session.agent
+        self.identity = identity
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
@@ -348,6 +357,20 @@ class _ProxiedRequest:
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(b"")
+        ledger = self.proxy.ledger
+        identity = self.identity
+        account = self.account
+        if ledger is not None and identity is not None and account is not None and (
+            response.code < 400
+        ):
+            # every successful answer is looked at for token usage as it passes
+            session = identity.session
+            kind = response.headers.getRawHeaders(b"content-type")
+            self.usage = ledger.body(
+                Origin(session.agent, session.key, identity.email, account.id,
+                       account.provider, "http"),
+                kind[0] if kind else None,
+            )
 
     def _answer_streaming(self, response: IResponse) -> None:
         """
@@ -425,6 +448,8 @@ class _ProxiedRequest:
             send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
         else:
             request.write(data)
+        if self.usage is not None:
+            self.usage.feed(data)
         if self.tap is not None:
             self.tap.response(data, self.status)
 
@@ -442,6 +467,7 @@ class _ProxiedRequest:
         self.reading = None
         if self.gone:
             self._disarm_timer()
+            self._count_usage()
             if self.tap is not None:
                 self.tap.response_end(self.status)
             return
@@ -454,6 +480,8 @@ class _ProxiedRequest:
         the upstream broke off (a cut stream must never look whole).
         """
         self._disarm_timer()
+        # a response completed before the stream broke off was still spent
+        self._count_usage()
         if self.tap is not None:
             self.tap.response_end(self.status)
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -468,6 +496,11 @@ class _ProxiedRequest:
             reason=describe_failure_reason(reason),
         )
         _abort_client(self.request)
+
+    def _count_usage(self) -> None:
+        usage, self.usage = self.usage, None
+        if usage is not None:
+            usage.finish()
 
     # -- timers, failures, the end ------------------------------------------------
 

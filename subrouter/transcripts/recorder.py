@@ -5,16 +5,16 @@ Recording transcripts without slowing or breaking the proxy.
 The request path only appends small tuples (bytes it already has, never
 encoded) to a bounded queue; a writer thread does everything else: base64 and
 SHA-256, JSON lines, appending to ``<dir>/by-agent/<agent>/by-session/<id>.jsonl``
-(directories 0700, files 0600), token usage into ``<dir>/usage.jsonl``, and the
-per-session summaries the browsing endpoint lists. When the queue is full or
-the disk fails, events are dropped, counted and logged; the proxy carries on.
+(directories 0700, files 0600), and the per-session summaries the browsing
+endpoint lists. Token usage is not read here: the token ledger
+(:mod:`subrouter.accounting`) counts every answer, recorded or not. When the
+queue is full or the disk fails, events are dropped, counted and logged; the
+proxy carries on.
 
 Every line is whole or absent: the events of one batch go to each file in one
 write, and a write that fails part-way (a full disk) is cut back to where the
 file ended before it. A file found ending in a partial line (a crash mid-write)
-is cut back to its last complete line when it is next opened. Usage rows that
-cannot be written are kept and retried, and at shutdown logged rather than
-lost.
+is cut back to its last complete line when it is next opened.
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from subrouter.transcripts.events import (
     chunk_payload,
     envelope,
     safe_name,
-    usage_in_lines,
-    usage_of,
 )
 
 _log = Logger()
@@ -51,10 +49,6 @@ MAX_OPEN_FILES = 64
 #: how long the writer lets events gather before writing them
 BATCH_WAIT = 0.05
 SUMMARY_SUFFIX = ".summary.json"
-#: bodies up to this size are also kept whole, to read usage from JSON answers
-_JSON_KEEP = 1024 * 1024
-#: usage rows kept for a retry while the disk refuses them; older ones go first
-MAX_PENDING_USAGE = 100_000
 #: how often a failing disk is logged, in seconds
 _FAILURE_LOG_INTERVAL = 10.0
 
@@ -128,8 +122,6 @@ class _Stream:
     size: int = 0
     chunks: int = 0
     truncated: bool = False
-    tail: bytes = b""
-    kept: list[bytes] | None = attrs.Factory(list)
     #: recorded bytes not yet written as chunk events (reads are coalesced)
     pending: bytearray = attrs.Factory(bytearray)
     written: int = 0
@@ -174,8 +166,6 @@ class Recorder:
         self._counter = 0
         self._last_drop_log = 0.0
         self._last_failure_log = 0.0
-        self._usage_fd: int | None = None
-        self._usage_rows: deque[str] = deque()
         #: the writer: ``os.write``, replaced in tests to fail like a full disk
         self.write = os.write
 
@@ -265,7 +255,6 @@ class Recorder:
                 while not self._queue and not self._stopping:
                     self._wake.wait(1.0)
                     if not self._queue:
-                        self._retry_usage()
                         self._write_summaries()
                 if not self._queue and self._stopping:
                     break
@@ -297,8 +286,7 @@ class Recorder:
     def _shut_down(self) -> None:
         """
         The writer's last acts: write what is pending, then close. Never
-        raises: a full disk at shutdown is logged, and usage rows that could
-        not be written are logged with it rather than lost.
+        raises: a full disk at shutdown is logged.
         """
         try:
             self._write_out()
@@ -308,18 +296,6 @@ class Recorder:
         for out in self._files.values():
             _close(out.fd)
         self._files.clear()
-        if self._usage_rows:
-            _log.error(
-                "{count} token-usage rows could not be written to {path}; they follow here "
-                "so they are not lost: {rows}",
-                count=len(self._usage_rows),
-                path=os.path.join(self.directory, "usage.jsonl"),
-                rows="".join(self._usage_rows),
-            )
-            self._usage_rows.clear()
-        if self._usage_fd is not None:
-            _close(self._usage_fd)
-            self._usage_fd = None
 
     def expire(self, older_than: float) -> None:
         """
@@ -382,9 +358,6 @@ class Recorder:
             self._append(conversation, envelope("websocket_message", at,
                                                 conversation.identity(request_id), payload),
                          at, len(data))
-            if not binary and direction == "upstream_to_client" and b'"usage"' in data:
-                for usage in usage_in_lines([data]):
-                    self._usage(conversation, usage, at)
 
     def _data(self, conversation: Conversation, request_id: str, stream_id: str,
               direction: str, data: bytes, status: int | None, at: float) -> None:
@@ -394,16 +367,6 @@ class Recorder:
         stream.hash.update(data)
         offset = stream.size
         stream.size += len(data)
-        if direction == "upstream_to_client":
-            # usage may sit in any complete line of an SSE/NDJSON stream
-            parts = (stream.tail + data).split(b"\n")
-            stream.tail = parts.pop()[-_JSON_KEEP:]
-            for usage in usage_in_lines(parts):
-                self._usage(conversation, usage, at)
-        if stream.kept is not None:
-            stream.kept.append(data)
-            if stream.size > _JSON_KEEP:
-                stream.kept = None
         room = self.max_body - offset
         if room <= 0:
             stream.truncated = True
@@ -451,16 +414,6 @@ class Recorder:
             payload["truncated"] = True
         self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
                                             payload), at, stream.size)
-        if stream.direction == "upstream_to_client":
-            found = list(usage_in_lines([stream.tail]))
-            if not found and stream.kept is not None and stream.tail:
-                try:
-                    one = usage_of(json.loads(b"".join(stream.kept)))
-                except ValueError:
-                    one = None
-                found = [one] if one else []
-            for usage in found:
-                self._usage(conversation, usage, at)
 
     def _note_meta(self, conversation: Conversation, kind: str, payload: dict[str, Any]) -> None:
         if kind != "subrouter_meta":
@@ -521,7 +474,6 @@ class Recorder:
                     summary.event_count += events
                     summary.total_bytes += size
             self._dirty.add(relative)
-        self._retry_usage()
 
     def _write_whole(self, fd: int, data: bytes) -> None:
         """
@@ -580,42 +532,6 @@ class Recorder:
             with self._summary_lock:
                 self._summaries[relative] = summary
         return summary
-
-    def _usage(self, conversation: Conversation, usage: dict[str, Any], at: float) -> None:
-        record = {
-            "time": at,
-            "agent": conversation.agent,
-            "session": conversation.session_id,
-            "account": conversation.account,
-            "user": conversation.user,
-        }
-        record.update(usage)
-        self._usage_rows.append(json.dumps(record, separators=(",", ":")) + "\n")
-        while len(self._usage_rows) > MAX_PENDING_USAGE:
-            self._usage_rows.popleft()
-            self.dropped += 1
-        summary = self._summary(conversation)
-        with self._summary_lock:
-            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
-                        "reasoning_tokens", "total_tokens"):
-                summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
-            summary.usage["requests"] = summary.usage.get("requests", 0) + 1
-
-    def _retry_usage(self) -> None:
-        """
-        Write the waiting usage rows in one whole write; keep them for the next
-        try when the disk refuses.
-        """
-        if not self._usage_rows:
-            return
-        try:
-            if self._usage_fd is None:
-                self._usage_fd = self._open(os.path.join(self.directory, "usage.jsonl"))
-            self._write_whole(self._usage_fd, "".join(self._usage_rows).encode("utf-8"))
-        except OSError as e:
-            self._disk_failed("writing usage.jsonl", e)
-            return
-        self._usage_rows.clear()
 
     def _write_summaries(self) -> None:
         dirty, self._dirty = self._dirty, set()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 The outbound HTTP client: a connection pool, certificate checking (with
 optional extra trust roots), and a treq client that never keeps cookies.

@@ -1,7 +1,9 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
-The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
-every other path to the proxy.
+The root of the Site: every request passes the guard first (no web page and,
+with client tokens, no stranger may drive Subrouter); then ``/_subrouter/...``
+goes to Subrouter's own endpoints, every other path to the proxy or, for a
+WebSocket upgrade, the relay.
 
 Proxied HTTP requests are counted in flight here, where they are dispatched,
 so a stop can wait for them; while the daemon drains, new ones are refused
@@ -16,9 +18,10 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from subrouter.errors import write_error
+from subrouter.errors import error_body, write_error
 from subrouter.routing.inflight import InFlight
 from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
+from subrouter.web.guard import Guard, Refusal
 
 _ADMIN = b"_subrouter"
 
@@ -29,19 +32,26 @@ class RootResource(Resource):
 
     :param proxy: the leaf that proxies requests upstream.
     :param admin: the ``/_subrouter/`` tree.
-    :param websocket: the relay's resource, for upgrades.
+    :param websocket: the WebSocket relay's resource.
     :param inflight: where proxied requests are counted while they run.
+    :param guard: the checks every request passes first.
     """
 
     def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None,
-                 inflight: InFlight | None = None) -> None:
+                 inflight: InFlight | None = None, guard: Guard | None = None) -> None:
         super().__init__()
         self._proxy = proxy
         self._admin = admin
         self._websocket = websocket
         self._inflight = inflight
+        self._guard = guard or Guard()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        following = request.postpath[0] if request.postpath else None
+        local = getattr(request.getHost(), "host", None)
+        refused = self._guard.check(request.requestHeaders, path, following, local)
+        if refused is not None:
+            return _Refused(refused)
         if path == _ADMIN:
             return self._admin
         inflight = self._inflight
@@ -104,6 +114,28 @@ _DRAINING = _Draining()
 def _is_upgrade(request: Request) -> bool:
     upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
     return bool(upgrade) and any(b"websocket" in v.lower() for v in upgrade or ())
+
+
+class _Refused(Resource):
+    """
+    The answer to a request the guard refused: a JSON reason, no CORS header.
+    """
+
+    isLeaf = True
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self._refusal = refusal
+
+    def render(self, request: Request) -> bytes:
+        refusal = self._refusal
+        request.setResponseCode(refusal.status)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if refusal.status == 401:
+            headers.setRawHeaders(b"www-authenticate", [b'Bearer realm="subrouter"'])
+        return error_body(refusal.kind, refusal.message)
 
 
 class _BaseURLProbe(Resource):

@@ -51,6 +51,8 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason
@@ -203,6 +205,18 @@ def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
     return ConnectionDeny(refused.status, f"the upstream refused the WebSocket via account {name}")
 
 
+def _stop_close_timer(protocol: WebSocketClientProtocol | WebSocketServerProtocol) -> None:
+    """
+    Cancel the close-handshake timer of a connection that is gone: autobahn
+    leaves it running when the peer drops TCP instead of answering our close
+    frame, which keeps the protocol (and the relay) alive until it fires.
+    """
+    call = protocol.closeHandshakeTimeoutCall
+    if call is not None:
+        protocol.closeHandshakeTimeoutCall = None
+        call.cancel()
+
+
 class UpstreamProtocol(WebSocketClientProtocol):
     """
     The relay's connection to the upstream.
@@ -235,6 +249,7 @@ class UpstreamProtocol(WebSocketClientProtocol):
             self.client.from_upstream(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        _stop_close_timer(self)
         waiting = self.factory.waiting
         if not self.opened:
             status = 502
@@ -278,6 +293,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     #: the daemon is stopping: close once the response under way ends
     going_away = False
     tracked = False
+    #: whose tokens this connection's responses spend
+    spender: Origin | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -357,6 +374,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
         )
         recorder = self.factory.recorder
         identity = self.identity
+        if identity is not None:
+            session = identity.session
+            self.spender = Origin(session.agent, session.key, identity.email, account.id,
+                                  account.provider, "websocket")
         if recorder is not None and identity is not None and recorder.wants(
             self.http_request_path
         ):
@@ -455,6 +476,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                                           "upstream_to_client", payload, isBinary)
         if isBinary or self.account is None:
             return
+        ledger = self.factory.ledger
+        if ledger is not None and self.spender is not None:
+            ledger.message(self.spender, payload)
         if b"rate_limits" in payload:
             self._observe_rate_limits(payload)
         if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
@@ -512,6 +536,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.tracked and self.factory.inflight is not None:
             self.tracked = False
             self.factory.inflight.websocket_closed(self)
+        _stop_close_timer(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
             # a client that just exits drops the connection (1006): that is how
@@ -592,6 +617,8 @@ class RelayFactory(WebSocketServerFactory):
         ``wss://`` connections get too.
     :param shared: placement across instances (``--state redis://``).
     :param inflight: where open connections are counted, for a graceful stop.
+    :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every response's usage goes to.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -607,11 +634,13 @@ class RelayFactory(WebSocketServerFactory):
         recorder: Recorder | None = None,
         shared: SharedPlacement | None = None,
         inflight: InFlight | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
         self.shared = shared
         self.inflight = inflight
+        self.ledger = ledger
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams
