@@ -60,12 +60,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_bench import (
+from harness import (
     CODEX_PREFIX,
     HOST,
-    _die_with_parent,
+    die_with_parent,
     free_port,
     percentile,
+    private_environment,
     process_cpu_seconds,
     twistd_command,
     write_account,
@@ -457,7 +458,7 @@ class Processes:
         self.files.append(out)
         kw.setdefault("stdout", out)
         process = subprocess.Popen(command, stderr=out, cwd=self.folder, start_new_session=True,
-                                   preexec_fn=_die_with_parent, **kw)
+                                   preexec_fn=die_with_parent, **kw)
         self.running.append(process)
         return process
 
@@ -531,7 +532,8 @@ http {{
             "--state-dir", os.path.join(self.folder, "state"), "--cx-switch-interval", "0",
             *extra,
         ]
-        process = self._spawn(command, "subrouter.out", stdin=subprocess.DEVNULL)
+        process = self._spawn(command, "subrouter.out", stdin=subprocess.DEVNULL,
+                              env=private_environment(self.folder))
         _wait_port(port, process, self.tail, "subrouter.log")
         return port, process.pid
 
