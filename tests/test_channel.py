@@ -14,8 +14,6 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -24,7 +22,8 @@ from twisted.web.server import Request
 
 from subrouter.web.channel import LINGER, MAX_HEAD, MAX_HEADERS, MAX_LINE, SubrouterChannel
 from subrouter.web.root import QuietSite
-from tests.support.daemon import make_config, reactor, start_daemon
+from tests.support.daemon import make_config, start_daemon
+from tests.support.raw_http import send_raw
 
 
 class _Ok(Resource):
@@ -303,31 +302,6 @@ def test_arbitrary_bytes_get_an_answer_or_wait_for_more(data: bytes, finish: boo
 # -- over a real socket, through the daemon --------------------------------------------
 
 
-class _RawClient(Protocol):
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.received = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.payload)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.done.callback(self.received)
-
-
-async def _send_raw(port: int, payload: bytes) -> bytes:
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-    client = _RawClient(payload)
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-    return await client.done
-
-
 @pytest.mark.parametrize(
     ("payload", "status"),
     [
@@ -343,7 +317,7 @@ async def test_the_daemon_answers_oversized_heads_over_tcp(
 ) -> None:
     running = await start_daemon(make_config(tmp_path, None, None))
     try:
-        raw = await _send_raw(running.port, payload)
+        raw = await send_raw(running.port, payload)
         assert raw, "empty reply"
         assert _error(raw)[0] == status
     finally:
@@ -357,7 +331,7 @@ async def test_the_daemon_drops_a_trickled_head_after_its_header_timeout(
     running = await start_daemon(make_config(tmp_path, None, None, header_timeout=0.3))
     try:
         # the head never ends: only the deadline can answer
-        raw = await _send_raw(running.port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1")
+        raw = await send_raw(running.port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1")
         assert _error(raw)[0] == 408
     finally:
         await running.stop()

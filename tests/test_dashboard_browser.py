@@ -46,11 +46,15 @@ DAY = 86400.0
 T = TypeVar("T")
 INSTALL_HINT = (
     "the dashboard's browser test needs Debian's Chromium and its driver: "
-    "apt-get update && apt-get install -y chromium chromium-driver (.ci/run installs them)"
+    "apt-get update && apt-get install -y chromium chromium-driver (the tests install them "
+    "when apt-get can)"
 )
 
 
 def _browser_paths() -> tuple[str, str]:
+    from tests.support.debian import ensure
+
+    ensure("chromium", ["chromium", "chromium-driver"], also=["chromedriver"])
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not browser or not driver:

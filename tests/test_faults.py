@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol
 from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, sse, write_apikey_account, write_oauth_account
-from tests.test_ws_relay import WSBackend, connect, messages
+from tests.support.websocket import WSBackend, connect, messages
 
 FAR = time.time() + 30 * 86400
 WEIRD_KEY = "sk-ключ-weird"
@@ -315,8 +315,8 @@ async def test_faults_at_once_leave_a_healthy_stream_whole_and_no_traceback(
 ) -> None:
     from twisted.internet.defer import DeferredList
 
+    from tests.support.raw_http import send_raw
     from tests.support.upstream import hang, json_response
-    from tests.test_channel import _send_raw
 
     running = await start_daemon(make_config(tmp_path, upstream, ca, idle_timeout=0.5,
                                              header_timeout=0.5))
@@ -356,10 +356,10 @@ async def test_faults_at_once_leave_a_healthy_stream_whole_and_no_traceback(
             Deferred.fromCoroutine(faulty("/v1/boom")),
             Deferred.fromCoroutine(client_leaves()),
             Deferred.fromCoroutine(
-                _send_raw(running.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")),
+                send_raw(running.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n")),
             Deferred.fromCoroutine(
-                _send_raw(running.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")),
-            Deferred.fromCoroutine(_send_raw(running.port, b"BAD\r\n\r\n")),
+                send_raw(running.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")),
+            Deferred.fromCoroutine(send_raw(running.port, b"BAD\r\n\r\n")),
         ], consumeErrors=True)
         body = results[0][1]
         assert results[0][0], body

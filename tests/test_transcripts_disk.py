@@ -121,47 +121,6 @@ def test_a_flush_on_a_full_disk_returns_at_once(tmp_path: Path) -> None:
         recorder.stop()
 
 
-def test_usage_rows_wait_for_space_and_are_written_when_it_returns(tmp_path: Path) -> None:
-    disk = FillingDisk()
-    disk.full, disk.room = True, 0
-    recorder = Recorder(str(tmp_path))
-    recorder.write = disk
-    recorder.start()
-    try:
-        for number in range(3):
-            record_exchange(recorder, Conversation("codex", f"s{number}"), number)
-        recorder.flush()
-        assert not (tmp_path / "usage.jsonl").exists() or lines_of(tmp_path / "usage.jsonl") == []
-        disk.full = False
-        recorder.flush()
-    finally:
-        recorder.stop()
-    rows = lines_of(tmp_path / "usage.jsonl")
-    assert sorted(r["session"] for r in rows) == ["s0", "s1", "s2"]
-    assert all(r["total_tokens"] == 10 for r in rows)
-
-
-def test_shutdown_on_a_full_disk_raises_nothing_and_logs_the_usage_rows(
-    tmp_path: Path, log: list[dict[str, Any]]
-) -> None:
-    disk = FillingDisk()
-    disk.full, disk.room = True, 5
-    recorder = Recorder(str(tmp_path))
-    recorder.write = disk
-    recorder.start()
-    for number in range(4):
-        record_exchange(recorder, Conversation("codex", f"s{number}"), number)
-    recorder.stop()  # no flush first: everything is still queued
-    assert recorder._thread is None
-    failures = [e for e in log if "log_failure" in e]
-    assert failures == []
-    (kept,) = [e for e in log if "token-usage rows" in e.get("log_format", "")]
-    rows = [json.loads(line) for line in kept["rows"].splitlines()]
-    assert sorted(r["session"] for r in rows) == ["s0", "s1", "s2", "s3"]
-    for path in tmp_path.rglob("*.jsonl"):
-        lines_of(path)  # whole lines only, even after the short writes
-
-
 def test_a_partial_last_line_left_by_a_crash_is_cut_before_appending(tmp_path: Path) -> None:
     path = session_file(tmp_path, "crashed")
     path.parent.mkdir(parents=True)
