@@ -59,11 +59,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy_bench import (
+from harness import (
     CODEX_PREFIX,
     HOST,
-    _die_with_parent,
+    die_with_parent,
     free_port,
     percentile,
     process_cpu_seconds,
@@ -457,7 +456,7 @@ class Processes:
         self.files.append(out)
         kw.setdefault("stdout", out)
         process = subprocess.Popen(command, stderr=out, cwd=self.folder, start_new_session=True,
-                                   preexec_fn=_die_with_parent, **kw)
+                                   preexec_fn=die_with_parent, **kw)
         self.running.append(process)
         return process
 
