@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy_live -*-
+# -*- test-case-name: tests.test_proxy_live,tests.test_proxy -*-
 """
 The streaming reverse proxy resource.
 
