@@ -552,11 +552,22 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
         anthropic_usage_url=config.anthropic_usage_url,
     )
-    ledger = Ledger(
-        FileUsageStore(os.path.join(config.state_dir, "usage") if config.state_dir else "",
-                       raw_days=config.usage_raw_days, retention=config.usage_retention),
-        clock=reactor.seconds,
+    usage_store: Any = FileUsageStore(
+        os.path.join(config.state_dir, "usage") if config.state_dir else "",
+        raw_days=config.usage_raw_days, retention=config.usage_retention,
     )
+    if shared is not None:
+        # every instance's records in Redis (this one's own files first), so
+        # the token usage and the dashboard of any instance show the team's
+        from subrouter.accounting.rows import Row, roll_up
+        from subrouter.state.usage_rows import RedisUsageStore
+
+        usage_store = RedisUsageStore(
+            usage_store, shared.link, reactor,
+            encode=Row.as_json, decode=Row.from_json, start=lambda row: row.start,
+            roll_up=roll_up, raw_days=config.usage_raw_days, retention=config.usage_retention,
+        )
+    ledger = Ledger(usage_store, clock=reactor.seconds)
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
                  exclude=config.transcript_exclude)
