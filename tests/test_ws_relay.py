@@ -204,3 +204,33 @@ async def test_websocket_messages_are_recorded_both_ways(
     first = base64.b64decode(messages_[0]["body_base64"])
     assert json.loads(first) == {"type": "response.create"}
     assert messages_[0]["sha256"] == hashlib.sha256(first).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_close_line_counts_both_ways_and_a_client_leaving_is_no_error(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client, factory = await connect(daemon, headers={"session-id": "thread-close"},
+                                        protocols=["responses"])
+        client.sendMessage(json.dumps({"type": "response.create", "input": []}).encode())
+        client.sendMessage(b"\x00\x01binary", True)
+        await messages(factory, 5)
+        # an agent that exits drops the connection without a close frame
+        client.transport.abortConnection()
+        deadline = time.monotonic() + 5
+        while not [e for e in events if "up_messages" in e]:
+            assert time.monotonic() < deadline, "no close line"
+            await sleep(0.05)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [e for e in events if "up_messages" in e]
+    assert line["how"] == "the client left"
+    assert line["log_level"] == LogLevel.info
+    assert (line["up_messages"], line["down_messages"]) == (2, 5)
+    assert line["up_bytes"] == len(json.dumps({"type": "response.create", "input": []})) + 8
+    assert isinstance(line["seconds"], float)
