@@ -2,7 +2,8 @@
 """
 One worker against two (``--workers 2``), and a direct connection, in one run.
 
-It reuses ``proxy_bench.py``'s fake upstream, client and checks: the same
+It reuses ``streams.py``'s fake upstream and client (``proxy_bench.py``'s
+workload) and ``harness.py``'s process handling and figures: the same
 Codex-like streaming requests (a 60 KB body, 20 SSE events 5 ms apart), one
 persistent connection per concurrent stream. Three paths are measured
 round by round, in rotating order, so machine noise falls on all alike:
@@ -41,8 +42,24 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import proxy_bench as pb
+import streams as workload
+from harness import (
+    CODEX_PREFIX,
+    HOST,
+    BenchError,
+    Processes,
+    describe_error,
+    die_with_parent,
+    free_port,
+    machine_info,
+    machine_line,
+    percentile,
+    private_environment,
+    process_cpu_seconds,
+    tail,
+    write_account,
+)
+from streams import EVENTS, Lane, codex_body, stream_request
 
 DIRECT = "direct"
 ONE = "1 worker"
@@ -73,20 +90,20 @@ def tree_cpu(pid: int) -> float:
     """
     total = 0.0
     for each in [pid, *_children(pid)]:
-        value = pb.process_cpu_seconds(each)
+        value = process_cpu_seconds(each)
         total += value or 0.0
     return total
 
 
 class Redis:
     def __init__(self, folder: str) -> None:
-        self.port = pb.free_port()
+        self.port = free_port()
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", pb.HOST, "--save", "",
+            [binary, "--port", str(self.port), "--bind", HOST, "--save", "",
              "--appendonly", "no", "--dir", folder, "--loglevel", "warning"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=pb._die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         time.sleep(0.3)
 
@@ -98,37 +115,38 @@ class Redis:
 def start_subrouter(folder: str, upstream_port: int, redis_port: int, db: int,
                     workers: int, files: list[IO[bytes]]) -> tuple[subprocess.Popen[bytes], int]:
     os.makedirs(folder)
-    token = pb.write_account(folder)
+    token = write_account(folder)
     key = os.path.join(folder, "state.key")
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, __import__("base64").urlsafe_b64encode(os.urandom(32)))
     os.close(fd)
-    port = pb.free_port()
-    upstream = f"http://{pb.HOST}:{upstream_port}"
+    port = free_port()
+    upstream = f"http://{HOST}:{upstream_port}"
     log = open(os.path.join(folder, "subrouter.log"), "wb")
     files.append(log)
     command = [
         os.path.join(os.path.dirname(sys.executable), "subrouter"), "serve",
-        "--addr", f"{pb.HOST}:{port}", "--accounts-dir", folder,
-        "--codex-upstream", upstream + pb.CODEX_PREFIX, "--openai-upstream", upstream,
+        "--addr", f"{HOST}:{port}", "--accounts-dir", folder,
+        "--codex-upstream", upstream + CODEX_PREFIX, "--openai-upstream", upstream,
         "--codex-home", os.path.join(folder, "codex-home"),
         "--token-url", upstream + "/oauth/token",
         "--usage-url", upstream + "/backend-api/wham/usage", "--fetch-usage", "false",
         "--state-dir", os.path.join(folder, "state"), "--cx-switch-interval", "0",
-        "--state", f"redis://{pb.HOST}:{redis_port}/{db}", "--state-key-file", key,
+        "--state", f"redis://{HOST}:{redis_port}/{db}", "--state-key-file", key,
         "--workers", str(workers),
     ]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=folder, start_new_session=True,
-                               preexec_fn=pb._die_with_parent)
+                               stderr=subprocess.STDOUT, cwd=folder,
+                               env=private_environment(folder), start_new_session=True,
+                               preexec_fn=die_with_parent)
     end = time.monotonic() + 60
     pids: set[int] = set()
     while time.monotonic() < end and len(pids) < workers:
         if process.poll() is not None:
-            raise pb.BenchError(f"Subrouter exited: {pb._tail(log.name)}")
+            raise BenchError(f"Subrouter exited: {tail(log.name)}")
         import http.client
 
-        conn = http.client.HTTPConnection(pb.HOST, port, timeout=2)
+        conn = http.client.HTTPConnection(HOST, port, timeout=2)
         try:
             conn.request("GET", "/_subrouter/health")
             answer = json.loads(conn.getresponse().read())
@@ -138,7 +156,7 @@ def start_subrouter(folder: str, upstream_port: int, redis_port: int, db: int,
         finally:
             conn.close()
     if len(pids) < workers:
-        raise pb.BenchError(f"Subrouter ({workers} workers) did not come up")
+        raise BenchError(f"Subrouter ({workers} workers) did not come up")
     del token
     return process, port
 
@@ -146,12 +164,12 @@ def start_subrouter(folder: str, upstream_port: int, redis_port: int, db: int,
 async def measure(ports: dict[str, int], pids: dict[str, int], plan: dict[int, int],
                   progress: IO[str]) -> dict[str, Any]:
     top = max(plan)
-    lanes = {mode: [pb.Lane(ports[mode]) for _ in range(top)] for mode in MODES}
+    lanes = {mode: [Lane(ports[mode]) for _ in range(top)] for mode in MODES}
     sessions = [f"bench-{i:04d}" for i in range(top)]
-    bodies = [pb.codex_body(s) for s in sessions]
-    paths = {DIRECT: pb.DIRECT_STREAM_PATH, ONE: pb.PROXIED_STREAM_PATH,
-             TWO: pb.PROXIED_STREAM_PATH}
-    raws = {mode: [pb.stream_request(paths[mode], ports[mode], s, b)
+    bodies = [codex_body(s) for s in sessions]
+    paths = {DIRECT: workload.UPSTREAM_STREAM_PATH, ONE: workload.PROXIED_STREAM_PATH,
+             TWO: workload.PROXIED_STREAM_PATH}
+    raws = {mode: [stream_request(paths[mode], ports[mode], s, b)
                    for s, b in zip(sessions, bodies, strict=True)] for mode in MODES}
     out: dict[str, Any] = {}
 
@@ -162,9 +180,9 @@ async def measure(ports: dict[str, int], pids: dict[str, int], plan: dict[int, i
             return_exceptions=True)
         for reply in replies:
             if isinstance(reply, BaseException):
-                into["problems"][pb.describe_error(reply)] += 1
+                into["problems"][describe_error(reply)] += 1
                 continue
-            if reply.status != 200 or len(reply.latencies) != pb.EVENTS:
+            if reply.status != 200 or len(reply.latencies) != EVENTS:
                 into["problems"][f"status {reply.status}, {len(reply.latencies)} events"] += 1
                 continue
             into["ttfb"].append(reply.ttfb)
@@ -199,7 +217,7 @@ async def measure(ports: dict[str, int], pids: dict[str, int], plan: dict[int, i
 
 def summarize(mine: dict[str, Any], direct: dict[str, Any], cpu: float | None) -> dict[str, Any]:
     def ms(values: list[float], q: float) -> float:
-        return pb.percentile(values, q) * 1000 if values else float("nan")
+        return percentile(values, q) * 1000 if values else float("nan")
 
     result: dict[str, Any] = {
         "streams_ok": len(mine["ttfb"]),
@@ -242,11 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20000)), hard))
     files: list[IO[bytes]] = []
     processes: list[subprocess.Popen[bytes]] = []
-    runner = pb.Processes()
+    runner = Processes()
     with tempfile.TemporaryDirectory(prefix="subrouter-workers-bench-") as folder:
         redis = Redis(folder)
         try:
-            upstream_port = runner.start_upstream(folder)
+            upstream_port = runner.start_upstream(folder, workload.__file__)
             one, one_port = start_subrouter(os.path.join(folder, "one"), upstream_port,
                                             redis.port, 1, 1, files)
             processes.append(one)
@@ -265,7 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis.stop()
             for f in files:
                 f.close()
-    print(pb.machine_line(pb.machine_info()))
+    info = machine_info(("twisted", "treq"))
+    print(machine_line(info, f"Twisted {info['twisted']}, treq {info['treq']}, "
+                             f"subrouter {info['subrouter']}"))
     print(render(report))
     if args.json:
         with open(args.json, "w") as f:

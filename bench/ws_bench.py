@@ -5,17 +5,18 @@ WebSocket to the same upstream, in one run.
 
 What is measured
 ----------------
-The run starts two subprocesses on 127.0.0.1: a fake Responses upstream (this
-file again, with ``--upstream-server``: a lean WebSocket server written on
-plain asyncio, speaking ``ws://`` on ``/backend-api/codex/responses``), and
-Subrouter itself (``twistd -n subrouter``, started exactly as
-``bench/proxy_bench.py`` starts it: every URL on loopback, every folder
-temporary, one ChatGPT login whose token does not expire during the run, so no
-refresh happens). The benchmark process is the client: a minimal WebSocket
-client on asyncio (masked frames, as RFC 6455 wants of clients), opening
-either ``ws://127.0.0.1:U/backend-api/codex/responses`` on the upstream
-("direct") or ``ws://127.0.0.1:P/v1/responses`` on Subrouter ("proxied"),
-which relays it to that same upstream path with the login's credentials.
+The run starts two subprocesses on 127.0.0.1: a fake Responses upstream
+(``wsload.py``, which also holds the wire and the client: a lean WebSocket
+server written on plain asyncio, speaking ``ws://`` on
+``/backend-api/codex/responses``), and Subrouter itself (``twistd -n
+subrouter``, started by ``harness.py`` as for every benchmark: every URL on
+loopback, every folder temporary, one ChatGPT login whose token does not
+expire during the run, so no refresh happens). The benchmark process is the
+client: a minimal WebSocket client on asyncio (masked frames, as RFC 6455
+wants of clients), opening either
+``ws://127.0.0.1:U/backend-api/codex/responses`` on the upstream ("direct") or
+``ws://127.0.0.1:P/v1/responses`` on Subrouter ("proxied"), which relays it to
+that same upstream path with the login's credentials.
 
 For every ``{"type":"response.create","seq":N,"t":T}`` text message the
 upstream answers at once with ``{"type":"response.completed","seq":N,"t":T}``;
@@ -60,8 +61,8 @@ From the repository root, in the project's virtualenv::
     python bench/ws_bench.py --json out.json  # also write the numbers as JSON
     python bench/ws_bench.py --log sr.log     # keep Subrouter's log
 
-``SUBROUTER_BENCH_PROFILE=FILE`` runs Subrouter under cProfile, as for
-``proxy_bench.py`` (whose process handling this file reuses).
+``SUBROUTER_BENCH_PROFILE=FILE`` runs Subrouter under cProfile (see
+``harness.twistd_command``).
 
 It prints Markdown tables on stdout (progress goes to stderr) and exits 0; 1
 when it could not run, 2 when anything listed under PROBLEMS went wrong (or
@@ -76,82 +77,66 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import re
-import select
-import signal
-import struct
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from typing import IO, Any, cast
 
-from proxy_bench import (
+import wsload
+from harness import (
+    BAD_LOG_LEVEL,
     CHATGPT_ACCOUNT_ID,
-    CODEX_PREFIX,
     HOST,
+    SETTLE,
     BenchError,
     Processes,
-    _die_with_parent,
-    _finite,
-    _tail,
+    comparison_row,
+    comparison_table,
+    describe_error,
+    exit_on_sigterm,
+    interleaved,
+    log_text,
+    machine_info,
+    machine_line,
     percentile,
+    private_folder,
+    problem_lines,
     process_cpu_seconds,
     write_account,
+    write_json,
+)
+from wsload import (
+    MESSAGE_BYTES,
+    TOKEN_ECHO,
+    UPSTREAM_PATH,
+    Burst,
+    HandshakeFailed,
+    Job,
+    PingPong,
+    WsClient,
 )
 
 DIRECT = "direct"
 PROXIED = "proxied"
 MODES = (DIRECT, PROXIED)
 
-UPSTREAM_PATH = CODEX_PREFIX + "/responses"
 PATHS = {DIRECT: UPSTREAM_PATH, PROXIED: "/v1/responses"}
-
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
-#: the largest message either end of this benchmark accepts
-MAX_MESSAGE = 16 * 1024 * 1024
-MAX_HEAD = 64 * 1024
 
 #: the padded request of the "64 KB request" scenario
 BIG_REQUEST = 64 * 1024
-#: the text of one burst message: a typical small output_text delta
-DELTA_TEXT = b"lorem ipsum dolor sit amet, consectetur"
-DELTA_PREFIX = b'{"type":"response.output_text.delta","seq":'
-MESSAGE_BYTES = len(b'%s%d,"delta":"%s"}' % (DELTA_PREFIX, 10000, DELTA_TEXT))
-#: burst messages written per socket write by the upstream
-BURST_BATCH = 64
-
 #: a round of any scenario gives up after this long
 ROUND_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
-STARTUP_TIMEOUT = 30.0
-#: a pause between rounds, so one path's leftover work does not land in the other's round
-SETTLE = 0.01
-#: the fake upstream exits by itself after this long, should everything else fail
-UPSTREAM_LIFETIME = 1800.0
-
 #: what the client puts in Authorization when it goes through Subrouter (it is replaced)
 CLIENT_PLACEHOLDER_KEY = "sk-bench-client-placeholder"
-#: how much of the bearer token the upstream echoes
-TOKEN_ECHO = 24
-
-
-class WsError(Exception):
-    """
-    The peer broke the WebSocket protocol.
-    """
 
 
 @dataclass(frozen=True)
@@ -232,665 +217,6 @@ QUICK = Plan(
     warmup=100,
     deadline=25.0,
 )
-
-
-# -- the wire ------------------------------------------------------------------------------
-
-
-def mask_payload(data: bytes, key: bytes) -> bytes:
-    """
-    ``data`` XOR the repeated 4-byte ``key`` (masking and unmasking alike).
-    """
-    n = len(data)
-    if n == 0:
-        return b""
-    keys = key * ((n + 3) // 4)
-    if len(keys) != n:
-        keys = keys[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(keys, "little")).to_bytes(
-        n, "little"
-    )
-
-
-def encode_frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
-    """
-    One final frame; a client masks with a fresh random key, a server does not mask.
-    """
-    n = len(payload)
-    first = 0x80 | opcode
-    bit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((first, bit | n))
-    elif n < 0x10000:
-        head = struct.pack("!BBH", first, bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + mask_payload(payload, key)
-
-
-def accept_key(key: bytes) -> bytes:
-    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-
-
-class FrameReader:
-    """
-    Incremental RFC 6455 frame parser: whole messages and control frames out,
-    fragments joined, no extensions.
-
-    :param masked: whether the peer must mask (it is a client) or must not.
-    """
-
-    def __init__(self, *, masked: bool) -> None:
-        self._buf = bytearray()
-        self._masked = masked
-        self._fragments: list[bytes] | None = None
-        self._fragment_opcode = 0
-        self._fragment_size = 0
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf
-        buf += data
-        out: list[tuple[int, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            if b0 & 0x70:
-                raise WsError("reserved bits set without an extension")
-            masked = bool(b1 & 0x80)
-            if masked != self._masked:
-                raise WsError("masked frame from the server" if masked
-                              else "unmasked frame from a client")
-            n = b1 & 0x7F
-            head = pos + 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = pos + 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = pos + 10
-            if n > MAX_MESSAGE:
-                raise WsError(f"frame of {n} bytes")
-            start = head + 4 if masked else head
-            if end - start < n:
-                break
-            payload = bytes(buf[start : start + n])
-            if masked:
-                payload = mask_payload(payload, bytes(buf[head:start]))
-            pos = start + n
-            opcode = b0 & 0x0F
-            final = b0 & 0x80
-            if opcode >= OP_CLOSE:
-                if not final or n > 125 or opcode > OP_PONG:
-                    raise WsError(f"bad control frame (opcode {opcode})")
-                out.append((opcode, payload))
-            elif opcode == OP_CONTINUATION:
-                if self._fragments is None:
-                    raise WsError("continuation without a message")
-                self._fragments.append(payload)
-                self._fragment_size += n
-                if self._fragment_size > MAX_MESSAGE:
-                    raise WsError("message too large")
-                if final:
-                    out.append((self._fragment_opcode, b"".join(self._fragments)))
-                    self._fragments = None
-            elif opcode in (OP_TEXT, OP_BINARY):
-                if self._fragments is not None:
-                    raise WsError("new message inside a fragmented one")
-                if final:
-                    out.append((opcode, payload))
-                else:
-                    self._fragments = [payload]
-                    self._fragment_opcode = opcode
-                    self._fragment_size = n
-            else:
-                raise WsError(f"unknown opcode {opcode}")
-        if pos:
-            del buf[:pos]
-        return out
-
-
-def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
-    """
-    The first line and the (lower-cased, last-wins) headers of an HTTP head.
-    """
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return lines[0], headers
-
-
-# -- the fake upstream (runs in its own process) ----------------------------------------------
-
-
-class UpstreamStats:
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-
-class _UpstreamConnection(asyncio.Protocol):
-    """
-    One connection to the fake upstream: an HTTP/1.1 upgrade, then replies to
-    ``response.create`` and bursts on ``bench.burst``.
-    """
-
-    def __init__(self, stats: UpstreamStats) -> None:
-        self._stats = stats.counts
-        self._transport: asyncio.Transport | None = None
-        self._head = bytearray()
-        self._reader: FrameReader | None = None
-        self._pending: deque[bytes] = deque()
-        self._burst: tuple[int, int, int] | None = None  # next seq, count, trigger seq
-        self._paused = False
-        self._closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._stats["tcp connections"] += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if self._reader is not None and not self._closing:
-            self._stats["connections lost without a close frame"] += 1
-        if self._burst is not None:
-            self._stats["bursts cut short"] += 1
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def data_received(self, data: bytes) -> None:
-        if self._reader is None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head) > MAX_HEAD:
-                    self._refuse(431, "head too large")
-                return
-            rest = bytes(self._head[end + 4 :])
-            if not self._handshake(bytes(self._head[:end])):
-                return
-            self._head.clear()
-            if not rest:
-                return
-            data = rest
-        reader = self._reader
-        assert reader is not None
-        try:
-            frames = reader.feed(data)
-        except WsError as e:
-            self._stats[f"protocol error: {e}"] += 1
-            self._close(1002)
-            return
-        for opcode, payload in frames:
-            self._frame(opcode, payload)
-
-    def _refuse(self, status: int, why: str, what: str = "") -> None:
-        self._stats[f"refused {status} {what}".rstrip()] += 1
-        transport = self._transport
-        if transport is None:
-            return
-        body = json.dumps({"error": why}).encode()
-        transport.write(
-            f"HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1") + body
-        )
-        transport.close()
-
-    def _handshake(self, head: bytes) -> bool:
-        transport = self._transport
-        if transport is None:
-            return False
-        first, headers = parse_head(head)
-        parts = first.split(" ")
-        if len(parts) != 3:
-            self._refuse(400, "bad request line")
-            return False
-        method, target, _ = parts
-        path = target.partition("?")[0]
-        if "websocket" not in headers.get("upgrade", "").lower():
-            self._refuse(404, f"not a WebSocket upgrade: {method} {path}", f"{method} {path}")
-            return False
-        key = headers.get("sec-websocket-key", "")
-        if method != "GET" or headers.get("sec-websocket-version") != "13" or not key:
-            self._refuse(400, "bad WebSocket handshake")
-            return False
-        if path != UPSTREAM_PATH:
-            self._refuse(404, f"no WebSocket at {path}", f"upgrade at {path}")
-            return False
-        authorization = headers.get("authorization", "")
-        token = authorization[7:] if authorization.startswith("Bearer ") else authorization
-        echo = {
-            "X-Bench-Path": path,
-            "X-Bench-Auth": token[:TOKEN_ECHO] or "-",
-            "X-Bench-Account": headers.get("chatgpt-account-id", "-"),
-            "X-Bench-Session": headers.get("session_id", "-"),
-            "X-Bench-Origin": headers.get("origin", "-"),
-            "X-Bench-Extensions": headers.get("sec-websocket-extensions", "-"),
-        }
-        transport.write(
-            (
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {accept_key(key.encode('latin-1')).decode('ascii')}\r\n"
-                + "".join(f"{name}: {value}\r\n" for name, value in echo.items())
-                + "\r\n"
-            ).encode("latin-1")
-        )
-        self._reader = FrameReader(masked=True)
-        self._stats["handshakes"] += 1
-        return True
-
-    def _frame(self, opcode: int, payload: bytes) -> None:
-        if opcode == OP_TEXT:
-            if self._burst is not None:
-                self._pending.append(payload)
-            else:
-                self._message(payload)
-        elif opcode == OP_PING:
-            self._write(encode_frame(OP_PONG, payload, mask=False))
-        elif opcode == OP_CLOSE:
-            self._stats["close frames received"] += 1
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1000
-            self._close(code)
-        elif opcode == OP_BINARY:
-            self._stats["binary messages"] += 1
-            self._write(encode_frame(OP_BINARY, payload, mask=False))
-
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.write(data)
-
-    def _close(self, code: int) -> None:
-        transport = self._transport
-        if transport is None or self._closing:
-            return
-        transport.write(encode_frame(OP_CLOSE, struct.pack("!H", code), mask=False))
-        self._closing = True
-        transport.close()
-
-    def _message(self, payload: bytes) -> None:
-        stats = self._stats
-        try:
-            message = json.loads(payload)
-            kind = message["type"]
-        except (ValueError, KeyError, TypeError):
-            stats["unreadable messages"] += 1
-            self._write(encode_frame(OP_TEXT, b'{"type":"bench.unreadable"}', mask=False))
-            return
-        if kind == "response.create":
-            stats["requests"] += 1
-            reply = json.dumps(
-                {"type": "response.completed", "seq": message.get("seq"), "t": message.get("t")},
-                separators=(",", ":"),
-            ).encode()
-            self._write(encode_frame(OP_TEXT, reply, mask=False))
-        elif kind == "bench.burst":
-            stats["bursts"] += 1
-            self._burst = (0, int(message["n"]), int(message["seq"]))
-            self._pump()
-        else:
-            stats[f"unknown message type {kind!r}"] += 1
-
-    def _pump(self) -> None:
-        transport = self._transport
-        while self._burst is not None and not self._paused and transport is not None:
-            seq, count, trigger = self._burst
-            stop = min(seq + BURST_BATCH, count)
-            chunk = b"".join(
-                encode_frame(OP_TEXT, b'%s%d,"delta":"%s"}' % (DELTA_PREFIX, i, DELTA_TEXT),
-                             mask=False)
-                for i in range(seq, stop)
-            )
-            if stop == count:
-                chunk += encode_frame(
-                    OP_TEXT, b'{"type":"response.completed","seq":%d,"n":%d}' % (trigger, count),
-                    mask=False,
-                )
-                self._burst = None
-                self._stats["burst messages"] += count
-            else:
-                self._burst = (stop, count, trigger)
-            transport.write(chunk)  # may pause us
-        while self._burst is None and self._pending and self._transport is not None:
-            self._message(self._pending.popleft())
-
-
-async def _serve_upstream(stats_path: str | None) -> None:
-    loop = asyncio.get_running_loop()
-    stats = UpstreamStats()
-    server = await loop.create_server(lambda: _UpstreamConnection(stats), HOST, 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"{port}\n")
-    sys.stdout.flush()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def finish() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    def stdin_readable() -> None:
-        # the benchmark holds our stdin open: EOF means it has gone
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            finish()
-
-    loop.add_reader(0, stdin_readable)
-    loop.add_signal_handler(signal.SIGTERM, finish)
-    loop.call_later(UPSTREAM_LIFETIME, finish)
-    try:
-        await stop
-    finally:
-        server.close()
-        if stats_path:
-            with open(stats_path, "w") as f:
-                json.dump(dict(stats.counts), f)
-
-
-def upstream_main(stats_path: str | None) -> int:
-    """
-    Serve the fake upstream until stdin closes; print the port on stdout first.
-    """
-    # the benchmark process owns shutdown; Ctrl-C in its terminal is for it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve_upstream(stats_path))
-    return 0
-
-
-# -- the client -----------------------------------------------------------------------------
-
-
-class HandshakeFailed(Exception):
-    pass
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-class Job:
-    """
-    What a connection is busy with; told of every message and of the end.
-    """
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # a job abandoned on a time-out or an interrupt fails quietly
-        self.future.add_done_callback(_retrieve)
-        self.problems: Counter[str] = Counter()
-
-    def start(self, conn: WsClient) -> None:
-        raise NotImplementedError
-
-    def on_message(self, conn: WsClient, payload: bytes, now: float) -> None:
-        raise NotImplementedError
-
-    def finish(self, conn: WsClient) -> None:
-        if conn.job is self:
-            conn.job = None
-        if not self.future.done():
-            self.future.set_result(None)
-
-    def lost(self, why: str) -> None:
-        if not self.future.done():
-            self.future.set_exception(ConnectionError(why))
-
-
-class PingPong(Job):
-    """
-    ``count`` request/replies, each request sent when the previous reply arrives.
-    """
-
-    def __init__(self, count: int, pad: bytes) -> None:
-        super().__init__()
-        self.count = count
-        self.pad = pad
-        self.latencies: list[float] = []
-        self.replies = 0
-        self._seq = 0
-        self._t = 0.0
-        self._t_text = b""
-
-    def start(self, conn: WsClient) -> None:
-        self._send(conn)
-
-    def _send(self, conn: WsClient) -> None:
-        self._seq = conn.next_seq()
-        t = time.monotonic()
-        self._t = t
-        self._t_text = repr(t).encode("ascii")
-        conn.send(b'{"type":"response.create","seq":%d,"t":%s%s}' % (self._seq, self._t_text,
-                                                                       self.pad))
-
-    def on_message(self, conn: WsClient, payload: bytes, now: float) -> None:
-        try:
-            reply = json.loads(payload)
-        except ValueError:
-            reply = None
-        if (
-            isinstance(reply, dict)
-            and reply.get("type") == "response.completed"
-            and reply.get("seq") == self._seq
-            and reply.get("t") == self._t
-        ):
-            self.latencies.append(now - self._t)
-        else:
-            self.problems[f"unexpected reply: {payload[:120]!r}"] += 1
-        self.replies += 1
-        if self.replies >= self.count:
-            self.finish(conn)
-        else:
-            self._send(conn)
-
-
-class Burst(Job):
-    """
-    One trigger, then ``count`` deltas and a ``response.completed``, counted.
-    """
-
-    def __init__(self, count: int) -> None:
-        super().__init__()
-        self.count = count
-        self.received = 0
-        self.disordered = 0
-        self.sent_at = 0.0
-        self.first_at: float | None = None
-        self.done_at: float | None = None
-        self._trigger = 0
-        self._next = 0
-
-    def start(self, conn: WsClient) -> None:
-        self._trigger = conn.next_seq()
-        self.sent_at = time.monotonic()
-        conn.send(b'{"type":"bench.burst","seq":%d,"n":%d}' % (self._trigger, self.count))
-
-    def on_message(self, conn: WsClient, payload: bytes, now: float) -> None:
-        if payload.startswith(DELTA_PREFIX):
-            comma = payload.find(b",", len(DELTA_PREFIX))
-            try:
-                seq = int(payload[len(DELTA_PREFIX) : comma])
-            except ValueError:
-                self.problems[f"unreadable delta: {payload[:120]!r}"] += 1
-                return
-            if seq != self._next:
-                self.disordered += 1
-            self._next = seq + 1
-            self.received += 1
-            if self.first_at is None:
-                self.first_at = now
-            return
-        try:
-            reply = json.loads(payload)
-        except ValueError:
-            reply = None
-        if (
-            isinstance(reply, dict)
-            and reply.get("type") == "response.completed"
-            and reply.get("seq") == self._trigger
-        ):
-            self.done_at = now
-            if self.received != self.count:
-                self.problems[f"burst: {self.received} of {self.count} deltas arrived"] += 1
-            if self.disordered:
-                self.problems["burst: deltas out of order"] += self.disordered
-            self.finish(conn)
-        else:
-            self.problems[f"unexpected message in a burst: {payload[:120]!r}"] += 1
-
-    @property
-    def rate(self) -> float | None:
-        if self.done_at is None or self.received != self.count:
-            return None
-        return self.count / (self.done_at - self.sent_at)
-
-
-class WsClient(asyncio.Protocol):
-    """
-    A client WebSocket: the upgrade request on connect, then masked frames
-    out; timestamps taken as bytes arrive, before any parsing.
-    """
-
-    def __init__(self, request: bytes, key: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.handshake: asyncio.Future[tuple[dict[str, str], float]] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.job: Job | None = None
-        self.unsolicited = 0
-        self.close_received: int | None = None
-        self.close_sent = False
-        self.errors: list[str] = []
-        self._request = request
-        self._accept = accept_key(key).decode("ascii")
-        self._head = bytearray()
-        self._reader: FrameReader | None = None
-        self._seq = 0
-
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self._request)
-
-    def send(self, payload: bytes, opcode: int = OP_TEXT) -> None:
-        if self.transport is None:
-            raise ConnectionError("the connection is gone")
-        self.transport.write(encode_frame(opcode, payload, mask=True))
-
-    def run(self, job: Job) -> asyncio.Future[None]:
-        if self.job is not None:
-            raise RuntimeError("the connection is busy")
-        if self.transport is None or self.close_received is not None:
-            job.lost("the connection is closed")
-            return job.future
-        self.job = job
-        job.start(self)
-        return job.future
-
-    def start_close(self, code: int = 1000) -> None:
-        if not self.close_sent and self.transport is not None:
-            self.close_sent = True
-            self.send(struct.pack("!H", code), OP_CLOSE)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        if self._reader is None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head) > MAX_HEAD:
-                    self._fail_handshake("response head too large")
-                return
-            first, headers = parse_head(bytes(self._head[:end]))
-            rest = bytes(self._head[end + 4 :])
-            self._head.clear()
-            parts = first.split(" ", 2)
-            if len(parts) < 2 or parts[1] != "101":
-                self._fail_handshake(f"{first!r}: {rest[:200]!r}")
-                return
-            if (
-                headers.get("upgrade", "").lower() != "websocket"
-                or "upgrade" not in headers.get("connection", "").lower()
-                or headers.get("sec-websocket-accept") != self._accept
-            ):
-                self._fail_handshake(f"bad 101 response headers: {headers}")
-                return
-            if "sec-websocket-extensions" in headers:
-                self._fail_handshake("an extension nobody offered: "
-                                     + headers["sec-websocket-extensions"])
-                return
-            self._reader = FrameReader(masked=False)
-            self.handshake.set_result((headers, now))
-            if not rest:
-                return
-            data = rest
-        try:
-            frames = self._reader.feed(data)
-        except WsError as e:
-            self.errors.append(f"protocol error from the server: {e}")
-            self.abort()
-            return
-        for opcode, payload in frames:
-            if opcode == OP_TEXT or opcode == OP_BINARY:
-                job = self.job
-                if job is None:
-                    self.unsolicited += 1
-                else:
-                    job.on_message(self, payload, now)
-            elif opcode == OP_PING:
-                if not self.close_sent:
-                    self.send(payload, OP_PONG)
-            elif opcode == OP_CLOSE:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                self.close_received = code
-                if not self.close_sent:
-                    self.errors.append(f"the server closed the WebSocket ({code}: {payload[2:]!r})")
-                    self.start_close(code if code != 1005 else 1000)
-                if self.job is not None:
-                    self.job.lost(f"close frame {code} in the middle of a job")
-
-    def _fail_handshake(self, why: str) -> None:
-        if not self.handshake.done():
-            self.handshake.set_exception(HandshakeFailed(why))
-        self.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if not self.handshake.done():
-            self.handshake.set_exception(HandshakeFailed(f"connection lost: {exc}"))
-        if self.job is not None:
-            self.job.lost(f"connection lost in the middle of a job ({exc})")
-            self.job = None
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-def describe_error(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:240]
 
 
 # -- the measurements -------------------------------------------------------------------------
@@ -1063,9 +389,6 @@ class Bench:
 
     # -- scenarios
 
-    def _order(self, number: int) -> tuple[str, ...]:
-        return MODES if number % 2 == 0 else MODES[::-1]
-
     def _cpu(self) -> float | None:
         return process_cpu_seconds(self.proxy_pid)
 
@@ -1117,7 +440,7 @@ class Bench:
             if self.late():
                 self.results.cut_short.append(f"handshakes: stopped after {number} rounds")
                 break
-            for mode in self._order(number):
+            for mode in interleaved(MODES, number):
                 into = samples[mode]
                 before = self._cpu() if mode == PROXIED else None
                 for _ in range(plan.handshakes_per_round):
@@ -1155,7 +478,7 @@ class Bench:
                     self.results.cut_short.append(
                         f"{scenario.name}: stopped after {number} rounds")
                     break
-                for mode in self._order(number):
+                for mode in interleaved(MODES, number):
                     into = samples[mode]
                     if len(lanes[mode]) < scenario.lanes:
                         # a connection was lost: top up
@@ -1192,7 +515,7 @@ class Bench:
                     self.results.cut_short.append(
                         f"{scenario.name}: stopped after {number} rounds")
                     break
-                for mode in self._order(number):
+                for mode in interleaved(MODES, number):
                     into = samples[mode]
                     if len(lanes[mode]) < scenario.lanes:
                         lanes[mode] += await self.open_lanes(
@@ -1232,33 +555,6 @@ def aggregate_rate(jobs: Sequence[Burst]) -> float | None:
 # -- the processes --------------------------------------------------------------------------
 
 
-class WsProcesses(Processes):
-    """
-    ``proxy_bench``'s processes, with this file's WebSocket upstream.
-    """
-
-    def __init__(self, stats_path: str) -> None:
-        super().__init__()
-        self.stats_path = stats_path
-
-    def start_upstream(self, folder: str) -> int:
-        errors = open(os.path.join(folder, "upstream.log"), "wb")
-        self._files.append(errors)
-        self.upstream = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--upstream-server",
-             "--upstream-stats", self.stats_path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, cwd=folder,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
-        stdout = self.upstream.stdout
-        assert stdout is not None
-        ready, _, _ = select.select([stdout], [], [], STARTUP_TIMEOUT)
-        line = stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            raise BenchError(f"the fake upstream did not start: {_tail(errors.name)}")
-        return int(line)
-
-
 def read_upstream_stats(path: str) -> dict[str, int]:
     try:
         with open(path) as f:
@@ -1269,7 +565,6 @@ def read_upstream_stats(path: str) -> dict[str, int]:
 
 _OPENED = re.compile(r"WebSocket \S+ opened via account")
 _CLOSED = re.compile(r"WebSocket \S+ via account \S+ closed \((\S+)\)")
-_BAD_LEVEL = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled")
 _FACTORY = re.compile(r"(Starting|Stopping) factory")
 
 
@@ -1311,10 +606,8 @@ def summarize_log(path: str, timeline: Sequence[tuple[float, str]]) -> dict[str,
                     opened += 1
                 elif _FACTORY.search(line):
                     factories += 1
-                elif _BAD_LEVEL.search(line):
-                    # the timestamp would make every line distinct
-                    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT",
-                                  line.split("] ", 1)[-1].strip()[:200])
+                elif BAD_LOG_LEVEL.search(line):
+                    text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", log_text(line))
                     warnings[text] += 1
                     seen = when.setdefault(text, [])
                     phase = during(_log_time(line), timeline)
@@ -1331,18 +624,12 @@ def summarize_log(path: str, timeline: Sequence[tuple[float, str]]) -> dict[str,
 # -- the report -----------------------------------------------------------------------------
 
 
-def _stats(values: Sequence[float], scale: float = 1000.0) -> dict[str, float | int]:
-    return {"p50": percentile(values, 50) * scale, "p99": percentile(values, 99) * scale,
-            "n": len(values)}
-
-
 def build_report(results: Results, plan: Plan) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     def add_row(name: str, samples: dict[str, Samples]) -> None:
-        d, p = _stats(samples[DIRECT].values), _stats(samples[PROXIED].values)
-        rows.append({"scenario": name, "direct": d, "proxied": p,
-                     "added": {key: p[key] - d[key] for key in ("p50", "p99")}})
+        rows.append(comparison_row(name, MODES, samples[DIRECT].values,
+                                   samples[PROXIED].values))
 
     if results.handshakes:
         add_row("handshake (open a WebSocket)", results.handshakes)
@@ -1366,14 +653,14 @@ def build_report(results: Results, plan: Plan) -> dict[str, Any]:
         if counter:
             problems[where] = dict(counter)
 
-    for mode, samples in results.handshakes.items():
-        note(f"handshakes, {mode}", samples.problems)
+    for mode, taken in results.handshakes.items():
+        note(f"handshakes, {mode}", taken.problems)
     for name, by_mode in results.latency.items():
-        for mode, samples in by_mode.items():
-            note(f"{name}, {mode}", samples.problems)
+        for mode, taken in by_mode.items():
+            note(f"{name}, {mode}", taken.problems)
     for name, by_mode in results.bursts.items():
-        for mode, samples in by_mode.items():
-            note(f"{name}, {mode}", samples.problems)
+        for mode, taken in by_mode.items():
+            note(f"{name}, {mode}", taken.problems)
     for mode, counter in results.warmup_problems.items():
         note(f"warm-up, {mode}", counter)
     cpu = {name: {"us": seconds / count * 1e6 if count else float("nan"), "per": per}
@@ -1387,24 +674,8 @@ def _rate(value: float) -> str:
     return "n/a" if value != value else f"{value:,.0f}"
 
 
-def _ms(value: float, signed: bool = False) -> str:
-    if value != value:  # NaN: no samples
-        return "n/a"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
 def render(report: dict[str, Any], machine: str) -> str:
-    out = [machine, "",
-           "| scenario | direct p50 | direct p99 | proxied p50 | proxied p99 | added p50 "
-           "| added p99 | samples (direct/proxied) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in report["rows"]:
-        d, p, a = row["direct"], row["proxied"], row["added"]
-        out.append(
-            f"| {row['scenario']} | {_ms(d['p50'])} | {_ms(d['p99'])} | {_ms(p['p50'])} "
-            f"| {_ms(p['p99'])} | {_ms(a['p50'], True)} | {_ms(a['p99'], True)} "
-            f"| {d['n']}/{p['n']} |"
-        )
+    out = [machine, "", *comparison_table(report["rows"], MODES, digits=3)]
     if report["bursts"]:
         out += ["", f"one-way bursts of {MESSAGE_BYTES} B text messages, rate in messages/s "
                 "over all connections, from the first trigger sent to the last message in",
@@ -1456,52 +727,22 @@ def render(report: dict[str, Any], machine: str) -> str:
         out.append(f"cut short by the time limit: {note}")
     if report["problems"]:
         out.append("PROBLEMS (messages or handshakes that were wrong, missing or late):")
-        for where, counts in report["problems"].items():
-            for text, count in counts.items():
-                out.append(f"  {where}: x{count} {text}")
+        out += problem_lines(report["problems"])
     else:
         out.append("every handshake, reply and burst checked out (accept key, upstream echo "
                    "of path and credentials, seq and t, counts and order, clean close)")
     return "\n".join(out)
 
 
-def machine_info() -> dict[str, Any]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
+def autobahn_nvx() -> bool | None:
+    """
+    Whether autobahn uses its NVX (C) frame masking and UTF-8 checks here.
+    """
     try:
         from autobahn.websocket import USES_NVX
-
-        nvx: bool | None = bool(USES_NVX)
     except ImportError:
-        nvx = None
-    return {
-        "nproc": usable,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "twisted": version("twisted"),
-        "autobahn": version("autobahn"),
-        "autobahn_nvx": nvx,
-        "subrouter": version("subrouter"),
-        "loadavg": os.getloadavg(),
-    }
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    return (
-        f"machine: nproc {info['nproc']}, {info['implementation']} {info['python']}, "
-        f"{info['platform']}; Twisted {info['twisted']}, autobahn {info['autobahn']} "
-        f"(NVX {info['autobahn_nvx']}), subrouter {info['subrouter']}; load average at start "
-        f"{info['loadavg'][0]:.2f}"
-    )
+        return None
+    return bool(USES_NVX)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -1517,39 +758,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--log", metavar="FILE",
                         help="keep Subrouter's log here (default: a temporary file)")
-    parser.add_argument("--upstream-server", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--upstream-stats", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
          progress: IO[str] = sys.stderr) -> int:
     args = parse_args(argv)
-    if args.upstream_server:
-        return upstream_main(args.upstream_stats)
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()
     plan = QUICK if args.quick else FULL
-    info = machine_info()
+    info = machine_info(("twisted", "autobahn"))
+    info["autobahn_nvx"] = autobahn_nvx()
+    processes = Processes()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="subrouter-ws-bench-") as folder:
+    with private_folder("subrouter-ws-bench-") as folder:
         stats_path = os.path.join(folder, "upstream-stats.json")
-        processes = WsProcesses(stats_path)
         log_path = os.path.abspath(args.log) if args.log else os.path.join(folder, "subrouter.log")
         try:
             access_token = write_account(folder)
-            upstream_port = processes.start_upstream(folder)
-            proxy_port = processes.start_proxy(folder, upstream_port, log_path)
-            assert processes.proxy is not None
+            upstream_port = processes.start_upstream(folder, wsload.__file__,
+                                                     "--upstream-stats", stats_path)
+            proxy_port = processes.start_daemon(PROXIED, folder, upstream_port, log_path)
             progress.write(f"upstream on {HOST}:{upstream_port}, Subrouter on "
                            f"{HOST}:{proxy_port} (log: {log_path})\n")
             bench = Bench(plan, {DIRECT: upstream_port, PROXIED: proxy_port}, access_token,
-                          processes.proxy.pid, progress)
+                          processes.daemons[PROXIED].pid, progress)
             results = asyncio.run(bench.run())
-            proxy_status = processes.proxy.poll()
+            proxy_status = processes.exited()[PROXIED]
         except KeyboardInterrupt:
             progress.write("interrupted\n")
             return 130
@@ -1557,6 +791,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
             progress.write(f"ws_bench: {e}\n")
             return 1
         finally:
+            # the upstream writes its counters as it exits
             processes.stop()
         report = build_report(results, plan)
         report["upstream"] = read_upstream_stats(stats_path)
@@ -1572,13 +807,13 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
         "burst_message_bytes": MESSAGE_BYTES,
     }
     report["seconds"] = round(time.monotonic() - started, 1)
-    stdout.write(render(report, machine_line(info)) + "\n")
+    versions = (f"Twisted {info['twisted']}, autobahn {info['autobahn']} "
+                f"(NVX {info['autobahn_nvx']}), subrouter {info['subrouter']}")
+    stdout.write(render(report, machine_line(info, versions)) + "\n")
     stdout.flush()
     progress.write(f"done in {report['seconds']:.0f} s\n")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(_finite(report), f, indent=2)
-            f.write("\n")
+        write_json(args.json, report)
     return 2 if report["problems"] or report["proxy_exited_during_run"] is not None else 0
 
 

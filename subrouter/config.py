@@ -43,6 +43,8 @@ DEFAULT_OVERLOAD_WAIT = "2m"
 #: where ``subrouter codex`` points Codex
 DEFAULT_CODEX_BASE_URL = "http://127.0.0.1:31415/v1"
 DEFAULT_IDLE_TIMEOUT = "5m"
+#: how long a client may take to send a request's line and headers
+DEFAULT_HEADER_TIMEOUT = "30s"
 DEFAULT_SESSION_IDLE_TTL = "30m"
 DEFAULT_USAGE_INTERVAL = "10m"
 DEFAULT_USAGE_SCORE_TTL = "30s"
@@ -87,6 +89,14 @@ class Config:
     gsutil: str | None = None
     cx_switch_interval: float = 0.0
     account_rescan_interval: float = ACCOUNT_RESCAN_INTERVAL
+    #: names allowed in Host besides loopback and the listening address
+    allow_hosts: tuple[str, ...] = ()
+    #: the client-tokens file every request must present a token from
+    client_tokens: str | None = None
+    #: whole UTC days of per-answer token records before hourly rollups
+    usage_raw_days: int = 7
+    #: how long the hourly token rollups are kept
+    usage_retention: float = 90 * 86400.0
     anthropic_upstream: str = DEFAULT_ANTHROPIC_UPSTREAM
     anthropic_token_url: str = DEFAULT_ANTHROPIC_TOKEN_URL
     anthropic_usage_url: str = DEFAULT_ANTHROPIC_USAGE_URL
@@ -103,6 +113,7 @@ class Config:
     worker_parent: int | None = None
     #: the serve options as given, for starting workers
     serve_args: tuple[str, ...] = ()
+    header_timeout: float = 30.0
 
 
 # -- parsers -------------------------------------------------------------------

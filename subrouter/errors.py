@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 JSON error answers, and plain-words descriptions of network failures.
 
@@ -80,12 +80,26 @@ def _describe_tls(value: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - twisted[tls] is a dependency
         return None
     if isinstance(value, VerificationError):
-        return f"TLS certificate does not match the upstream host ({value})"
+        names = []
+        for mismatch in value.errors:
+            wanted = getattr(mismatch, "mismatched_id", None)
+            name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None)
+            if isinstance(name, bytes):
+                name = name.decode("ascii", "replace")
+            if name is not None and str(name) not in names:
+                names.append(str(name))
+        host = " or ".join(names) or "the upstream's host name"
+        return f"the upstream's TLS certificate is not valid for {host}"
     if isinstance(value, SSL.Error):
         details: list[str] = []
         for entry in value.args[0] if value.args and isinstance(value.args[0], list) else []:
-            if isinstance(entry, tuple) and entry:
+            if isinstance(entry, tuple) and entry and entry[-1]:
                 details.append(str(entry[-1]))
-        detail = ", ".join(d for d in details if d) or "handshake failed"
-        return f"TLS error: {detail}"
+        if any("certificate verify failed" in d for d in details):
+            return (
+                "the upstream's TLS certificate is not trusted (an unknown or self-signed "
+                "issuer, or expired); if the upstream is yours, add its CA with --ca-bundle"
+            )
+        detail = ", ".join(details) or "no reason given"
+        return f"the TLS handshake with the upstream failed ({detail})"
     return None

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.test_redact -*-
 """
 Log output for the daemon: text or JSON lines, scrubbed of anything that
 looks like a credential on the way out.

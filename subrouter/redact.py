@@ -48,6 +48,7 @@ SECRET_HEADERS = frozenset(
         "x-api-key",
         "openai-api-key",
         "x-subrouter-admin-token",
+        "x-subrouter-token",
     }
 )
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_options,tests.test_daemon_process -*-
 """
 The twistd plugin's options and service: ``twistd -n subrouter --addr ...``.
 
@@ -28,6 +28,7 @@ from subrouter.config import (
     DEFAULT_CODEX_UPSTREAM,
     DEFAULT_CX_SWITCH_INTERVAL,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_OPENAI_UPSTREAM,
     DEFAULT_OVERLOAD_WAIT,
@@ -60,8 +61,8 @@ class Options(usage.Options):
     )
 
     optFlags = [
-        ["expose", None, "Allow --addr on a non-loopback interface (anyone who can reach "
-         "it can use your accounts)."],
+        ["expose", None, "Allow --addr on a non-loopback interface; needs --client-tokens, "
+         "so only holders of a token can use your accounts."],
     ]
     optParameters = [
         ["addr", None, DEFAULT_ADDR, "HOST:PORT to listen on (loopback unless --expose)."],
@@ -83,6 +84,8 @@ class Options(usage.Options):
          "'at capacity') on its own account before the error is passed on (0: never wait)."],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "Give up on an upstream that sends nothing for this long (e.g. 90s, 5m)."],
+        ["header-timeout", None, DEFAULT_HEADER_TIMEOUT,
+         "Drop a client that takes longer than this to send a request's line and headers."],
         ["codex-home", None, None,
          "Codex's home, whose auth.json follows refreshes (default $CODEX_HOME or ~/.codex)."],
         ["state-dir", None, DEFAULT_STATE_DIR,
@@ -122,6 +125,12 @@ class Options(usage.Options):
          "Redis (the same on every instance)."],
         ["workers", None, "1",
          "Serve the port with this many worker processes (needs --state redis://)."],
+        ["client-tokens", None, None,
+         "Require a client token from this file (NAME TOKEN per line; see `cx client-token`) "
+         "on every request."],
+        ["usage-raw-days", None, "7",
+         "Days of per-response token records kept before they are rolled up into hours."],
+        ["usage-retention", None, "90d", "How long token accounting keeps its hourly rollups."],
     ]
 
     #: where messages for the person at the terminal go; swapped in tests
@@ -131,6 +140,14 @@ class Options(usage.Options):
         super().__init__()
         self["ca-bundle"] = []
         self["transcript-exclude"] = []
+        self["allow-host"] = []
+
+    def opt_allow_host(self, name: str) -> None:
+        """
+        A host name (or address) clients may use in Host besides loopback and
+        the listening address, e.g. a tailnet name (repeatable).
+        """
+        self["allow-host"].append(name)
 
     def parseOptions(self, options: Any = None) -> None:
         # kept for --workers: each worker is started with the same options
@@ -196,8 +213,8 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                     "it could use your accounts. Add --expose if that is what you want."
                 )
             stderr.write(
-                f"warning: --addr {opts['addr']} is not loopback: anyone who can "
-                "reach it can use your accounts\n"
+                f"note: listening on {opts['addr']}, which is not loopback: clients need a "
+                "token from --client-tokens\n"
             )
         endpoint = parse.listen_endpoint(host, port)
     else:
@@ -205,6 +222,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     idle = _checked("idle-timeout", parse.parse_duration, opts["idle-timeout"])
     if idle <= 0:
         raise usage.UsageError("--idle-timeout: must be more than zero")
+    header_timeout = _checked("header-timeout", parse.parse_duration, opts["header-timeout"])
+    if header_timeout <= 0:
+        raise usage.UsageError("--header-timeout: must be more than zero")
     accounts_dir = parse.expand_path(opts["accounts-dir"])
     if os.path.exists(accounts_dir) and not os.path.isdir(accounts_dir):
         raise usage.UsageError(f"--accounts-dir: {accounts_dir} is a file, not a folder")
@@ -236,9 +256,16 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             )
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
-                 "cx-switch-interval", "drain-timeout", "account-rescan-interval"):
+                 "cx-switch-interval", "drain-timeout", "account-rescan-interval",
+                 "usage-retention"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     shared = _shared_state_options(opts, listen)
+    client_tokens = _client_tokens(opts["client-tokens"], expose)
+    raw_days = _checked("usage-raw-days", int, opts["usage-raw-days"])
+    if raw_days < 1:
+        raise usage.UsageError("--usage-raw-days: must be 1 or more")
+    if durations["usage-retention"] < (raw_days + 1) * 86400:
+        raise usage.UsageError("--usage-retention: must be longer than --usage-raw-days")
     return Config(
         endpoint=endpoint,
         addr=opts["addr"] if listen is None else listen,
@@ -253,6 +280,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
             _checked("ca-bundle", parse.parse_pem_bundle, p) for p in opts["ca-bundle"]
         ),
         idle_timeout=idle,
+        header_timeout=header_timeout,
         codex_auth=(
             os.path.join(parse.expand_path(codex_home), "auth.json")
             if codex_home
@@ -274,6 +302,10 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         transcript_sync_timeout=durations["transcript-sync-timeout"],
         gsutil=gsutil,
         cx_switch_interval=durations["cx-switch-interval"],
+        allow_hosts=tuple(opts["allow-host"]) + ((host,) if listen is None and host else ()),
+        client_tokens=client_tokens,
+        usage_raw_days=raw_days,
+        usage_retention=durations["usage-retention"],
         anthropic_upstream=_checked(
             "anthropic-upstream", parse.parse_http_url, opts["anthropic-upstream"]
         ),
@@ -331,6 +363,28 @@ def _shared_state_options(opts: usage.Options, listen: str | None) -> dict[str, 
         "listen_fd": int(env.get(w.LISTEN_FD_ENV, str(w.LISTEN_FD))),
         "worker_parent": int(env[w.PARENT_ENV]) if env.get(w.PARENT_ENV) else None,
     }
+
+
+def _client_tokens(path: str | None, expose: bool) -> str | None:
+    """
+    The client-tokens file, checked now so a bad one stops the daemon with
+    its name and line.
+    """
+    from subrouter.accounts.client_tokens import ClientTokensError, read
+
+    if path is None:
+        if expose:
+            raise usage.UsageError(
+                "--expose: needs --client-tokens FILE, so only holders of a token can use "
+                "your accounts (make one with `cx client-token make NAME`)"
+            )
+        return None
+    path = parse.expand_path(path)
+    try:
+        read(path)
+    except ClientTokensError as e:
+        raise usage.UsageError(f"--client-tokens: {e}") from None
+    return path
 
 
 class _StartupService(Service):
@@ -406,6 +460,9 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.threads import deferToThreadPool
 
+    from subrouter.accounting.ledger import Ledger
+    from subrouter.accounting.store import FileUsageStore
+    from subrouter.accounts.client_tokens import ClientTokenFile
     from subrouter.accounts.pool import AccountPool
     from subrouter.accounts.refresh import TokenRefresher
     from subrouter.accounts.store import AccountStore
@@ -429,8 +486,15 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     )
     from subrouter.upstream.routing import Upstreams
     from subrouter.web.admin import AdminResource
+    from subrouter.web.dashboard import add_dashboard
+    from subrouter.web.guard import Guard
     from subrouter.web.root import QuietSite, RootResource
     from subrouter.web.transcripts import TranscriptsResource
+    from subrouter.web.usage import (
+        AccountStatusResource,
+        ConversationsResource,
+        TokenUsageResource,
+    )
     from subrouter.ws.relay import RelayFactory
 
     def run_blocking(f: Any) -> Any:
@@ -488,6 +552,30 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         clock=reactor, score_ttl=config.usage_score_ttl if config.fetch_usage else 0.0,
         anthropic_usage_url=config.anthropic_usage_url,
     )
+    usage_store: Any = FileUsageStore(
+        os.path.join(config.state_dir, "usage") if config.state_dir else "",
+        raw_days=config.usage_raw_days, retention=config.usage_retention,
+    )
+    if shared is not None:
+        # every instance's records in Redis (this one's own files first), so
+        # the token usage and the dashboard of any instance show the team's
+        from subrouter.accounting.rows import Row, roll_up
+        from subrouter.state.usage_rows import RedisUsageStore
+
+        usage_store = RedisUsageStore(
+            usage_store, shared.link, reactor,
+            encode=Row.as_json, decode=Row.from_json, start=lambda row: row.start,
+            roll_up=roll_up, raw_days=config.usage_raw_days, retention=config.usage_retention,
+        )
+    ledger = Ledger(usage_store, clock=reactor.seconds)
+
+    def spent(rows: list[Any]) -> None:
+        # tokens per account feed the forecasts (on the reactor: the book is its)
+        for row in rows:
+            if row.account and row.total_tokens:
+                book.add_tokens(row.account, float(row.total_tokens))
+
+    ledger.subscribe(lambda rows: reactor.callFromThread(spent, rows))
     recorder = (
         Recorder(config.transcripts, clock=reactor.seconds, max_body=config.transcript_max_body,
                  exclude=config.transcript_exclude)
@@ -503,21 +591,32 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         clock=reactor,
         idle_timeout=config.idle_timeout,
         shared=shared_placement,
+        ledger=ledger,
         overload_wait=config.overload_wait,
     )
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
-        recorder=recorder, shared=shared_placement, inflight=inflight,
+        recorder=recorder, shared=shared_placement, inflight=inflight, ledger=ledger,
     )
     admin = AdminResource(accounts, placement, inflight,
                           health_extra=_health_extra(config, shared) if shared else None)
-    admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking))
+    admin.putChild(b"transcripts", TranscriptsResource(recorder, run_blocking, ledger))
+    admin.putChild(b"token-usage", TokenUsageResource(ledger, run_blocking, reactor))
+    admin.putChild(b"conversations", ConversationsResource(ledger, placement, recorder,
+                                                           run_blocking, reactor))
+    admin.putChild(b"account-status", AccountStatusResource(accounts))
+    add_dashboard(admin)
     from subrouter.web import why
 
     admin.putChild(b"sessions", why.SessionsResource(placement))
     admin.putChild(b"placement", why.placement_resource(placement))
-    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight),
+    tokens = ClientTokenFile(config.client_tokens) if config.client_tokens else None
+    if tokens is not None:
+        tokens.load()
+    guard = Guard.build(config.allow_hosts, tokens)
+    site = QuietSite(RootResource(proxy, admin, WebSocketResource(relay), inflight, guard),
                      reactor=reactor)
+    site.header_timeout = config.header_timeout
 
     async def reread_accounts() -> int:
         await store.rescan()
@@ -544,6 +643,11 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         every("account-rescan", config.account_rescan_interval, store.rescan, reactor
               ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
+    ledger.service().setServiceParent(top)
+    every("usage-rollup", 3600.0, ledger.maintain, reactor).setServiceParent(top)
+    if tokens is not None:
+        every("client-tokens", config.account_rescan_interval,
+              lambda: run_blocking(tokens.check), reactor).setServiceParent(top)
     if recorder is not None:
         _recording_services(config, recorder, reactor).setServiceParent(top)
     if config.state_dir:

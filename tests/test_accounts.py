@@ -5,13 +5,14 @@ the foundation's account choice.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
@@ -22,47 +23,9 @@ from subrouter.accounts.store import (
     AccountKind,
     AccountStore,
     filename_for_id,
+    header_value_problem,
 )
-
-
-def jwt(claims: dict[str, Any]) -> str:
-    def enc(value: bytes) -> str:
-        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
-
-    return ".".join([enc(b'{"alg":"none"}'), enc(json.dumps(claims).encode()), enc(b"sig")])
-
-
-def oauth_document(email: str, exp: int = 2_000_000_000, workspace: str | None = None) -> dict:
-    access = jwt(
-        {
-            "exp": exp,
-            "https://api.openai.com/auth": {
-                "chatgpt_account_id": "ws-from-claim",
-                "chatgpt_plan_type": "pro",
-            },
-        }
-    )
-    token_block = {
-        "access_token": access,
-        "refresh_token": "rt-1",
-        "id_token": jwt({"https://api.openai.com/profile": {"email": email}}),
-    }
-    if workspace:
-        token_block["account_id"] = workspace
-    return {
-        "email": email,
-        "addedAt": "2026-04-28T00:00:00Z",
-        "auth": {"auth_mode": "chatgpt", "tokens": token_block, "last_refresh": "x"},
-        "unknownField": {"kept": True},
-    }
-
-
-def write(directory: Path, name: str, content: bytes | dict) -> Path:
-    accounts = directory / "accounts"
-    accounts.mkdir(parents=True, exist_ok=True)
-    path = accounts / name
-    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
-    return path
+from tests.support.store import jwt, oauth_document, write
 
 
 def sync(f: Any) -> Deferred[Any]:
@@ -216,3 +179,64 @@ def test_describe_never_shows_a_secret(tmp_path: Path) -> None:
     assert document["auth"]["tokens"]["access_token"] not in text
     assert "rt-1" not in text
     assert '"usable": true' in text
+
+
+# -- credentials that cannot go into a header --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("sk-ключ-weird", "outside Latin-1"),
+        ("sk-abc\r\nX-Evil: 1", "line break"),
+        ("sk-abc\n", "line break"),
+        ("sk-a\x00b", "control characters"),
+        ("sk-a\x7fb", "control characters"),
+        ("sk-caf\u00e9", "non-ASCII"),
+        ("sk-a b", "a space"),
+    ],
+)
+def test_an_api_key_that_cannot_go_into_a_header_is_unusable_with_a_reason(
+    tmp_path: Path, key: str, words: str
+) -> None:
+    write(tmp_path, "k.json", {"email": "apikey:k", "auth": {"OPENAI_API_KEY": key}})
+    pool = _pool(tmp_path)
+    account = pool.store.accounts()[0]
+    reason = pool.why_unusable(account) or ""
+    assert words in reason and "HTTP header" in reason and "cx add-key" in reason
+    row = pool.describe()["accounts"][0]
+    assert row["usable"] is False and row["why_not"] == reason
+    assert key not in json.dumps(pool.describe())
+
+
+def test_an_access_token_or_workspace_that_cannot_go_into_a_header_is_unusable(
+    tmp_path: Path,
+) -> None:
+    bad_token = oauth_document("a@example.com")
+    bad_token["auth"]["tokens"]["access_token"] += "\r\n"
+    write(tmp_path, "a.json", bad_token)
+    write(tmp_path, "b.json", oauth_document("b@example.com", workspace="ws-\u2603"))
+    write(tmp_path, "c.json", oauth_document("c@example.com"))
+    pool = _pool(tmp_path)
+    reasons = {a.id: pool.why_unusable(a) for a in pool.store.accounts()}
+    assert "access token holds a line break" in (reasons["a@example.com"] or "")
+    assert "ChatGPT account id holds" in (reasons["b@example.com"] or "")
+    assert reasons["c@example.com"] is None
+
+
+@given(st.text(max_size=60))
+def test_every_credential_called_sendable_encodes_as_a_clean_header_value(value: str) -> None:
+    if header_value_problem(value) is None:
+        raw = ("Bearer " + value).encode("latin-1")
+        assert b"\r" not in raw and b"\n" not in raw and b"\x00" not in raw
+        assert all(0x21 <= b <= 0x7E for b in value.encode("ascii"))
+    else:
+        assert value  # the empty string is never refused here
+
+
+def test_an_anthropic_key_that_cannot_go_into_a_header_is_unusable(tmp_path: Path) -> None:
+    write(tmp_path, "a.json", {"email": "apikey:a", "provider": "anthropic",
+                               "auth": {"ANTHROPIC_API_KEY": "sk-ant-ключ"}})
+    pool = _pool(tmp_path)
+    reason = pool.why_unusable(pool.store.accounts()[0]) or ""
+    assert "outside Latin-1" in reason and "HTTP header" in reason

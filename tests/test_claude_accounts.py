@@ -31,7 +31,7 @@ from tests.support.anthropic_backend import (
     write_anthropic_key,
     write_claude_profile,
 )
-from tests.test_accounts import oauth_document, write
+from tests.support.store import oauth_document, write
 
 NOW = 1_900_000_000.0
 

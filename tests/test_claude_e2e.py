@@ -11,7 +11,6 @@ use.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,6 @@ import pytest_twisted
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.protocols.portforward import ProxyFactory
 
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.anthropic_backend import FakeAnthropicBackend, write_claude_profile
 from tests.support.claude_cli import (
     ClaudeResult,
@@ -30,6 +28,7 @@ from tests.support.claude_cli import (
     run_claude,
     write_claude_home,
 )
+from tests.support.daemon import Daemon, make_config, reactor, start_daemon
 from tests.support.tlsca import TestCA
 
 TOKENS = {"claude:alpha": "sk-ant-oat01-pool-alpha", "claude:beta": "sk-ant-oat01-pool-beta"}
@@ -68,10 +67,7 @@ async def daemon(tmp_path: Path, backend: FakeAnthropicBackend, ca: TestCA,
         tmp_path, None, ca, anthropic_upstream=backend.base_url,
         anthropic_token_url=backend.token_url, anthropic_usage_url=backend.usage_url,
     ))
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < len(TOKENS):
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(len(TOKENS))
     # the namespace's one door: a Unix socket forwarded to the daemon's port
     socket_path = str(tmp_path / "subrouter.sock")
     door = await UNIXServerEndpoint(reactor, socket_path).listen(

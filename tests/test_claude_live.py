@@ -18,13 +18,13 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
 from tests.support.anthropic_backend import (
     FakeAnthropicBackend,
     write_anthropic_key,
     write_claude_profile,
 )
 from tests.support.codex_backend import FakeCodexBackend
+from tests.support.daemon import Daemon, make_config, reactor, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, write_oauth_account
 
@@ -60,10 +60,7 @@ async def daemon_for(tmp_path: Path, ca: TestCA, backend: FakeAnthropicBackend, 
     }
     settings.update(overrides)
     running = await start_daemon(make_config(tmp_path, None, ca, **settings))
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < count:
-        assert time.monotonic() < deadline, "the daemon never saw the accounts"
-        await sleep(0.02)
+    await running.wait_for_accounts(count)
     return running
 
 
@@ -412,10 +409,7 @@ async def test_codex_at_capacity_is_waited_out_on_the_same_login(
     upstream.script(b"/backend-api/codex/responses", handler)
     running = await start_daemon(make_config(tmp_path, upstream, ca, overload_wait=5.0))
     try:
-        deadline = time.monotonic() + 5
-        while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
-            assert time.monotonic() < deadline
-            await sleep(0.02)
+        await running.wait_for_accounts(2)
         started = time.monotonic()
         status, body = await codex_turn(running, "busy")
         assert status == 200 and json.loads(body) == {"ok": 1}
@@ -427,3 +421,29 @@ async def test_codex_at_capacity_is_waited_out_on_the_same_login(
         assert all(r["exhausted_until"] is None for r in rows)
     finally:
         await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_claude_turns_are_counted_in_the_token_ledger(
+    tmp_path: Path, ca: TestCA, backend: FakeAnthropicBackend
+) -> None:
+    profiles(tmp_path)
+    daemon = await daemon_for(tmp_path, ca, backend, 2)
+    try:
+        assert (await turn(daemon, "s-led"))[0] == 200
+        assert (await turn(daemon, "s-led", stream=False))[0] == 200
+        deadline = time.monotonic() + 5
+        while True:
+            usage = await daemon.get_json("/_subrouter/token-usage?since=1h&by=agent,provider")
+            if usage["totals"]["requests"] >= 2 or time.monotonic() > deadline:
+                break
+            await sleep(0.05)
+        totals = usage["totals"]
+        # per answer: 20 fresh + 1000 read from the cache + 300 written to it; 7 out
+        assert totals["requests"] == 2
+        assert totals["input_tokens"] == 2 * 1320 and totals["cached_input_tokens"] == 2000
+        assert totals["cache_write_tokens"] == 600 and totals["output_tokens"] == 14
+        assert usage["by"]["agent"]["rows"][0]["key"] == "claude"
+        assert usage["by"]["provider"]["rows"][0]["key"] == "anthropic"
+    finally:
+        await daemon.stop()

@@ -54,7 +54,7 @@ SKIP = "SUBROUTER_CLAUDE_SKIP_CHECK"
 
 def test_a_daemon_that_is_down_is_named_with_what_to_do() -> None:
     get = answers({ROOT + "/_subrouter/health": ConnectionRefusedError(111, "refused")})
-    with pytest.raises(NotReady, match=r"not running at http://127\.0\.0\.1:31415.*serve"):
+    with pytest.raises(NotReady, match=r"not running on 127\.0\.0\.1:31415.*serve"):
         check_daemon(ROOT, {}, usable=serves_claude, no_account=NO_ACCOUNT, get_json=get,
                  skip_env=SKIP)
     check_daemon(ROOT, {SKIP: "1"}, usable=serves_claude, no_account=NO_ACCOUNT,
@@ -116,7 +116,7 @@ def test_a_missing_daemon_stops_before_claude_runs(tmp_path: Path) -> None:
     env.pop("SUBROUTER_CLAUDE_SKIP_CHECK", None)
     done = run_subrouter(["claude", "-p", "hi"], env)
     assert done.returncode == 69  # EX_UNAVAILABLE, as subrouter codex
-    assert "Subrouter is not running at http://127.0.0.1:9" in done.stderr
+    assert "Subrouter is not running on 127.0.0.1:9" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "claude.args").exists()
 

@@ -16,7 +16,7 @@ import pytest
 
 from subrouter.main import cx_main, main
 from tests.support.cli import home_env, run, script
-from tests.test_accounts import oauth_document, write
+from tests.support.store import oauth_document, write
 
 
 class _Result:

@@ -20,7 +20,6 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from tests.live import reactor
 from tests.support.codex_backend import BackendRequest, FakeCodexBackend, turn_events
 from tests.support.codex_cli import (
     CodexResult,
@@ -29,6 +28,7 @@ from tests.support.codex_cli import (
     run_codex,
     write_codex_home,
 )
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import decode_jwt
 

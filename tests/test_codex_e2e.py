@@ -9,6 +9,7 @@ without it these tests fail, saying how to install it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,9 +20,9 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.codex_backend import FakeCodexBackend
 from tests.support.codex_cli import CodexResult, codex_binary, run_codex, write_codex_home
+from tests.support.daemon import Daemon, make_config, reactor, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import decode_jwt, write_oauth_account
 
@@ -47,10 +48,7 @@ async def daemon(tmp_path: Path, backend: FakeCodexBackend, ca: TestCA) -> Async
         make_config(tmp_path, None, ca, codex_upstream=backend.codex_url,
                     openai_upstream=backend.base_url)
     )
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < len(ACCOUNTS):
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(len(ACCOUNTS))
     yield running
     await running.stop()
 
@@ -178,3 +176,46 @@ async def test_a_usage_limit_on_one_account_moves_the_conversation(
     listing = await daemon.get_json("/_subrouter/accounts")
     exhausted = [row["id"] for row in listing["accounts"] if row["exhausted_until"]]
     assert [ACCOUNTS[e] for e in exhausted] == [used]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shared_server_takes_the_client_token_from_subrouter_token(
+    tmp_path: Path, backend: FakeCodexBackend, ca: TestCA
+) -> None:
+    from subrouter.accounts import client_tokens
+
+    codex_binary()
+    for email, workspace in ACCOUNTS.items():
+        write_oauth_account(tmp_path / "accounts-store", email, exp=FAR, account_id=workspace)
+    tokens = str(tmp_path / "client-tokens")
+    token = client_tokens.add(tokens, "dana")
+    shared = await start_daemon(
+        make_config(tmp_path, None, ca, codex_upstream=backend.codex_url,
+                    openai_upstream=backend.base_url, client_tokens=tokens)
+    )
+    try:
+        refused = await codex(tmp_path, shared, backend, ca, "exec", "say hi")
+        assert refused.exit_code != 0
+        assert not [r for r in backend.requests if r.path.startswith("/backend-api/codex/")]
+        result = await codex(tmp_path, shared, backend, ca, "exec", "say hi",
+                             env={"SUBROUTER_TOKEN": token})
+        assert result.exit_code == 0, result.output
+        assert "hello from fake codex" in result.stdout
+        assert backend.websocket_connections >= 1
+        assert_credentials_are_the_accounts(backend)
+        for request in backend.requests:
+            assert request.header("x-subrouter-token") is None
+            assert token not in json.dumps(request.headers)
+        deadline = time.monotonic() + 5
+        while True:
+            response = await shared.client.get(
+                shared.url + "/_subrouter/token-usage?since=1h",
+                headers={"X-Subrouter-Token": [token]})
+            usage = await response.json()
+            if usage["totals"]["requests"] or time.monotonic() > deadline:
+                break
+            await sleep(0.1)
+        assert [r["key"] for r in usage["by"]["user"]["rows"]] == ["dana"]
+        assert usage["totals"]["total_tokens"] > 0
+    finally:
+        await shared.stop()

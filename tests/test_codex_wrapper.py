@@ -5,10 +5,12 @@ process it becomes.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +101,59 @@ def test_a_missing_codex_is_explained(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "SUBROUTER_CODEX_BIN" in result.stderr
+
+
+def test_a_client_token_goes_in_a_header_codex_reads_from_the_environment() -> None:
+    args, env = config_args({"SUBROUTER_TOKEN": "srt_secret-value-1234"})
+    assert 'model_provider="subrouter"' in args
+    assert args[-1] == ('model_providers.subrouter.env_http_headers='
+                        '{"X-Subrouter-Token"="SUBROUTER_TOKEN"}')
+    # the token itself is never on the command line (where ps would show it)
+    assert not any("srt_secret" in arg for arg in args)
+    assert env == {"SUBROUTER_CODEX_DUMMY_API_KEY": "subrouter"}
+
+
+def _fake_subrouter(accounts: list[dict[str, object]]) -> tuple[Any, str]:
+    """
+    A loopback HTTP server answering like a Subrouter with these accounts.
+    """
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/_subrouter/health":
+                body = json.dumps({"ok": True}).encode()
+            elif self.path == "/_subrouter/accounts":
+                body = json.dumps({"accounts": accounts}).encode()
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def test_the_check_refuses_a_daemon_with_no_account_codex_can_use() -> None:
+    from subrouter.cli.codex import run
+
+    server, base = _fake_subrouter([{"id": "claude:work", "provider": "anthropic",
+                                     "usable": True}])
+    try:
+        with pytest.raises(WrapperError) as refused:
+            run(["exec", "hi"], {"SUBROUTER_CODEX_BASE_URL": base, "PATH": "/nonexistent"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.value.code == 69
+    assert "no usable ChatGPT login or OpenAI key" in str(refused.value)
+    assert "cx add" in str(refused.value)

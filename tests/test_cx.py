@@ -5,7 +5,6 @@ where other tools read them, and what they refuse.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -19,8 +18,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from subrouter.cli.cx import CxOptions, Streams, run_cx
-from tests.live import reactor
+from subrouter.cli.cx import CxOptions
+from tests.support.cx import cx
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,
@@ -31,19 +31,6 @@ from tests.support.upstream import (
 )
 
 FAR = time.time() + 30 * 86400
-
-
-def cx(tmp_path: Path, *argv: str, stdin: str = "", env: dict[str, str] | None = None
-       ) -> tuple[int, str, str]:
-    options = CxOptions()
-    options.parseOptions(["--accounts-dir", str(tmp_path / "store"),
-                          "--state-dir", str(tmp_path / "state"), *argv])
-    out, err = io.StringIO(), io.StringIO()
-    environ = {"HOME": str(tmp_path), "CODEX_HOME": str(tmp_path / "codex"),
-               "XDG_DATA_HOME": str(tmp_path / "xdg"),
-               "PI_CODING_AGENT_DIR": str(tmp_path / "pi"), **(env or {})}
-    code = run_cx(options, Streams(out, err, io.StringIO(stdin), environ))
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_add_key_writes_the_cx_format_privately(tmp_path: Path) -> None:
@@ -505,3 +492,27 @@ def test_what_subrouter_writes_has_the_cx_schema_field_for_field(tmp_path: Path)
     assert [(a.id, a.kind.value) for a in accounts] == [
         ("apikey:work", "apikey"), ("me@example.com", "oauth")]
     assert skipped == {}
+
+
+@pytest.mark.parametrize("key", ["sk-ключ", "sk-a\x1bb", "sk-a b"])
+def test_add_key_refuses_a_key_that_cannot_go_into_a_header(tmp_path: Path, key: str) -> None:
+    code, _, err = cx(tmp_path, "add-key", "--label", "bad", "--key", key)
+    assert code == 1 and "cannot go into an HTTP header" in err
+    assert key not in err
+    assert not (tmp_path / "store" / "accounts" / "apikey_bad.json").exists()
+
+
+def test_list_names_an_unusable_account_and_why(tmp_path: Path) -> None:
+    write_apikey_account(tmp_path / "store", "weird", "sk-ключ-weird")
+    write_apikey_account(tmp_path / "store", "good", "sk-good")
+    code, out, _ = cx(tmp_path, "list")
+    assert code == 0
+    weird = next(line for line in out.splitlines() if "weird" in line)
+    assert "unusable" in weird and "outside Latin-1" in weird
+    good = next(line for line in out.splitlines() if "good" in line)
+    assert "unusable" not in good
+    assert "ключ" not in out
+    rows = {r["id"]: r for r in json.loads(cx(tmp_path, "list", "--json")[1])}
+    assert rows["apikey:weird"]["usable"] is False
+    assert "HTTP header" in rows["apikey:weird"]["why_not"]
+    assert rows["apikey:good"]["usable"] is True

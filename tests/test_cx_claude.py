@@ -15,10 +15,10 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.live import reactor
+from tests.support.cx import cx
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream
-from tests.test_cx import cx
 
 FAKE_CLAUDE = """#!/bin/sh
 if [ "$1" = auth ] && [ "$2" = status ]; then

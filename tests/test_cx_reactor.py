@@ -15,8 +15,8 @@ from typing import Any
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.live import reactor
 from tests.support.cli import home_env, script
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, write_oauth_account
 

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
 from subrouter.accounts.spend import count, summarise, usd
-from tests.live import reactor
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, write_apikey_account
 

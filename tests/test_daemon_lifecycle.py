@@ -23,12 +23,12 @@ from treq.client import HTTPClient
 from twisted.internet.error import ConnectionRefusedError
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.live import reactor, read_all, sleep
+from tests.support.daemon import reactor, read_all, sleep
+from tests.support.processes import BIN, Collect, free_port
+from tests.support.slow_backend import SlowBackend
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, Gate, StreamReader, sse, write_oauth_account
-from tests.test_daemon_process import BIN, _Collect, _free_port
-from tests.test_drain import SlowBackend
-from tests.test_ws_relay import connect, messages
+from tests.support.websocket import connect, messages
 
 FAR = time.time() + 30 * 86400
 TWISTD = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "subrouter"]
@@ -42,7 +42,7 @@ class Process:
     """
 
     transport: Any
-    collect: _Collect
+    collect: Collect
     port: int
     client: HTTPClient
     pool: HTTPConnectionPool
@@ -94,7 +94,7 @@ def _spawn(command: list[str], tmp_path: Path, port: int, *extra: str,
     if ca is not None:
         options += ["--ca-bundle", ca.ca_pem_path]
     args = [command[0], *before, *command[1:], *options, *extra]
-    collect = _Collect()
+    collect = Collect()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     transport = reactor.spawnProcess(collect, args[0], args, env=env, path=str(tmp_path))
     pool = HTTPConnectionPool(reactor, persistent=False)
@@ -135,7 +135,7 @@ async def test_sigterm_lets_a_stream_in_flight_finish_and_exits_0(
     command: list[str],
 ) -> None:
     write_oauth_account(tmp_path / "store", "alice@example.com", exp=FAR)
-    process = _spawn(command, tmp_path, _free_port(), upstream=upstream, ca=ca)
+    process = _spawn(command, tmp_path, free_port(), upstream=upstream, ca=ca)
     processes.append(process)
     await _healthy(process)
     gate = Gate(free=1)
@@ -171,7 +171,7 @@ async def test_a_websocket_open_at_sigterm_gets_1001_after_the_drain_timeout(
     await backend.start()
     try:
         write_oauth_account(tmp_path / "store", "alice@example.com", exp=FAR)
-        process = _spawn(SERVE, tmp_path, _free_port(), "--drain-timeout", "1s", ca=ca,
+        process = _spawn(SERVE, tmp_path, free_port(), "--drain-timeout", "1s", ca=ca,
                          codex_upstream=backend.codex_url)
         processes.append(process)
         await _healthy(process)
@@ -198,7 +198,7 @@ async def test_sighup_rereads_the_account_store_and_reopens_the_log_file(
     store = tmp_path / "store"
     write_oauth_account(store, "alice@example.com", exp=FAR)
     log = tmp_path / "subrouter.log"
-    process = _spawn(SERVE, tmp_path, _free_port(), "--account-rescan-interval", "0",
+    process = _spawn(SERVE, tmp_path, free_port(), "--account-rescan-interval", "0",
                      before=("--log-file", str(log)))
     processes.append(process)
     await _healthy(process)
@@ -234,7 +234,7 @@ def stat_mode(path: Path) -> int:
 async def test_a_second_daemon_on_a_busy_port_says_so_in_one_line_and_exits_1(
     tmp_path: Path, processes: list[Process]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     first = _spawn(SERVE, tmp_path, port)
     processes.append(first)
     await _healthy(first)

@@ -8,45 +8,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
-from twisted.internet import protocol
-from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.live import reactor, read_all, sleep
+from tests.support.daemon import reactor, read_all, sleep
+from tests.support.processes import BIN, Collect, free_port
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_account
-
-BIN = os.path.dirname(sys.executable)
-
-
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback((reason.value.exitCode, reason.value.signal))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_twisted.async_yield_fixture
@@ -74,7 +48,7 @@ async def test_the_daemon_process_streams_through_to_the_backend(
     fake, ca = upstream
     accounts = tmp_path / "store"
     write_oauth_account(accounts, "alice@example.com", exp=time.time() + 86400)
-    port = _free_port()
+    port = free_port()
     args = [
         *command,
         "--addr", f"127.0.0.1:{port}",
@@ -90,7 +64,7 @@ async def test_the_daemon_process_streams_through_to_the_backend(
         "--cx-switch-interval", "0",
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = _Collect()
+    proc = Collect()
     transport = reactor.spawnProcess(proc, args[0], args, env=env, path=str(tmp_path))
     pool = HTTPConnectionPool(reactor, persistent=False)
     client = HTTPClient(Agent(reactor, pool=pool))

@@ -15,78 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from tests.live import Daemon, make_config, reactor, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, reactor, read_all, sleep, start_daemon
+from tests.support.slow_backend import SlowBackend
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, Gate, StreamReader, sse, write_oauth_account
-from tests.test_ws_relay import connect, messages
+from tests.support.websocket import connect, messages
 
 FAR = time.time() + 30 * 86400
-
-
-class SlowResponsesWS(WebSocketServerProtocol):
-    """
-    A Responses WebSocket whose answer to ``response.create`` is one delta
-    at once and ``response.completed`` after ``finish_after`` seconds.
-    """
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        message = json.loads(payload)
-        backend: SlowBackend = self.factory.backend
-        self.sendMessage(json.dumps({"type": "response.output_text.delta"}).encode())
-        backend.timers.append(reactor.callLater(
-            message.get("finish_after", 0), self._finish))
-
-    def _finish(self) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(json.dumps({"type": "response.completed"}).encode())
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.backend.closed.append(code)
-
-
-class SlowBackend:
-    """
-    A ``wss://`` upstream speaking :class:`SlowResponsesWS`.
-    """
-
-    def __init__(self, ca: TestCA) -> None:
-        self.ca = ca
-        self.closed: list[int | None] = []
-        self.timers: list[Any] = []
-        self.connections: list[SlowResponsesWS] = []
-
-    async def start(self) -> None:
-        factory = WebSocketServerFactory(reactor=reactor)
-        factory.protocol = SlowResponsesWS
-        factory.backend = self
-        ws = WebSocketResource(factory)
-
-        class Root(Resource):
-            def getChildWithDefault(self, name: bytes, request: Any) -> Any:
-                return ws
-
-        endpoint = wrapServerTLS(self.ca.server_options(),
-                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        self.port = await endpoint.listen(Site(Root()))
-
-    @property
-    def codex_url(self) -> str:
-        return f"https://localhost:{self.port.getHost().port}/backend-api/codex"
-
-    async def stop(self) -> None:
-        for timer in self.timers:
-            if timer.active():
-                timer.cancel()
-        await self.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from subrouter.jobs.transcript_sync import GsutilSync, normalise_gcs_uri
 from subrouter.tap import Options
-from tests.live import reactor
+from tests.support.daemon import reactor
 
 FAKE = """#!/bin/sh
 printf '%s\\n' "$@" > "{log}.args"

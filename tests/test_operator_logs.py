@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest_twisted
 
-from tests.live import Daemon, make_config, read_all, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, write_apikey_account
 
@@ -57,9 +57,7 @@ async def test_a_conversation_on_an_api_key_warns_once(
 ) -> None:
     write_apikey_account(daemon.accounts_dir, "work", "sk-work-1")
     upstream.script(b"/v1/responses", json_response(200, {"ok": True}))
-    from tests.live import sleep
-
-    await sleep(0.2)  # the rescan
+    await daemon.wait_for_accounts(1)  # the rescan
     before = len(daemon.log)
     for _ in range(3):
         response = await daemon.request("POST", "/v1/responses", data=b"{}",

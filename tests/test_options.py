@@ -33,6 +33,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert config.token_url == "https://auth.openai.com/oauth/token"
     assert config.ca_bundles == ()
     assert config.idle_timeout == 300.0
+    assert config.header_timeout == 30.0
     assert config.codex_auth == str(tmp_path / ".codex" / "auth.json")
 
 
@@ -56,10 +57,32 @@ def test_non_loopback_is_refused_without_expose() -> None:
         _parse("--addr", "0.0.0.0:31415")
 
 
-def test_expose_allows_it_with_a_warning() -> None:
-    opts = _parse("--addr", "0.0.0.0:31415", "--expose")
+def test_expose_needs_client_tokens() -> None:
+    with pytest.raises(usage.UsageError, match=r"--expose: needs --client-tokens"):
+        _parse("--addr", "0.0.0.0:31415", "--expose")
+
+
+def test_expose_with_client_tokens_allows_it_with_a_note(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice srt_0123456789abcdefghij\n")
+    opts = _parse("--addr", "0.0.0.0:31415", "--expose", "--client-tokens", str(tokens),
+                  "--allow-host", "box.tailnet.ts.net")
     assert opts.config.endpoint == "tcp:31415:interface=0.0.0.0"
+    assert opts.config.client_tokens == str(tokens)
+    assert opts.config.allow_hosts == ("box.tailnet.ts.net", "0.0.0.0")
     assert "not loopback" in opts.stderr.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_bad_client_tokens_file_is_named_with_its_line(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# team\nalice short\n")
+    with pytest.raises(usage.UsageError, match=rf"--client-tokens: {tokens}: line 2"):
+        _parse("--client-tokens", str(tokens))
+
+
+def test_usage_retention_must_outlast_the_raw_days() -> None:
+    with pytest.raises(usage.UsageError, match="--usage-retention"):
+        _parse("--usage-raw-days", "10", "--usage-retention", "5d")
 
 
 @pytest.mark.parametrize(
@@ -70,6 +93,8 @@ def test_expose_allows_it_with_a_warning() -> None:
         (["--addr", "::1:80"], "--addr"),
         (["--idle-timeout", "soon"], "--idle-timeout"),
         (["--idle-timeout", "0"], "--idle-timeout"),
+        (["--header-timeout", "0"], "--header-timeout"),
+        (["--header-timeout", "later"], "--header-timeout"),
         (["--codex-upstream", "ftp://x"], "--codex-upstream"),
         (["--openai-upstream", "api.openai.com"], "--openai-upstream"),
         (["--token-url", "https://x/?a=1"], "--token-url"),

@@ -19,7 +19,15 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import (
+    Daemon,
+    closed_port,
+    make_config,
+    read_all,
+    sleep,
+    start_daemon,
+    until,
+)
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     FakeUpstream,
@@ -49,25 +57,6 @@ def oauth(daemon: Daemon, email: str = EMAIL, *, exp: float = FAR, **kw: Any) ->
     return write_oauth_account(daemon.accounts_dir, email, exp=exp, **kw)
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await sleep(0.01)
-
-
-async def accounts_seen(daemon: Daemon, count: int) -> None:
-    async def check() -> bool:
-        listing = await daemon.get_json("/_subrouter/accounts")
-        return len(listing["accounts"]) == count
-
-    deadline = time.monotonic() + 5
-    while not await check():
-        assert time.monotonic() < deadline, "the daemon never saw the accounts"
-        await sleep(0.02)
-
-
 # -- streaming -------------------------------------------------------------------
 
 
@@ -76,7 +65,7 @@ async def test_each_event_reaches_the_client_before_the_upstream_sends_the_next(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     gate = Gate()
     events = [json.dumps({"type": "response.output_text.delta", "n": i}) for i in range(3)]
     upstream.script(b"/backend-api/codex/responses", sse(events, gate=gate))
@@ -99,7 +88,7 @@ async def test_client_disconnect_cancels_the_upstream_request(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     gate = Gate()
     upstream.script(b"/backend-api/codex/responses", sse(["a", "b", "c"], gate=gate))
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
@@ -117,7 +106,7 @@ async def test_client_disconnect_before_headers_cancels_the_upstream_request(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.script(b"/backend-api/codex/responses", hang())
     d = daemon.request("POST", "/v1/responses", data=b"{}")
     await upstream.seen(1)
@@ -132,7 +121,7 @@ async def test_upstream_dying_mid_stream_aborts_the_client(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.script(b"/backend-api/codex/responses", sse(["a", "b", "c", "d"], die_after=2))
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     reader = StreamReader()
@@ -152,7 +141,7 @@ async def test_idle_upstream_before_headers_gives_504(
     running = await start_daemon(make_config(tmp_path, upstream, ca, idle_timeout=0.3))
     try:
         oauth(running)
-        await accounts_seen(running, 1)
+        await running.wait_for_accounts(1)
         upstream.script(b"/backend-api/codex/responses", hang())
         response = await running.request("POST", "/v1/responses", data=b"{}")
         assert response.code == 504
@@ -171,7 +160,7 @@ async def test_idle_upstream_mid_stream_aborts_the_client(
     running = await start_daemon(make_config(tmp_path, upstream, ca, idle_timeout=0.3))
     try:
         oauth(running)
-        await accounts_seen(running, 1)
+        await running.wait_for_accounts(1)
         gate = Gate()
         upstream.script(b"/backend-api/codex/responses", sse(["a", "b"], gate=gate))
         response = await running.request("POST", "/v1/responses", data=b"{}")
@@ -191,7 +180,7 @@ async def test_steady_events_keep_a_stream_alive_past_the_idle_timeout(
     running = await start_daemon(make_config(tmp_path, upstream, ca, idle_timeout=0.4))
     try:
         oauth(running)
-        await accounts_seen(running, 1)
+        await running.wait_for_accounts(1)
         events = [str(i) for i in range(8)]
         upstream.script(b"/backend-api/codex/responses", sse(events, gaps=0.15))
         response = await running.request("POST", "/v1/responses", data=b"{}")
@@ -209,7 +198,7 @@ async def test_the_upstream_sees_the_accounts_credentials_never_the_clients(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon, account_id="ws-42")
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     headers = Headers(
         {
             b"Authorization": [b"Bearer client-dummy"],
@@ -255,7 +244,7 @@ async def test_api_keys_go_to_the_openai_api_with_v1(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     write_apikey_account(daemon.accounts_dir, "work", "sk-work-key-123456")
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     for path in ("/responses", "/v1/responses"):
         response = await daemon.request("POST", path, data=b"{}")
         assert response.code == 200
@@ -269,7 +258,7 @@ async def test_api_keys_go_to_the_openai_api_with_v1(
 @pytest_twisted.ensureDeferred
 async def test_other_paths_and_methods_pass(daemon: Daemon, upstream: FakeUpstream) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     response = await daemon.request("GET", "/v1/models?client_version=0.16")
     assert response.code == 200
     assert json.loads(await read_all(response))["path"] == "/backend-api/codex/models"
@@ -284,7 +273,7 @@ async def test_upstream_errors_pass_through_with_their_bodies(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     body = {"error": {"type": "invalid_request_error", "message": "bad model"}}
     upstream.script(
         b"/backend-api/codex/responses", json_response(400, body, headers={b"x-request-id": b"r1"})
@@ -309,7 +298,7 @@ async def test_a_usage_limit_with_no_other_account_reaches_the_client(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     body = {"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached"}}
     upstream.script(
         b"/backend-api/codex/responses",
@@ -334,7 +323,7 @@ async def test_a_64_mib_request_body_passes_intact(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.script(b"/backend-api/codex/responses", echo_body())
     body = os.urandom(1 << 20) * 64
     response = await daemon.request("POST", "/v1/responses", data=body)
@@ -351,7 +340,7 @@ async def test_a_401_refreshes_once_and_retries_once(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     path = oauth(daemon, refresh_token="rt-start")
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.valid_tokens = set()  # the stored access token has been revoked
     upstream.refresh_emails["rt-start"] = EMAIL
     response = await daemon.request("POST", "/v1/responses", data=b'{"turn":1}')
@@ -372,7 +361,7 @@ async def test_a_second_401_is_passed_to_the_client(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     oauth(daemon, refresh_token="rt-start")
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.valid_tokens = set()
     upstream.token_answer = lambda body: (
         200,
@@ -390,7 +379,7 @@ async def test_two_concurrent_requests_cause_one_refresh(
     daemon: Daemon, upstream: FakeUpstream
 ) -> None:
     path = oauth(daemon, exp=time.time() + 20, refresh_token="rt-old")  # expires within 60 s
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.refresh_emails["rt-old"] = EMAIL
     gate: Deferred[None] = Deferred()
     upstream.token_gate = gate
@@ -418,7 +407,7 @@ async def test_the_active_codex_login_follows_a_refresh(
     path = oauth(daemon, exp=time.time() + 20, refresh_token="rt-old")
     daemon.codex_auth.parent.mkdir(parents=True)
     daemon.codex_auth.write_text(json.dumps(json.loads(path.read_text())["auth"]))
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     upstream.refresh_emails["rt-old"] = EMAIL
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     await read_all(response)
@@ -434,7 +423,7 @@ async def test_a_failed_refresh_moves_to_the_next_account_and_says_why(
 ) -> None:
     oauth(daemon, "a@example.com", exp=time.time() + 10, refresh_token="rt-dead")
     oauth(daemon, "b@example.com")
-    await accounts_seen(daemon, 2)
+    await daemon.wait_for_accounts(2)
     upstream.token_answer = lambda body: (400, {"error": {"code": "refresh_token_reused"}})
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     assert response.code == 200
@@ -462,11 +451,12 @@ async def test_unreachable_upstream_gives_502_naming_the_account(
     tmp_path: Path, ca: TestCA
 ) -> None:
     running = await start_daemon(
-        make_config(tmp_path, None, ca, codex_upstream="https://127.0.0.1:1/backend-api/codex")
+        make_config(tmp_path, None, ca,
+                    codex_upstream=f"https://127.0.0.1:{closed_port()}/backend-api/codex")
     )
     try:
         oauth(running)
-        await accounts_seen(running, 1)
+        await running.wait_for_accounts(1)
         response = await running.request("POST", "/v1/responses", data=b"{}")
         assert response.code == 502
         error = json.loads(await read_all(response))["error"]
@@ -484,7 +474,7 @@ async def test_an_untrusted_certificate_gives_502_naming_the_account(
     running = await start_daemon(make_config(tmp_path, upstream, None))
     try:
         oauth(running)
-        await accounts_seen(running, 1)
+        await running.wait_for_accounts(1)
         response = await running.request("POST", "/v1/responses", data=b"{}")
         assert response.code == 502
         message = json.loads(await read_all(response))["error"]["message"]
@@ -504,7 +494,7 @@ async def test_a_corrupt_account_file_is_skipped_and_left_byte_for_byte(
     corrupt.write_bytes(original)
     os.chmod(corrupt, 0o640)
     stat_before = corrupt.stat()
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     assert response.code == 200
     await read_all(response)
@@ -527,12 +517,12 @@ async def test_accounts_added_and_removed_on_disk_are_used_without_restart(
     assert response.code == 503
     await read_all(response)
     path = oauth(daemon)
-    await accounts_seen(daemon, 1)
+    await daemon.wait_for_accounts(1)
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     assert response.code == 200
     await read_all(response)
     path.unlink()
-    await accounts_seen(daemon, 0)
+    await daemon.wait_for_accounts(0)
     response = await daemon.request("POST", "/v1/responses", data=b"{}")
     assert response.code == 503
     await read_all(response)
@@ -545,7 +535,7 @@ async def test_accounts_added_and_removed_on_disk_are_used_without_restart(
 async def test_health_accounts_probe_and_unknown_endpoints(daemon: Daemon) -> None:
     oauth(daemon, plan="pro")
     write_apikey_account(daemon.accounts_dir, "work", "sk-work-key-123456")
-    await accounts_seen(daemon, 2)
+    await daemon.wait_for_accounts(2)
     health = await daemon.get_json("/_subrouter/health")
     assert health["ok"] is True and health["version"]
     response = await daemon.request("GET", "/_subrouter/accounts")
@@ -570,7 +560,7 @@ async def test_one_log_line_per_request_and_never_a_secret(
 ) -> None:
     oauth(daemon)
     write_apikey_account(daemon.accounts_dir, "k", "sk-never-log-this-1234")
-    await accounts_seen(daemon, 2)
+    await daemon.wait_for_accounts(2)
     upstream.script(b"/backend-api/codex/responses", sse(["one", "two"]))
     response = await daemon.request(
         "POST", "/v1/responses?secret=1", data=b"{}",

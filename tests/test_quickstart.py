@@ -26,8 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
-from tests.live import reactor
 from tests.support.cli import home_env, script
+from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, access_token_for, id_token_for
 

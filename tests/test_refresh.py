@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from subrouter.accounts.refresh import CLIENT_ID, RefreshFailed, TokenRefresher
 from subrouter.accounts.store import AccountStore
-from tests.test_accounts import jwt, oauth_document, write
+from tests.support.store import jwt, oauth_document, write
 
 NOW = 1_900_000_000.0
 

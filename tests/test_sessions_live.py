@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
-from tests.live import Daemon, make_config, read_all, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import (
     Exchange,
@@ -112,8 +112,6 @@ async def start(tmp_path: Path, upstream: FakeUpstream, ca: TestCA, **kw: Any) -
         if len(logins) == len(ACCOUNTS) and polled:
             return daemon
         assert time.monotonic() < deadline, listing
-        from tests.live import sleep
-
         await sleep(0.02)
 
 
@@ -294,8 +292,6 @@ async def test_sessions_and_marks_survive_a_restart_and_a_corrupt_state_file_is_
         deadline = time.monotonic() + 5
         while not state.exists():
             assert time.monotonic() < deadline
-            from tests.live import sleep
-
             await sleep(0.05)
     finally:
         await daemon.stop()
@@ -348,8 +344,6 @@ async def test_a_failed_usage_fetch_scores_the_account_unknown_risky(
             if accounts["fresh@example.com"]["usage_error"]:
                 break
             assert time.monotonic() < deadline
-            from tests.live import sleep
-
             await sleep(0.02)
         assert accounts["fresh@example.com"]["headroom"] == 0.4
         _, body = await turn(daemon, "x")

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.web.http_headers import Headers
 
 from subrouter.state.settings import parse_state
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.redis import RedisServer
 from tests.support.tlsca import TestCA
 from tests.support.upstream import Exchange, FakeUpstream, sse, write_oauth_account
@@ -289,4 +289,40 @@ async def test_a_known_conversation_costs_one_round_trip_and_events_none(
         assert len(timers) <= 6 * (elapsed + 0.5), (timers, elapsed)
     finally:
         link.call = original
+        await stop_all(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_instance_reports_the_whole_teams_token_usage(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer
+) -> None:
+    tokens = {"conv-0": 15, "conv-1": 25}
+
+    async def answer(exchange: Exchange) -> None:
+        session = (exchange.seen.header(b"session-id") or b"").decode()
+        total = tokens[session]
+        usage = {"input_tokens": total - 5, "input_tokens_details": {"cached_tokens": 4},
+                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 1},
+                 "total_tokens": total}
+        await sse([json.dumps({"type": "response.completed",
+                               "response": {"model": "m", "usage": usage}})])(exchange)
+
+    upstream.script(RESPONSES, answer)
+    daemons = await start_instances(tmp_path, upstream, ca, redis, count=2)
+    try:
+        for n, daemon in enumerate(daemons):
+            code, _ = await turn(daemon, f"conv-{n}")
+            assert code == 200
+        deadline = time.monotonic() + 10
+        for daemon in daemons:
+            while True:
+                report = await daemon.get_json("/_subrouter/token-usage?since=1h")
+                totals = report["totals"]
+                if totals["requests"] == 2:
+                    break
+                assert time.monotonic() < deadline, report
+                await sleep(0.1)
+            assert totals["total_tokens"] == 40
+            assert totals["cached_input_tokens"] == 8
+    finally:
         await stop_all(daemons)

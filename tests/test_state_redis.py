@@ -20,7 +20,7 @@ from subrouter.sessions.usage import UsageBook
 from subrouter.state.link import RedisLink, Unavailable
 from subrouter.state.redis import SharedSessions, SharedTokenSets, UsageSync
 from subrouter.state.settings import RedisURL, parse_state, read_key_file
-from tests.live import reactor, sleep
+from tests.support.daemon import reactor, sleep
 from tests.support.redis import RedisServer
 
 

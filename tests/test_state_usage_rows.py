@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from subrouter.state.link import RedisLink
 from subrouter.state.settings import parse_state
 from subrouter.state.usage_rows import RedisUsageStore
-from tests.live import reactor, sleep
+from tests.support.daemon import reactor, sleep
 from tests.support.redis import RedisServer
 
 

@@ -1,6 +1,7 @@
 """
 Transcripts over real sockets: what is recorded for HTTP, SSE and WebSocket
-traffic, the redaction, the usage log, the browsing endpoints, and that a
+traffic, the redaction, the browsing endpoints (with the token ledger's
+usage per session), and that a
 full queue or a broken disk never hurts a request.
 """
 
@@ -18,9 +19,9 @@ from typing import Any
 import pytest_twisted
 from twisted.web.http_headers import Headers
 
-from subrouter.transcripts.events import safe_name, usage_of
+from subrouter.transcripts.events import safe_name
 from subrouter.transcripts.recorder import Conversation, Recorder
-from tests.live import Daemon, make_config, read_all, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, read_all, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, json_response, sse, write_oauth_account
 
@@ -38,11 +39,21 @@ async def recording_daemon(tmp_path: Path, upstream: FakeUpstream, ca: TestCA,
     write_oauth_account(tmp_path / "accounts-store", EMAIL, exp=FAR)
     daemon = await start_daemon(make_config(tmp_path, upstream, ca,
                                             transcripts=str(tmp_path / "tx"), **kw))
-    deadline = time.monotonic() + 5
-    while not (await daemon.get_json("/_subrouter/accounts"))["accounts"]:
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await daemon.wait_for_accounts(1)
     return daemon
+
+
+async def ledger_rows(tmp_path: Path, count: int) -> list[dict[str, Any]]:
+    """
+    The token ledger's rows once ``count`` are written (within a few seconds).
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        rows = [json.loads(line) for path in (tmp_path / "state" / "usage").glob("raw-*")
+                for line in path.read_text().splitlines()]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        await sleep(0.05)
 
 
 def events_of(path: Path) -> list[dict[str, Any]]:
@@ -118,13 +129,14 @@ async def test_an_sse_exchange_is_recorded_whole_and_redacted(
     access = json.loads((daemon.accounts_dir / "accounts" / f"{EMAIL}.json").read_text())[
         "auth"]["tokens"]["access_token"]
     assert access not in text and "client-tok" not in text
-    usage = [json.loads(line) for line in (tmp_path / "tx" / "usage.jsonl").read_text()
-             .splitlines()]
+    # token usage goes to the ledger under the state dir, not the transcripts
+    assert not (tmp_path / "tx" / "usage.jsonl").exists()
+    usage = await ledger_rows(tmp_path, 1)
     assert usage == [{
-        "time": usage[0]["time"], "agent": "codex", "session": "sess-1", "account": EMAIL,
-        "user": "dev@example.com", "input_tokens": 100, "cached_input_tokens": 40,
-        "output_tokens": 20, "reasoning_tokens": 5, "total_tokens": 120,
-        "model": "gpt-5-codex",
+        "t": usage[0]["t"], "agent": "codex", "session": "sess-1", "account": EMAIL,
+        "user": "dev@example.com", "model": "gpt-5-codex", "provider": "openai",
+        "input_tokens": 100, "cached_input_tokens": 40, "output_tokens": 20,
+        "reasoning_tokens": 5, "total_tokens": 120,
     }]
     folder = tmp_path / "tx" / "by-agent" / "codex" / "by-session"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -146,6 +158,7 @@ async def test_browsing_lists_sessions_and_serves_events_plain_and_raw(
             await settled(daemon, session)
         response = await daemon.request("GET", "/v1/models")  # excluded by default
         await read_all(response)
+        assert len(await ledger_rows(tmp_path, 2)) == 2
         listing = await daemon.get_json("/_subrouter/transcripts?limit=1")
         assert listing["total"] == 2 and len(listing["sessions"]) == 1
         full = await daemon.get_json("/_subrouter/transcripts")
@@ -261,11 +274,6 @@ def test_summaries_survive_a_restart(tmp_path: Path) -> None:
     assert (summary.session_id, summary.account, summary.event_count) == ("kept", "a@x.com", 1)
 
 
-def test_usage_extraction_shapes() -> None:
-    assert usage_of(COMPLETED)["total_tokens"] == 120  # type: ignore[index]
-    chat = {"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
-    assert usage_of(chat) == {"input_tokens": 3, "cached_input_tokens": 0, "output_tokens": 4,
-                              "reasoning_tokens": 0, "total_tokens": 7, "model": "m"}
-    assert usage_of({"usage": {}}) is None
-    assert usage_of([1]) is None
+def test_safe_names_stay_in_their_folder() -> None:
     assert os.sep not in safe_name("a/b")
+    assert safe_name("../..") == "unknown"

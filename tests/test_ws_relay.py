@@ -11,168 +11,17 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import (
-    WebSocketClientFactory,
-    WebSocketClientProtocol,
-    WebSocketServerFactory,
-    WebSocketServerProtocol,
-)
-from autobahn.websocket.compress import (
-    PerMessageDeflateOffer,
-    PerMessageDeflateOfferAccept,
-    PerMessageDeflateResponse,
-    PerMessageDeflateResponseAccept,
-)
-from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapServerTLS
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from subrouter.ws.relay import client_close_code
-from tests.live import Daemon, make_config, reactor, sleep, start_daemon
+from tests.support.daemon import Daemon, make_config, sleep, start_daemon
 from tests.support.tlsca import TestCA
 from tests.support.upstream import write_oauth_account
+from tests.support.websocket import WSBackend, connect, messages
 
 FAR = time.time() + 30 * 86400
-
-
-class FakeUpstreamWS(WebSocketServerProtocol):
-    def onConnect(self, request: ConnectionRequest) -> Any:
-        backend: WSBackend = self.factory.backend
-        backend.handshakes.append(dict(request.headers))
-        backend.connections.append(self)
-        protocol = request.protocols[0] if request.protocols else None
-        return (protocol, {"x-codex-turn-state": "turn-1", "x-models-etag": "e1"})
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        backend: WSBackend = self.factory.backend
-        backend.received.append((payload, isBinary))
-        if isBinary:
-            self.sendMessage(payload[::-1], True)
-            return
-        message = json.loads(payload)
-        account = self.http_headers.get("chatgpt-account-id", "")
-        if account in backend.exhausted:
-            self.sendMessage(json.dumps({"type": "error", "error": {
-                "type": "usage_limit_reached", "message": "The usage limit has been reached"}}
-            ).encode())
-            self.sendMessage(json.dumps({"type": "response.failed"}).encode())
-            return
-        if message.get("type") == "close-with":
-            self.sendClose(message["code"], "bye")
-            return
-        for i in range(3):
-            self.sendMessage(json.dumps({"type": "response.output_text.delta", "i": i,
-                                         "account": account}).encode())
-        self.sendMessage(json.dumps({"type": "response.completed", "account": account}).encode())
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.backend.closed.append(code)
-
-
-class Refuse(Resource):
-    isLeaf = True
-
-    def render(self, request: Any) -> bytes:
-        request.setResponseCode(426)
-        return b"no websockets here"
-
-
-class WSBackend:
-    def __init__(self, ca: TestCA) -> None:
-        self.ca = ca
-        self.handshakes: list[dict[str, str]] = []
-        self.received: list[tuple[bytes, bool]] = []
-        self.connections: list[FakeUpstreamWS] = []
-        self.closed: list[int | None] = []
-        self.exhausted: set[str] = set()
-        self.refuse = False
-
-    async def start(self) -> None:
-        factory = WebSocketServerFactory(reactor=reactor)
-        factory.protocol = FakeUpstreamWS
-        factory.backend = self
-        factory.setProtocolOptions(
-            perMessageCompressionAccept=lambda offers: next(
-                (PerMessageDeflateOfferAccept(o) for o in offers
-                 if isinstance(o, PerMessageDeflateOffer)), None))
-        ws = WebSocketResource(factory)
-        backend = self
-
-        class Root(Resource):
-            def getChildWithDefault(self, name: bytes, request: Any) -> Any:
-                return Refuse() if backend.refuse else ws
-
-        endpoint = wrapServerTLS(self.ca.server_options(),
-                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        self.port = await endpoint.listen(Site(Root()))
-
-    @property
-    def codex_url(self) -> str:
-        return f"https://localhost:{self.port.getHost().port}/backend-api/codex"
-
-    async def stop(self) -> None:
-        for connection in self.connections:
-            if connection.transport is not None and connection.state != connection.STATE_CLOSED:
-                connection.transport.abortConnection()
-        await self.port.stopListening()
-
-
-class Client(WebSocketClientProtocol):
-    def onConnect(self, response: Any) -> None:
-        self.factory.response = response
-
-    def onOpen(self) -> None:
-        self.factory.opened.callback(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.messages.append((payload, isBinary))
-        waiter = self.factory.waiter
-        if waiter is not None and not waiter.called:
-            waiter.callback(None)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if not self.factory.opened.called:
-            self.factory.opened.errback(Exception(reason))
-        if not self.factory.closed.called:
-            self.factory.closed.callback((code, reason))
-
-
-async def connect(daemon: Daemon, headers: dict[str, str] | None = None,
-                  protocols: list[str] | None = None, deflate: bool = False) -> Any:
-    factory = WebSocketClientFactory(
-        f"ws://127.0.0.1:{daemon.port}/v1/responses", headers=headers or {},
-        protocols=protocols, reactor=reactor,
-    )
-    factory.protocol = Client
-    factory.opened = Deferred()
-    factory.closed = Deferred()
-    factory.messages = []
-    factory.waiter = None
-    if deflate:
-        factory.setProtocolOptions(
-            perMessageCompressionOffers=[PerMessageDeflateOffer()],
-            perMessageCompressionAccept=lambda r: PerMessageDeflateResponseAccept(r)
-            if isinstance(r, PerMessageDeflateResponse) else None,
-        )
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port).connect(factory)
-    client = await factory.opened
-    return client, factory
-
-
-async def messages(factory: Any, count: int) -> list[tuple[bytes, bool]]:
-    deadline = time.monotonic() + 5
-    while len(factory.messages) < count:
-        assert time.monotonic() < deadline, factory.messages
-        factory.waiter = Deferred()
-        await factory.waiter
-    return factory.messages[:count]
 
 
 @pytest_twisted.async_yield_fixture
@@ -189,10 +38,7 @@ async def daemon(tmp_path: Path, backend: WSBackend, ca: TestCA) -> AsyncIterato
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     write_oauth_account(tmp_path / "accounts-store", "b@example.com", exp=FAR, account_id="ws-b")
     running = await start_daemon(config)
-    deadline = time.monotonic() + 5
-    while len((await running.get_json("/_subrouter/accounts"))["accounts"]) < 2:
-        assert time.monotonic() < deadline
-        await sleep(0.02)
+    await running.wait_for_accounts(2)
     yield running
     await running.stop()
 
@@ -242,6 +88,30 @@ async def test_messages_relay_both_ways_with_the_accounts_credentials(
         assert time.monotonic() < deadline
         await sleep(0.02)
     assert backend.closed == [1000]
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_completed_response_on_the_websocket_is_counted_once(
+    daemon: Daemon, backend: WSBackend, tmp_path: Path
+) -> None:
+    client, factory = await connect(
+        daemon, headers={"session-id": "ws-thread", "X-Subrouter-User-Email": "dev@example.com"})
+    for turn in (1, 2):
+        client.sendMessage(json.dumps({"type": "response.create", "input": []}).encode())
+        await messages(factory, 4 * turn)
+    client.sendClose(1000)
+    await factory.closed
+    deadline = time.monotonic() + 5
+    while True:
+        usage = await daemon.get_json("/_subrouter/token-usage?since=1h&by=conversation,user")
+        if usage["totals"]["requests"] >= 2 or time.monotonic() > deadline:
+            break
+        await sleep(0.1)
+    assert usage["totals"]["requests"] == 2
+    assert usage["totals"]["total_tokens"] == 2060
+    assert usage["totals"]["cache_hit_ratio"] == 0.6
+    assert usage["by"]["conversation"]["rows"][0]["key"] == "codex/ws-thread"
+    assert usage["by"]["user"]["rows"][0]["key"] == "dev@example.com"
 
 
 @pytest_twisted.ensureDeferred
@@ -311,10 +181,7 @@ async def test_websocket_messages_are_recorded_both_ways(
     write_oauth_account(tmp_path / "accounts-store", "a@example.com", exp=FAR, account_id="ws-a")
     running = await start_daemon(config)
     try:
-        deadline = time.monotonic() + 5
-        while not (await running.get_json("/_subrouter/accounts"))["accounts"]:
-            assert time.monotonic() < deadline
-            await sleep(0.02)
+        await running.wait_for_accounts(1)
         client, factory = await connect(running, headers={"session-id": "wsrec"})
         client.sendMessage(json.dumps({"type": "response.create"}).encode())
         await messages(factory, 4)
@@ -337,3 +204,33 @@ async def test_websocket_messages_are_recorded_both_ways(
     first = base64.b64decode(messages_[0]["body_base64"])
     assert json.loads(first) == {"type": "response.create"}
     assert messages_[0]["sha256"] == hashlib.sha256(first).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_close_line_counts_both_ways_and_a_client_leaving_is_no_error(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client, factory = await connect(daemon, headers={"session-id": "thread-close"},
+                                        protocols=["responses"])
+        client.sendMessage(json.dumps({"type": "response.create", "input": []}).encode())
+        client.sendMessage(b"\x00\x01binary", True)
+        await messages(factory, 5)
+        # an agent that exits drops the connection without a close frame
+        client.transport.abortConnection()
+        deadline = time.monotonic() + 5
+        while not [e for e in events if "up_messages" in e]:
+            assert time.monotonic() < deadline, "no close line"
+            await sleep(0.05)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [e for e in events if "up_messages" in e]
+    assert line["how"] == "the client left"
+    assert line["log_level"] == LogLevel.info
+    assert (line["up_messages"], line["down_messages"]) == (2, 5)
+    assert line["up_bytes"] == len(json.dumps({"type": "response.create", "input": []})) + 8
+    assert isinstance(line["seconds"], float)

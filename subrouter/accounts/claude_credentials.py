@@ -18,7 +18,13 @@ import os
 import re
 from typing import Any
 
-from subrouter.accounts.store import Account, AccountFileError, AccountKind, ScannedFile
+from subrouter.accounts.store import (
+    Account,
+    AccountFileError,
+    AccountKind,
+    ScannedFile,
+    header_value_problem,
+)
 from subrouter.upstream.routing import ANTHROPIC
 
 CREDENTIALS_FILE = ".credentials.json"
@@ -88,8 +94,18 @@ def parse_credentials(raw: bytes, source: str, name: str) -> Account:
         expires_at=expires,
         secret=access,
         refresh_token=refresh if isinstance(refresh, str) else "",
-        problem=None if access else "the profile has no access token (run `cx claude add`)",
+        problem=_token_problem(access),
     )
+
+
+def _token_problem(access: str) -> str | None:
+    if not access:
+        return "the profile has no access token (run `cx claude add`)"
+    unsendable = header_value_problem(access)
+    if unsendable is not None:
+        return (f"the access token holds {unsendable}, which cannot go into an HTTP header "
+                "(run `cx claude add` again)")
+    return None
 
 
 def apply_new_tokens(document: dict[str, Any], new: dict[str, Any], now: float) -> None:

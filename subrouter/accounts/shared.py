@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_shared_refresh -*-
+# -*- test-case-name: tests.test_state_redis -*-
 """
 What token refresh needs from a store shared by several Subrouter instances
 (Redis, in :mod:`subrouter.state`): a lock per account with an expiry, and

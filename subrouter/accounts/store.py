@@ -94,6 +94,34 @@ def filename_for_id(account_id: str) -> str:
     return _UNSAFE_FILENAME_CHARS.sub("_", account_id) + ".json"
 
 
+def header_value_problem(value: str) -> str | None:
+    """
+    What keeps ``value`` (a token, a key, a workspace id) from being sent as
+    an HTTP header value, in words that never quote it; None when nothing.
+
+    Credentials are visible ASCII (JWTs, ``sk-...`` keys, ids): anything else
+    would fail to encode, split the header, or be mangled on the way.
+    """
+    if value.isascii() and value.isprintable() and " " not in value:
+        return None
+    if any(c in "\r\n" for c in value):
+        return "a line break"
+    if any(ord(c) > 0xFF for c in value):
+        return "characters outside Latin-1"
+    if not value.isprintable():
+        return "control characters"
+    if not value.isascii():
+        return "non-ASCII characters"
+    return "a space"
+
+
+def _credential_problem(what: str, value: str, fix: str) -> str | None:
+    found = header_value_problem(value)
+    if found is None:
+        return None
+    return f"{what} holds {found}, which cannot go into an HTTP header ({fix})"
+
+
 def parse_account(raw: bytes, source: str) -> Account:
     """
     Parse the bytes of one account file.
@@ -131,7 +159,12 @@ def parse_account(raw: bytes, source: str) -> Account:
             source=source,
             provider=ANTHROPIC,
             secret=key,
-            problem=None if key else "the API key is empty",
+            problem=(
+                _credential_problem(
+                    "the API key", key, "replace it with `cx add-key --provider anthropic`"
+                )
+                if key else "the API key is empty"
+            ),
         )
     api_key = auth.get("OPENAI_API_KEY")
     if auth.get("auth_mode") == "apikey" or (isinstance(api_key, str) and api_key):
@@ -141,7 +174,10 @@ def parse_account(raw: bytes, source: str) -> Account:
             kind=AccountKind.APIKEY,
             source=source,
             secret=key,
-            problem=None if key else "the API key is empty",
+            problem=(
+                _credential_problem("the API key", key, "replace it with `cx add-key`")
+                if key else "the API key is empty"
+            ),
         )
 
     token_block = auth.get("tokens")
@@ -151,6 +187,11 @@ def parse_account(raw: bytes, source: str) -> Account:
     id_token = _string(token_map.get("id_token"))
     workspace = _string(token_map.get("account_id")) or tokens.chatgpt_account_id(
         id_token, access
+    )
+    problem = (
+        _credential_problem("the access token", access, "run `cx add` again")
+        or _credential_problem("the ChatGPT account id", workspace or "", "run `cx add` again")
+        if access else "the login has no access token (run `cx add` again)"
     )
     return Account(
         id=account_id,
@@ -163,7 +204,7 @@ def parse_account(raw: bytes, source: str) -> Account:
         secret=access,
         refresh_token=refresh,
         id_token=id_token,
-        problem=None if access else "the login has no access token (run `cx add` again)",
+        problem=problem,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from subrouter.accounts import activate as manage
 from subrouter.accounts.refresh import codex_auth_path
-from subrouter.accounts.store import AccountKind, provider_of
+from subrouter.accounts.store import AccountKind, header_value_problem, provider_of
 from subrouter.cli.console import Context, confirm, prompt, prompt_secret
 from subrouter.cli.dispatch import Command, CommandOptions
 from subrouter.cli.entry import CommandFailed
@@ -114,6 +114,10 @@ def add_key(ctx: Context, options: Any) -> int:
         raise CommandFailed(
             f"an {'Anthropic' if anthropic else 'OpenAI'} API key starts with {prefix}"
         )
+    unsendable = header_value_problem(key)
+    if unsendable is not None:
+        raise CommandFailed(f"the key holds {unsendable}, which cannot go into an HTTP "
+                            "header; check what was pasted")
     if exists and not options["force"] and not confirm(
         streams, f"Replace the stored key of {label}?"
     ):

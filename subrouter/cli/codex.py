@@ -7,7 +7,10 @@ its built-in provider, the user's login and its model picker, and Subrouter
 swaps the credentials upstream. When ``SUBROUTER_CODEX_USER_EMAIL`` or
 ``SUBROUTER_CODEX_ACCOUNT_ID`` is set, a custom ``subrouter`` provider is used
 instead, with WebSockets on and the ``X-Subrouter-*`` headers that carry the
-user and the forced account. Codex's config files and auth are never touched;
+user and the forced account. When ``SUBROUTER_TOKEN`` is set (a client token
+for a shared Subrouter), that provider also sends it in ``X-Subrouter-Token``,
+read by Codex from the environment, so the token never appears in a command
+line; Codex's own ``Authorization`` stays its own. Codex's config files and auth are never touched;
 the process is replaced by ``codex``, so its exit status and signals are the
 caller's.
 
@@ -22,19 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
 
+from subrouter.cli.health import EXIT_UNAVAILABLE, TOKEN_ENV, NotReady, check_daemon
 from subrouter.config import DEFAULT_CODEX_BASE_URL
 from subrouter.sessions.keys import normalise_email
 
 DUMMY_KEY_ENV = "SUBROUTER_CODEX_DUMMY_API_KEY"
 SKIP_CHECK_ENV = "SUBROUTER_CODEX_SKIP_CHECK"
-#: the whole check (both requests) takes at most this long
-CHECK_TIMEOUT = 0.3
-#: exit status when Subrouter cannot serve Codex (EX_UNAVAILABLE)
-EXIT_UNAVAILABLE = 69
 
 #: subcommands whose turns go through the model provider: config goes after them
 ROUTED = frozenset({"exec", "e", "review", "resume", "fork", "app-server"})
@@ -59,55 +57,8 @@ class WrapperError(Exception):
         self.code = code
 
 
-def _get_json(url: str, deadline: float) -> object:
-    import http.client
-
-    parts = urlsplit(url)
-    timeout = max(deadline - time.monotonic(), 0.01)
-    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                        else http.client.HTTPConnection)
-    connection = connection_class(parts.netloc, timeout=timeout)
-    try:
-        connection.request("GET", parts.path or "/")
-        response = connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise OSError(f"HTTP {response.status}")
-        return json.loads(body)
-    finally:
-        connection.close()
-
-
-def check_daemon(base_url: str, timeout: float = CHECK_TIMEOUT) -> str | None:
-    """
-    Whether Subrouter at ``base_url`` can serve Codex: None when it can,
-    else what to do.
-    """
-    parts = urlsplit(base_url)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    where = parts.netloc
-    deadline = time.monotonic() + timeout
-    try:
-        health = _get_json(origin + "/_subrouter/health", deadline)
-        if not isinstance(health, dict) or not health.get("ok"):
-            raise ValueError("not Subrouter")
-    except (OSError, ValueError):
-        return (f"Subrouter is not running on {where}: start it with `subrouter serve` "
-                "(in another terminal) or `subrouter install-daemon`")
-    try:
-        listing = _get_json(origin + "/_subrouter/accounts", deadline)
-    except (OSError, ValueError):
-        return None  # it answers; let Codex try
-    rows = listing.get("accounts") if isinstance(listing, dict) else None
-    if not isinstance(rows, list):
-        return None
-    if not rows:
-        return ("Subrouter has no accounts: add one with `cx add` (a ChatGPT login) or "
-                "`cx add-key` (an OpenAI API key)")
-    if not any(isinstance(r, dict) and r.get("usable") for r in rows):
-        return ("Subrouter has no usable account right now (see `cx status`): sign in again "
-                "with `cx add`, or add an API key with `cx add-key`")
-    return None
+def _serves_codex(row: dict[str, object]) -> bool:
+    return row.get("provider", "openai") == "openai"
 
 
 def _toml_string(value: str) -> str:
@@ -134,7 +85,8 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
                 f"SUBROUTER_CODEX_USER_EMAIL={raw_email!r} is not an email address; "
                 "to pick an account, set SUBROUTER_CODEX_ACCOUNT_ID instead"
             )
-    if email is None and not account:
+    token = environ.get(TOKEN_ENV, "").strip()
+    if email is None and not account and not token:
         return ["-c", f"openai_base_url={_toml_string(base)}"], {}
     headers = {"X-Subrouter-Agent": "codex"}
     if email:
@@ -151,6 +103,9 @@ def config_args(environ: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
         "-c", "model_providers.subrouter.supports_websockets=true",
         "-c", f"model_providers.subrouter.http_headers={{{table}}}",
     ]
+    if token:
+        args += ["-c", "model_providers.subrouter.env_http_headers="
+                 f'{{"X-Subrouter-Token"={_toml_string(TOKEN_ENV)}}}']
     return args, {DUMMY_KEY_ENV: "subrouter"}
 
 
@@ -178,12 +133,19 @@ def run(args: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
     config, extra = config_args(env)
     talks_to_model = not (args and args[0] in UNTOUCHED) and not any(
         a in ("-h", "--help", "-V", "--version") for a in args[:1])
-    if talks_to_model and env.get(SKIP_CHECK_ENV, "").strip() in ("", "0"):
+    if talks_to_model:
         base = env.get("SUBROUTER_CODEX_BASE_URL", "").strip() or DEFAULT_CODEX_BASE_URL
-        problem = check_daemon(base)
-        if problem is not None:
-            raise WrapperError(f"{problem} (or set {SKIP_CHECK_ENV}=1 to skip this check)",
-                               EXIT_UNAVAILABLE)
+        try:
+            check_daemon(
+                base, env, usable=_serves_codex, skip_env=SKIP_CHECK_ENV,
+                no_account=(
+                    "Subrouter has no usable ChatGPT login or OpenAI key right now (see `cx "
+                    "status`): add one with `cx add` (a ChatGPT login) or `cx add-key` (an "
+                    f"OpenAI API key) (or set {SKIP_CHECK_ENV}=1 to skip this check)"
+                ),
+            )
+        except NotReady as e:
+            raise WrapperError(str(e), EXIT_UNAVAILABLE) from None
     binary = env.get("SUBROUTER_CODEX_BIN", "").strip() or "codex"
     env.update(extra)
     argv = [binary, *codex_argv(args, config)]

@@ -26,9 +26,16 @@ from subrouter.cli.console import Context, Streams
 from subrouter.cli.dispatch import Command, Group, chosen, leaf
 from subrouter.cli.entry import CommandFailed, react
 from subrouter.cli.gemini import GeminiOptions
+from subrouter.cli.tokens import ClientTokenOptions
 from subrouter.config import DEFAULT_ACCOUNTS_DIR, DEFAULT_STATE_DIR, expand_path
 
 __all__ = ["CxOptions", "Streams", "cx_process", "execute", "run_cx"]
+
+
+def _client_token(ctx: Context, options: Any) -> int:
+    from subrouter.cli import tokens
+
+    return tokens.run(ctx.state_dir, options, ctx.streams)
 
 
 class CxOptions(Group):
@@ -54,6 +61,9 @@ class CxOptions(Group):
         *why.COMMANDS,
         Command("claude", ClaudeOptions, "Claude Code profiles (CLAUDE_CONFIG_DIR)."),
         Command("gemini", GeminiOptions, "Gemini profiles (a scaffold: list only)."),
+        Command("client-token", ClientTokenOptions,
+                "Client tokens for a shared (--expose) server: make, list, revoke.",
+                run=_client_token),
     )
 
 

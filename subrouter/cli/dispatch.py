@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_help -*-
+# -*- test-case-name: tests.test_cli -*-
 """
 The command-line grammar every console script shares: a command group is a
 dispatch table of :class:`Command` entries (each alias declared once, beside

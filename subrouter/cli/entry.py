@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_errors -*-
+# -*- test-case-name: tests.test_cli -*-
 """
 What every console script shares around its work: one ``task.react`` per
 process, and one top-level handler that turns what a user can cause into one

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cx_status -*-
+# -*- test-case-name: tests.test_cx -*-
 """
 What the account views show, from one source of truth: the running daemon's
 ``/_subrouter/accounts`` when it serves the same store, else the daemon's own

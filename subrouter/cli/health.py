@@ -7,11 +7,14 @@ that at once instead of watching the agent retry for a minute.
 
 Each wrapper names its own variable that skips the check (for a daemon that
 is started later, or one behind something that hides ``/_subrouter``):
-``SUBROUTER_CLAUDE_SKIP_CHECK=1`` for ``subrouter claude``.
+``SUBROUTER_CODEX_SKIP_CHECK=1`` for ``subrouter codex``,
+``SUBROUTER_CLAUDE_SKIP_CHECK=1`` for ``subrouter claude``. A shared daemon's
+client token (``SUBROUTER_TOKEN``) goes with the check's requests.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.error
 import urllib.parse
@@ -39,11 +42,18 @@ def daemon_root(base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _get_json(url: str, timeout: float) -> tuple[int, Any]:
+#: the client token of a shared Subrouter (``--client-tokens``)
+TOKEN_ENV = "SUBROUTER_TOKEN"
+
+
+def _get_json(url: str, timeout: float, token: str = "") -> tuple[int, Any]:
     # never through an HTTP proxy from the environment: the daemon is local
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("X-Subrouter-Token", token)
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
             raw = response.read(1 << 20)
     except urllib.error.HTTPError as e:
@@ -75,14 +85,17 @@ def check_daemon(
     """
     if environ.get(skip_env, "").strip() not in ("", "0"):
         return
+    token = environ.get(TOKEN_ENV, "").strip()
+    if get_json is _get_json and token:
+        get_json = functools.partial(_get_json, token=token)
     root = daemon_root(base_url)
     try:
         status, _ = get_json(root + "/_subrouter/health", timeout)
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
+    except (OSError, ValueError):
         raise NotReady(
-            f"Subrouter is not running at {root} ({reason}): start it with "
-            f"`subrouter serve` in another terminal (or set {skip_env}=1 to skip this check)"
+            f"Subrouter is not running on {urllib.parse.urlsplit(root).netloc} ({root}): "
+            "start it with `subrouter serve` (in another terminal) or `subrouter "
+            f"install-daemon` (or set {skip_env}=1 to skip this check)"
         ) from None
     if status != 200:
         raise NotReady(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_render -*-
+# -*- test-case-name: tests.test_cli_tty,tests.test_cx -*-
 """
 How the command line shows things, in one place: colour (only on a terminal,
 never with ``NO_COLOR``), usage bars, percentages, durations, masked keys and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cx_status -*-
+# -*- test-case-name: tests.test_cx -*-
 """
 The account views: ``cx list`` (no usage fetch), ``cx status`` and ``cx``
 alone (the ranked view with a prompt to switch).

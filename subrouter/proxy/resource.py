@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy_live -*-
+# -*- test-case-name: tests.test_proxy_live,tests.test_proxy -*-
 """
 The streaming reverse proxy resource.
 
@@ -30,6 +30,8 @@ from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import BodyTap, Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, error_body, write_error
@@ -48,6 +50,7 @@ from subrouter.routing.identity import identify
 from subrouter.routing.shared import SharedPlacement
 from subrouter.routing.usage import UsagePoller
 from subrouter.sessions import anthropic
+from subrouter.sessions.identity import Identity
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.usage import (
@@ -58,7 +61,7 @@ from subrouter.sessions.usage import (
     worth_waiting_out,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
-from subrouter.upstream.client import set_no_delay
+from subrouter.upstream.client import StaleConnection, send_now, set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
 from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
@@ -84,6 +87,7 @@ class ProxyResource(Resource):
     :param idle_timeout: seconds without a byte from upstream (before or
         during the answer) after which the exchange is given up.
     :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every successful answer's usage goes to.
     :param overload_wait: seconds one request may wait out an overloaded
         upstream on its own account before the error is passed on.
     """
@@ -102,11 +106,13 @@ class ProxyResource(Resource):
         idle_timeout: float,
         recorder: Recorder | None = None,
         shared: SharedPlacement | None = None,
+        ledger: Ledger | None = None,
         overload_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.recorder = recorder
         self.shared = shared
+        self.ledger = ledger
         self.overload_wait = overload_wait
         self.placement = placement
         self.poller = poller
@@ -154,10 +160,13 @@ class _ProxiedRequest:
         self.error: str | None = None
         self.tap: Tap | None = None
         self.exchange: Exchange[None, Prefix] | None = None
+        self.identity: Identity | None = None
+        self.usage: BodyTap | None = None
         # what is under way upstream, for the idle timer and a client that leaves
         self.pending: Deferred[Any] | None = None
         self.reading: Protocol | None = None
         self.timer: IDelayedCall | None = None
+        self.last_data = self.started
         self.gone = False
         self.timed_out = False
         self.headers_sent = False
@@ -179,6 +188,7 @@ class _ProxiedRequest:
             return
         self.conversation = _short_hash(identity.session.key)
         self.agent = identity.session.agent
+        self.identity = identity
         recorder = proxy.recorder
         if recorder is not None and recorder.wants(self.path.decode("ascii", "replace")):
             session = identity.session
@@ -287,9 +297,9 @@ class _ProxiedRequest:
                         f"(account {account.id})",
                     )
                     return None
-                if attempt == 1 and _stale_connection(e):
-                    # a pooled connection the upstream had already closed;
-                    # nothing was answered, so sending again is safe
+                if attempt == 1 and isinstance(e, StaleConnection):
+                    # a reused pooled connection the upstream had closed, no
+                    # byte answered: the resend rule (upstream/client.py)
                     continue
                 self._fail(
                     502,
@@ -349,6 +359,20 @@ class _ProxiedRequest:
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(b"")
+        ledger = self.proxy.ledger
+        identity = self.identity
+        account = self.account
+        if ledger is not None and identity is not None and account is not None and (
+            response.code < 400
+        ):
+            # every successful answer is looked at for token usage as it passes
+            session = identity.session
+            kind = response.headers.getRawHeaders(b"content-type")
+            self.usage = ledger.body(
+                Origin(session.agent, session.key, identity.email, account.id,
+                       account.provider, "http"),
+                kind[0] if kind else None,
+            )
 
     def _answer_streaming(self, response: IResponse) -> None:
         """
@@ -400,9 +424,9 @@ class _ProxiedRequest:
     def relay_chunk(self, data: bytes) -> None:
         if self.gone:
             return
-        timer = self.timer
-        if timer is not None:
-            timer.reset(self.proxy.idle_timeout)
+        # the idle timer checks this when it fires, instead of being reset
+        # for every chunk
+        self.last_data = self.clock.seconds()
         if self.watch_first:
             self.watch_first = False
             if self.account is not None and _usage_limit_event(data):
@@ -413,10 +437,21 @@ class _ProxiedRequest:
         self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
+        if not data:
+            return  # an empty chunk would end a chunked answer
         if b"rate_limits" in data and self.account is not None:
             self._observe_events(self.account, data)
         self.bytes_out += len(data)
-        self.request.write(data)
+        request = self.request
+        if request.chunked and not request._disconnected and not request.finished:
+            # what Request.write does for a chunked answer under way, without
+            # its layers: one framed chunk, sent at once
+            request.sentLength += len(data)
+            send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            request.write(data)
+        if self.usage is not None:
+            self.usage.feed(data)
         if self.tap is not None:
             self.tap.response(data, self.status)
 
@@ -434,6 +469,7 @@ class _ProxiedRequest:
         self.reading = None
         if self.gone:
             self._disarm_timer()
+            self._count_usage()
             if self.tap is not None:
                 self.tap.response_end(self.status)
             return
@@ -446,6 +482,8 @@ class _ProxiedRequest:
         the upstream broke off (a cut stream must never look whole).
         """
         self._disarm_timer()
+        # a response completed before the stream broke off was still spent
+        self._count_usage()
         if self.tap is not None:
             self.tap.response_end(self.status)
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -461,12 +499,16 @@ class _ProxiedRequest:
         )
         _abort_client(self.request)
 
+    def _count_usage(self) -> None:
+        usage, self.usage = self.usage, None
+        if usage is not None:
+            usage.finish()
+
     # -- timers, failures, the end ------------------------------------------------
 
     def _arm_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(self.proxy.idle_timeout)
-        else:
+        self.last_data = self.clock.seconds()
+        if self.timer is None or not self.timer.active():
             self.timer = self.clock.callLater(self.proxy.idle_timeout, self._idle)
 
     def _disarm_timer(self) -> None:
@@ -476,6 +518,11 @@ class _ProxiedRequest:
 
     def _idle(self) -> None:
         self.timer = None
+        quiet = self.clock.seconds() - self.last_data
+        if quiet < self.proxy.idle_timeout:
+            # something arrived since the timer was set: wait out the rest
+            self.timer = self.clock.callLater(self.proxy.idle_timeout - quiet, self._idle)
+            return
         self.timed_out = True
         self._stop_upstream()
 
@@ -597,16 +644,3 @@ def _abort_client(request: Request) -> None:
     transport = channel.transport if channel is not None else None
     if transport is not None:
         cast(ITCPTransport, transport).abortConnection()
-
-
-def _stale_connection(error: Exception) -> bool:
-    """
-    Whether a request failed because a pooled connection was already closed
-    before any answer came: safe to send again on a new connection.
-    """
-    from twisted.internet.error import ConnectionDone, ConnectionLost
-    from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
-
-    if not isinstance(error, ResponseNeverReceived | RequestTransmissionFailed):
-        return False
-    return all(r.check(ConnectionDone, ConnectionLost) for r in error.reasons)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inflight -*-
+# -*- test-case-name: tests.test_lifecycle -*-
 """
 What the daemon has in flight, for ``/_subrouter/health`` and for a graceful
 stop: the proxied HTTP requests and the open WebSockets report here when they

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_poller -*-
+# -*- test-case-name: tests.test_sessions_live -*-
 """
 Polling the usage endpoints: ``wham/usage`` for every ChatGPT login, the
 Anthropic OAuth usage endpoint for every Claude profile.

@@ -237,13 +237,18 @@ def normalise_email(value: str) -> str | None:
 
 def user_email(headers: Headers) -> str | None:
     """
-    The first valid address among the user-email headers.
+    The first valid address among the user-email headers; else the name of
+    the client token the request came with (``X-Subrouter-Client``, set only
+    by the guard, which removes any a client sends).
     """
     for name in EMAIL_HEADERS:
         for raw in headers.getRawHeaders(name) or ():
             email = normalise_email(raw.decode("utf-8", "replace"))
             if email is not None:
                 return email
+    client = headers.getRawHeaders(b"x-subrouter-client")
+    if client:
+        return client[0].decode("utf-8", "replace")
     return None
 
 

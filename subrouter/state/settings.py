@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_state_settings -*-
+# -*- test-case-name: tests.test_state_redis -*-
 """
 Parsing ``--state redis://[:password@]host:port/db`` and reading the
 ``--state-key-file`` that encrypts token sets kept in Redis.

@@ -1,7 +1,6 @@
-# -*- test-case-name: tests.test_transcript_events -*-
+# -*- test-case-name: tests.test_transcripts -*-
 """
-The shapes of transcript events, and token usage read from response bodies.
-Pure functions: no I/O.
+The shapes of transcript events. Pure functions: no I/O.
 
 Every event is one JSON line ``{"timestamp", "type", "payload"}``; every
 payload carries ``agent_type``, ``session_id``, ``agent_session_id``,
@@ -83,68 +82,3 @@ def chunk_payload(direction: str, stream_id: str, index: int, offset: int,
         "chunk_sha256": hashlib.sha256(piece).hexdigest(),
         "body_base64": base64.b64encode(piece).decode("ascii"),
     }
-
-
-# -- token usage ---------------------------------------------------------------
-
-USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-                "total_tokens")
-
-
-def usage_of(document: Any) -> dict[str, Any] | None:
-    """
-    Token usage and model of a ``response.completed`` event, a Responses
-    answer or a Chat Completions answer; None when it carries none.
-    """
-    if not isinstance(document, dict):
-        return None
-    inner = document.get("response")
-    source: dict[str, Any] = inner if isinstance(inner, dict) else document
-    usage = source.get("usage")
-    if not isinstance(usage, dict):
-        return None
-
-    def number(value: Any) -> int:
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
-
-    details_in = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
-    details_out = (
-        usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
-    )
-    record: dict[str, Any] = {
-        "input_tokens": number(usage.get("input_tokens", usage.get("prompt_tokens"))),
-        "cached_input_tokens": number(
-            details_in.get("cached_tokens") if isinstance(details_in, dict) else 0
-        ),
-        "output_tokens": number(usage.get("output_tokens", usage.get("completion_tokens"))),
-        "reasoning_tokens": number(
-            details_out.get("reasoning_tokens") if isinstance(details_out, dict) else 0
-        ),
-        "total_tokens": number(usage.get("total_tokens")),
-    }
-    if not record["total_tokens"]:
-        record["total_tokens"] = record["input_tokens"] + record["output_tokens"]
-    if not any(record.values()):
-        return None
-    model = source.get("model")
-    record["model"] = model if isinstance(model, str) else None
-    return record
-
-
-def usage_in_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
-    """
-    Usage records in SSE or NDJSON lines (``data:`` stripped, ``[DONE]`` and
-    blank lines skipped). Only lines that can hold usage are parsed.
-    """
-    for line in lines:
-        line = line.strip()
-        if line.startswith(b"data:"):
-            line = line[5:].strip()
-        if not line or line == b"[DONE]" or b'"usage"' not in line:
-            continue
-        try:
-            found = usage_of(json.loads(line))
-        except ValueError:
-            continue
-        if found is not None:
-            yield found

@@ -5,9 +5,16 @@ Recording transcripts without slowing or breaking the proxy.
 The request path only appends small tuples (bytes it already has, never
 encoded) to a bounded queue; a writer thread does everything else: base64 and
 SHA-256, JSON lines, appending to ``<dir>/by-agent/<agent>/by-session/<id>.jsonl``
-(directories 0700, files 0600), token usage into ``<dir>/usage.jsonl``, and the
-per-session summaries the browsing endpoint lists. When the queue is full or
-the disk fails, events are dropped, counted and logged; the proxy carries on.
+(directories 0700, files 0600), and the per-session summaries the browsing
+endpoint lists. Token usage is not read here: the token ledger
+(:mod:`subrouter.accounting`) counts every answer, recorded or not. When the
+queue is full or the disk fails, events are dropped, counted and logged; the
+proxy carries on.
+
+Every line is whole or absent: the events of one batch go to each file in one
+write, and a write that fails part-way (a full disk) is cut back to where the
+file ended before it. A file found ending in a partial line (a crash mid-write)
+is cut back to its last complete line when it is next opened.
 """
 
 from __future__ import annotations
@@ -25,14 +32,13 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from subrouter.files import atomic_write
 from subrouter.transcripts.events import (
     CHUNK,
     body_pieces,
     chunk_payload,
     envelope,
     safe_name,
-    usage_in_lines,
-    usage_of,
 )
 
 _log = Logger()
@@ -43,8 +49,8 @@ MAX_OPEN_FILES = 64
 #: how long the writer lets events gather before writing them
 BATCH_WAIT = 0.05
 SUMMARY_SUFFIX = ".summary.json"
-#: bodies up to this size are also kept whole, to read usage from JSON answers
-_JSON_KEEP = 1024 * 1024
+#: how often a failing disk is logged, in seconds
+_FAILURE_LOG_INTERVAL = 10.0
 
 
 @attrs.define
@@ -98,6 +104,17 @@ class Summary:
 
 
 @attrs.define
+class _Out:
+    """
+    One open transcript file, and the whole lines waiting for the next write.
+    """
+
+    fd: int
+    #: (conversation, text, time, body bytes, events) appended in this batch
+    lines: list[tuple[Conversation, str, float, int, int]] = attrs.Factory(list)
+
+
+@attrs.define
 class _Stream:
     direction: str
     status: int | None
@@ -105,8 +122,6 @@ class _Stream:
     size: int = 0
     chunks: int = 0
     truncated: bool = False
-    tail: bytes = b""
-    kept: list[bytes] | None = attrs.Factory(list)
     #: recorded bytes not yet written as chunk events (reads are coalesced)
     pending: bytearray = attrs.Factory(bytearray)
     written: int = 0
@@ -141,14 +156,18 @@ class Recorder:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._files: OrderedDict[str, Any] = OrderedDict()
+        self._files: OrderedDict[str, _Out] = OrderedDict()
+        #: files with lines waiting, in the order they were first appended to
+        self._pending: dict[str, _Out] = {}
         self._streams: dict[str, _Stream] = {}
         self._summaries: dict[str, Summary] = {}
         self._dirty: set[str] = set()
         self._summary_lock = threading.Lock()
         self._counter = 0
         self._last_drop_log = 0.0
-        self._usage_file: Any = None
+        self._last_failure_log = 0.0
+        #: the writer: ``os.write``, replaced in tests to fail like a full disk
+        self.write = os.write
 
     # -- life cycle ----------------------------------------------------------
 
@@ -170,8 +189,8 @@ class Recorder:
 
     def flush(self, timeout: float = 5.0) -> None:
         """
-        Wait until everything queued so far is written (for readers and tests).
-        Blocking.
+        Wait until everything queued so far is written (for readers and tests),
+        or was dropped because it could not be. Blocking.
         """
         done = threading.Event()
         self._put(("flush", done), 0)
@@ -253,26 +272,30 @@ class Recorder:
                     self._handle(item)
                 except OSError as e:
                     self.dropped += 1
-                    _log.warn("writing a transcript failed ({error}); event dropped",
-                              error=e.strerror or str(e))
+                    self._disk_failed("recording an event", e)
                 except Exception:
                     self.dropped += 1
                     _log.failure("recording a transcript event failed")
-            for handle in self._files.values():
-                try:
-                    handle.flush()
-                except OSError:
-                    pass
-        self._write_summaries()
-        for handle in self._files.values():
-            try:
-                handle.close()
-            except OSError:
-                pass
+                finally:
+                    if item[0] == "flush":
+                        # a failed flush still answers its waiter
+                        item[1].set()
+            self._write_out()
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        """
+        The writer's last acts: write what is pending, then close. Never
+        raises: a full disk at shutdown is logged.
+        """
+        try:
+            self._write_out()
+            self._write_summaries()
+        except Exception:
+            _log.failure("finishing the transcripts at shutdown failed")
+        for out in self._files.values():
+            _close(out.fd)
         self._files.clear()
-        if self._usage_file is not None:
-            self._usage_file.close()
-            self._usage_file = None
 
     def expire(self, older_than: float) -> None:
         """
@@ -282,13 +305,14 @@ class Recorder:
         self._put(("expire", self.clock() - older_than), 0)
 
     def _expire(self, cutoff: float) -> None:
+        self._write_out()
         with self._summary_lock:
             old = [r for r, s in self._summaries.items()
                    if s.last_event_at is not None and s.last_event_at < cutoff]
         for relative in old:
-            handle = self._files.pop(relative, None)
-            if handle is not None:
-                handle.close()
+            out = self._files.pop(relative, None)
+            if out is not None:
+                _close(out.fd)
             base = os.path.join(self.directory, relative)
             for path in (base, base[: -len(".jsonl")] + SUMMARY_SUFFIX):
                 try:
@@ -306,12 +330,9 @@ class Recorder:
         if op == "expire":
             self._expire(item[1])
         elif op == "flush":
-            for handle in self._files.values():
-                handle.flush()
-            if self._usage_file is not None:
-                self._usage_file.flush()
+            # the waiter is answered by the caller, whatever happens here
+            self._write_out()
             self._write_summaries()
-            item[1].set()
         elif op == "event":
             _, conversation, request_id, kind, payload, at, _size = item
             self._note_meta(conversation, kind, payload)
@@ -337,9 +358,6 @@ class Recorder:
             self._append(conversation, envelope("websocket_message", at,
                                                 conversation.identity(request_id), payload),
                          at, len(data))
-            if not binary and direction == "upstream_to_client" and b'"usage"' in data:
-                for usage in usage_in_lines([data]):
-                    self._usage(conversation, usage, at)
 
     def _data(self, conversation: Conversation, request_id: str, stream_id: str,
               direction: str, data: bytes, status: int | None, at: float) -> None:
@@ -349,16 +367,6 @@ class Recorder:
         stream.hash.update(data)
         offset = stream.size
         stream.size += len(data)
-        if direction == "upstream_to_client":
-            # usage may sit in any complete line of an SSE/NDJSON stream
-            parts = (stream.tail + data).split(b"\n")
-            stream.tail = parts.pop()[-_JSON_KEEP:]
-            for usage in usage_in_lines(parts):
-                self._usage(conversation, usage, at)
-        if stream.kept is not None:
-            stream.kept.append(data)
-            if stream.size > _JSON_KEEP:
-                stream.kept = None
         room = self.max_body - offset
         if room <= 0:
             stream.truncated = True
@@ -406,16 +414,6 @@ class Recorder:
             payload["truncated"] = True
         self._append(conversation, envelope("http_body", at, conversation.identity(request_id),
                                             payload), at, stream.size)
-        if stream.direction == "upstream_to_client":
-            found = list(usage_in_lines([stream.tail]))
-            if not found and stream.kept is not None and stream.tail:
-                try:
-                    one = usage_of(json.loads(b"".join(stream.kept)))
-                except ValueError:
-                    one = None
-                found = [one] if one else []
-            for usage in found:
-                self._usage(conversation, usage, at)
 
     def _note_meta(self, conversation: Conversation, kind: str, payload: dict[str, Any]) -> None:
         if kind != "subrouter_meta":
@@ -429,29 +427,102 @@ class Recorder:
 
     def _append(self, conversation: Conversation, text: str, at: float, size: int,
                 events: int = 1) -> None:
+        """
+        Queue whole lines for ``conversation``'s file; :meth:`_write_out`
+        writes each file's lines in one write at the end of the batch.
+        """
         relative = conversation.relative_path()
-        handle = self._files.get(relative)
-        if handle is None:
-            path = os.path.join(self.directory, relative)
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            handle = os.fdopen(fd, "a", encoding="utf-8")
-            self._files[relative] = handle
-            while len(self._files) > MAX_OPEN_FILES:
-                _, old = self._files.popitem(last=False)
-                old.close()
-        else:
-            self._files.move_to_end(relative)
-        handle.write(text)
-        self.written += events
-        summary = self._summary(conversation)
-        with self._summary_lock:
-            if summary.first_event_at is None:
-                summary.first_event_at = at
-            summary.last_event_at = at
-            summary.event_count += events
-            summary.total_bytes += size
-        self._dirty.add(relative)
+        out = self._pending.get(relative)
+        if out is None:
+            out = self._files.get(relative)
+            if out is None:
+                out = _Out(self._open(os.path.join(self.directory, relative)))
+                self._files[relative] = out
+                while len(self._files) > MAX_OPEN_FILES:
+                    old_relative, old = next(iter(self._files.items()))
+                    if old_relative in self._pending:
+                        break  # never close a file with lines waiting
+                    del self._files[old_relative]
+                    _close(old.fd)
+            else:
+                self._files.move_to_end(relative)
+            self._pending[relative] = out
+        out.lines.append((conversation, text, at, size, events))
+
+    def _write_out(self) -> None:
+        """
+        Write every file's waiting lines, each file in one whole write; a file
+        that refuses them gets none of them (counted as dropped).
+        """
+        pending, self._pending = self._pending, {}
+        for relative, out in pending.items():
+            lines, out.lines = out.lines, []
+            data = "".join(line[1] for line in lines).encode("utf-8")
+            try:
+                self._write_whole(out.fd, data)
+            except OSError as e:
+                self.dropped += sum(line[4] for line in lines)
+                self._disk_failed(f"writing {relative}", e)
+                continue
+            for conversation, _, at, size, events in lines:
+                self.written += events
+                summary = self._summary(conversation)
+                with self._summary_lock:
+                    if summary.first_event_at is None:
+                        summary.first_event_at = at
+                    summary.last_event_at = at
+                    summary.event_count += events
+                    summary.total_bytes += size
+            self._dirty.add(relative)
+
+    def _write_whole(self, fd: int, data: bytes) -> None:
+        """
+        Append ``data`` to ``fd`` completely, or not at all: after a write
+        that fails part-way, the file is cut back to where it ended before.
+
+        :raises OSError: the first error, once the file is cut back.
+        """
+        start = os.fstat(fd).st_size
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += self.write(fd, view[done:])
+        except OSError:
+            if done:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError as e:
+                    _log.error("could not cut a half-written transcript line back: {error}",
+                               error=e.strerror or str(e))
+            raise
+
+    def _open(self, path: str) -> int:
+        """
+        Open a transcript file for appending, first cutting back a partial last
+        line an earlier crash may have left, so the next line starts whole.
+        """
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                keep = _last_line_end(fd, size)
+                os.ftruncate(fd, keep)
+                _log.warn("cut {count} bytes of a partial last line from {path} (an earlier "
+                          "write did not finish)", count=size - keep, path=path)
+        except OSError:
+            _close(fd)
+            raise
+        return fd
+
+    def _disk_failed(self, what: str, error: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL:
+            self._last_failure_log = now
+            _log.warn("{what} failed ({error}); events dropped so far: {dropped} (the proxy is "
+                      "unaffected, no line is left half-written)", what=what,
+                      error=error.strerror or str(error), dropped=self.dropped)
 
     def _summary(self, conversation: Conversation) -> Summary:
         relative = conversation.relative_path()
@@ -462,27 +533,6 @@ class Recorder:
                 self._summaries[relative] = summary
         return summary
 
-    def _usage(self, conversation: Conversation, usage: dict[str, Any], at: float) -> None:
-        record = {
-            "time": at,
-            "agent": conversation.agent,
-            "session": conversation.session_id,
-            "account": conversation.account,
-            "user": conversation.user,
-        }
-        record.update(usage)
-        if self._usage_file is None:
-            path = os.path.join(self.directory, "usage.jsonl")
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._usage_file = os.fdopen(fd, "a", encoding="utf-8")
-        self._usage_file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        summary = self._summary(conversation)
-        with self._summary_lock:
-            for key in ("input_tokens", "cached_input_tokens", "output_tokens",
-                        "reasoning_tokens", "total_tokens"):
-                summary.usage[key] = summary.usage.get(key, 0) + int(usage.get(key, 0))
-            summary.usage["requests"] = summary.usage.get("requests", 0) + 1
-
     def _write_summaries(self) -> None:
         dirty, self._dirty = self._dirty, set()
         for relative in dirty:
@@ -491,13 +541,11 @@ class Recorder:
                 continue
             path = os.path.join(self.directory, relative[: -len(".jsonl")] + SUMMARY_SUFFIX)
             try:
-                from subrouter.files import atomic_write
-
                 with self._summary_lock:
                     data = json.dumps(summary.as_json()).encode()
                 atomic_write(path, data)
             except OSError:
-                pass
+                self._dirty.add(relative)  # tried again on the next round
 
     def _load_summaries(self) -> None:
         root = os.path.join(self.directory, "by-agent")
@@ -530,3 +578,26 @@ class Recorder:
         path = os.path.join(self.directory, relative)
         return path if os.path.isfile(path) else None
 
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # nothing is buffered: every write went straight to the file
+
+
+def _last_line_end(fd: int, size: int) -> int:
+    """
+    The offset just after the last newline in the first ``size`` bytes of
+    ``fd``, or 0 when there is none.
+    """
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        block = os.pread(fd, end - start, start)
+        found = block.rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0

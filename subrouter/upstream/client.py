@@ -1,7 +1,18 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
 The outbound HTTP client: a connection pool, certificate checking (with
 optional extra trust roots), and a treq client that never keeps cookies.
+
+The resend rule
+---------------
+A request is sent a second time only when the first went out on a pooled
+keep-alive connection that was reused for it, and the connection ended before
+a single byte of the answer came back: the upstream had (almost certainly)
+closed the idle connection just as it was reused, so it never processed the
+request. Such a failure is raised as :class:`StaleConnection`, and the proxy
+resends once on a new connection. A request on a connection opened for it is
+never resent, whatever happened: an upstream that took the whole request and
+then closed or reset may well have acted on it.
 """
 
 from __future__ import annotations
@@ -17,11 +28,18 @@ from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
     IProtocol,
     IProtocolFactory,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import platformTrust
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.client import (
     URI,
     Agent,
@@ -39,6 +57,8 @@ MAX_PERSISTENT_PER_HOST = 64
 #: seconds an idle pooled connection is kept
 CACHED_CONNECTION_TIMEOUT = 90
 CONNECT_TIMEOUT = 30
+#: seconds an upstream host name's addresses are reused for new connections
+DNS_CACHE_SECONDS = 30.0
 
 
 @implementer(IOpenSSLTrustRoot)
@@ -66,8 +86,70 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+class StaleConnection(Exception):
+    """
+    A request failed on a reused pooled connection before any byte of the
+    answer arrived: the one failure that may be resent (see the module's
+    resend rule).
+
+    :ivar reasons: the failures under it, as Twisted's wrapper exceptions have.
+    """
+
+    def __init__(self, reasons: list[Failure]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
+
+
+def _is_stale(error: ResponseNeverReceived | RequestTransmissionFailed) -> bool:
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    # ResponseNeverReceived: the connection ended before the first byte of
+    # the answer (a partial answer is ResponseFailed); RequestTransmissionFailed:
+    # it ended while the request was still being written. A cancellation (the
+    # client left, the idle timer) is neither.
+    return all(r.check(ConnectionDone, ConnectionLost) for r in error.reasons)
+
+
+class _Reused:
+    """
+    A pooled connection handed out again: its failures before the first byte
+    of the answer become :class:`StaleConnection`.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def request(self, request: Any) -> Deferred[Any]:
+        def failed(reason: Failure) -> Failure:
+            error = reason.value
+            if isinstance(error, ResponseNeverReceived | RequestTransmissionFailed) and (
+                _is_stale(error)
+            ):
+                return Failure(StaleConnection(list(error.reasons)))
+            return reason
+
+        d: Deferred[Any] = self._connection.request(request)
+        return d.addErrback(failed)
+
+
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
+
+    _opened = 0
+
+    def getConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        # a connection the pool did not open for this request was reused:
+        # mark it, so a failure on it can be told from one on a new one
+        opened = self._opened
+        d: Deferred[Any] = super().getConnection(key, endpoint)
+        if self._opened == opened:
+            d.addCallback(_Reused)
+        return d
+
+    def _newConnection(self, key: Any, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+        self._opened += 1
+        d: Deferred[Any] = super()._newConnection(key, endpoint)
+        return d
 
 
 def make_pool(reactor: Any) -> HTTPConnectionPool:
@@ -111,6 +193,140 @@ def set_no_delay(transport: object) -> None:
             pass  # not a TCP socket after all (e.g. a UNIX socket)
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass  # HostnameEndpoint never cancels a resolution
+
+
+@implementer(IHostnameResolver)
+class CachingResolver:
+    """
+    Remembers each host name's addresses for ``ttl`` seconds, and answers
+    concurrent look-ups of one name with one resolution.
+
+    Twisted resolves the upstream's name (even an IP address) in a thread for
+    every new connection; when many conversations start at once, each waits
+    for its own round trip through the thread pool. With this, the first
+    look-up of a name resolves it and the rest, then and for ``ttl`` seconds,
+    take its answer.
+
+    :param inner: the resolver that really resolves (the reactor's).
+    :param clock: the source of time.
+    :param ttl: how long an answer is kept.
+    """
+
+    def __init__(self, inner: IHostnameResolver, clock: Any, ttl: float = DNS_CACHE_SECONDS
+                 ) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._ttl = ttl
+        self._answers: dict[tuple[Any, ...], tuple[float, list[IAddress]]] = {}
+        self._waiting: dict[tuple[Any, ...], list[IResolutionReceiver]] = {}
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        key = (hostName, portNumber, tuple(addressTypes or ()), transportSemantics)
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        answer = self._answers.get(key)
+        if answer is not None and answer[0] > self._clock.seconds():
+            _replay(resolutionReceiver, answer[1])
+            return resolution
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            waiting.append(resolutionReceiver)
+            return resolution
+        self._waiting[key] = [resolutionReceiver]
+        found: list[IAddress] = []
+        resolver = self
+
+        @implementer(IResolutionReceiver)
+        class Collect:
+            @staticmethod
+            def resolutionBegan(resolutionInProgress: IHostResolution) -> None:
+                pass
+
+            @staticmethod
+            def addressResolved(address: IAddress) -> None:
+                found.append(address)
+
+            @staticmethod
+            def resolutionComplete() -> None:
+                receivers = resolver._waiting.pop(key, [])
+                if found:  # a failed look-up is not remembered
+                    resolver._answers[key] = (resolver._clock.seconds() + resolver._ttl, found)
+                for receiver in receivers:
+                    _replay(receiver, found)
+
+        self._inner.resolveHostName(Collect(), hostName, portNumber, addressTypes,
+                                    transportSemantics)
+        return resolution
+
+
+def _replay(receiver: IResolutionReceiver, addresses: list[IAddress]) -> None:
+    for address in addresses:
+        receiver.addressResolved(address)
+    receiver.resolutionComplete()
+
+
+@implementer(IReactorPluggableNameResolver)
+class _ReactorWithResolver:
+    """
+    The reactor, as ``HostnameEndpoint`` sees it, with another name resolver.
+    """
+
+    def __init__(self, reactor: Any, resolver: IHostnameResolver) -> None:
+        self._reactor = reactor
+        self.nameResolver = resolver
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        old, self.nameResolver = self.nameResolver, resolver
+        return old
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` to a TCP transport, sending it at once when nothing is
+    queued ahead of it.
+
+    ``transport.write`` only queues, registers the socket for writing and
+    sends on the reactor's next turn, which costs two ``epoll_ctl`` calls and
+    a dispatch for every relayed event. When the transport holds nothing
+    unsent, sending straight away keeps the order and skips all of that; what
+    the socket does not take is queued the usual way (so backpressure still
+    pauses the producer). Any other transport is simply written to.
+    """
+    send = getattr(transport, "writeSomeData", None)
+    if (
+        send is None
+        or transport.dataBuffer
+        or transport._tempDataLen
+        or transport.disconnecting
+        or not transport.connected
+        or getattr(transport, "TLS", False)
+    ):
+        transport.write(data)
+        return
+    sent = send(data)
+    if isinstance(sent, BaseException) or sent < 0:
+        return  # the connection is gone; the reactor sees it on the next read
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
 @implementer(IAgentEndpointFactory)
 class CachedEndpoints:
     """
@@ -122,7 +338,11 @@ class CachedEndpoints:
     """
 
     def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float) -> None:
-        self._reactor = reactor
+        resolver = IReactorPluggableNameResolver(reactor, None)
+        self._reactor = (
+            _ReactorWithResolver(reactor, CachingResolver(resolver.nameResolver, reactor))
+            if resolver is not None else reactor
+        )
         self._tls = tls
         self._timeout = connect_timeout
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.test_sessions_live -*-
 """
 Subrouter's own endpoints under ``/_subrouter/``: health, readiness,
 accounts and sessions.

@@ -1,7 +1,9 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_proxy_live -*-
 """
-The root of the Site: ``/_subrouter/...`` goes to Subrouter's own endpoints,
-every other path to the proxy.
+The root of the Site: every request passes the guard first (no web page and,
+with client tokens, no stranger may drive Subrouter); then ``/_subrouter/...``
+goes to Subrouter's own endpoints, every other path to the proxy or, for a
+WebSocket upgrade, the relay.
 
 Proxied HTTP requests are counted in flight here, where they are dispatched,
 so a stop can wait for them; while the daemon drains, new ones are refused
@@ -16,8 +18,10 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from subrouter.errors import write_error
+from subrouter.errors import error_body, write_error
 from subrouter.routing.inflight import InFlight
+from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
+from subrouter.web.guard import Guard, Refusal
 
 _ADMIN = b"_subrouter"
 
@@ -28,19 +32,26 @@ class RootResource(Resource):
 
     :param proxy: the leaf that proxies requests upstream.
     :param admin: the ``/_subrouter/`` tree.
-    :param websocket: the relay's resource, for upgrades.
+    :param websocket: the WebSocket relay's resource.
     :param inflight: where proxied requests are counted while they run.
+    :param guard: the checks every request passes first.
     """
 
     def __init__(self, proxy: Resource, admin: Resource, websocket: Any = None,
-                 inflight: InFlight | None = None) -> None:
+                 inflight: InFlight | None = None, guard: Guard | None = None) -> None:
         super().__init__()
         self._proxy = proxy
         self._admin = admin
         self._websocket = websocket
         self._inflight = inflight
+        self._guard = guard or Guard()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        following = request.postpath[0] if request.postpath else None
+        local = getattr(request.getHost(), "host", None)
+        refused = self._guard.check(request.requestHeaders, path, following, local)
+        if refused is not None:
+            return _Refused(refused)
         if path == _ADMIN:
             return self._admin
         inflight = self._inflight
@@ -105,6 +116,28 @@ def _is_upgrade(request: Request) -> bool:
     return bool(upgrade) and any(b"websocket" in v.lower() for v in upgrade or ())
 
 
+class _Refused(Resource):
+    """
+    The answer to a request the guard refused: a JSON reason, no CORS header.
+    """
+
+    isLeaf = True
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self._refusal = refusal
+
+    def render(self, request: Request) -> bytes:
+        refusal = self._refusal
+        request.setResponseCode(refusal.status)
+        headers = request.responseHeaders
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        if refusal.status == 401:
+            headers.setRawHeaders(b"www-authenticate", [b'Bearer realm="subrouter"'])
+        return error_body(refusal.kind, refusal.message)
+
+
 class _BaseURLProbe(Resource):
     """
     ``HEAD /``: the base-URL probe some clients send, answered without
@@ -124,21 +157,42 @@ _PROBE = _BaseURLProbe()
 class ProxyRequest(Request):
     """
     A request whose body is never parsed as a form: the proxy forwards bodies
-    as they are, and parsing a Content-Type alone costs more than routing.
+    as they are, and parsing a Content-Type alone (Twisted does it with the
+    ``email`` package) costs more than routing.
     """
 
-    _parsePOSTFormSubmission = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Twisted sets this per request from the Site's constructor argument,
+        # so a class attribute alone is overwritten
+        self._parsePOSTFormSubmission = False
 
 
 class QuietSite(Site):
     """
     A Site without Twisted's access log: the proxy logs one structured line
-    per request itself, without the query string or any header.
+    per request itself, without the query string or any header. Its
+    connections are :class:`SubrouterChannel`: limits on the request head
+    answered with a JSON reason, and a deadline for a whole head.
+
+    :ivar header_timeout: seconds a client has to send a complete request head.
     """
 
     displayTracebacks = False
     noisy = False
     requestFactory = ProxyRequest
+    header_timeout = DEFAULT_HEADER_TIMEOUT
+
+    def __init__(self, resource: Resource, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
+
+    def protocol(self) -> SubrouterChannel:  # type: ignore[override]
+        # a plain HTTP/1.1 channel: the listener is loopback TCP, never TLS
+        # with ALPN, so Twisted's HTTP/2-switching wrapper is not needed
+        channel = SubrouterChannel()
+        channel.header_timeout = self.header_timeout
+        return channel
 
     def log(self, request: http.Request) -> None:
         pass

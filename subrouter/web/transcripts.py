@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from subrouter.accounting.ledger import Ledger
 from subrouter.errors import error_body
 from subrouter.transcripts.recorder import Recorder
 
@@ -39,20 +40,24 @@ class TranscriptsResource(Resource):
     """
     :param recorder: the recorder (None when recording is off).
     :param run_blocking: runs file work off the reactor thread.
+    :param ledger: the token ledger, whose per-conversation sums fill each
+        summary's ``usage``.
     """
 
     def __init__(self, recorder: Recorder | None,
-                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]]) -> None:
+                 run_blocking: Callable[[Callable[[], Any]], Deferred[Any]],
+                 ledger: Ledger | None = None) -> None:
         super().__init__()
         self._recorder = recorder
         self._run_blocking = run_blocking
+        self._ledger = ledger
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         segments = [path, *(request.postpath or [])]
         request.postpath = []
         return _Session(self._recorder, self._run_blocking, segments)
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         recorder = self._recorder
@@ -74,13 +79,31 @@ class TranscriptsResource(Resource):
             and (account is None or s.account == account)
         ]
         rows.sort(key=lambda r: r["last_event_at"] or 0, reverse=True)
-        return json.dumps({
+        answer = {
             "sessions": rows[offset: offset + limit],
             "total": len(rows),
             "offset": offset,
             "limit": limit,
             "dropped_events": recorder.dropped,
-        }).encode()
+        }
+        ledger = self._ledger
+        if ledger is None or not answer["sessions"]:
+            return json.dumps(answer).encode()
+        Deferred.fromCoroutine(self._with_usage(request, ledger, answer))
+        return NOT_DONE_YET
+
+    async def _with_usage(self, request: Request, ledger: Ledger,
+                          answer: dict[str, Any]) -> None:
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        shown = answer["sessions"]
+        wanted = {(r["agent"], r["session_id"]) for r in shown}
+        sums = await self._run_blocking(lambda: ledger.usage_of_conversations(wanted))
+        for row in shown:
+            row["usage"] = sums.get((row["agent"], row["session_id"]), {})
+        if not gone:
+            request.write(json.dumps(answer).encode())
+            request.finish()
 
 
 class _Session(Resource):

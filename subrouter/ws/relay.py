@@ -44,12 +44,18 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 
+from subrouter.accounting.extract import Origin
+from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
+from subrouter.errors import describe_failure_reason
 from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
 from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
 from subrouter.routing.shared import SharedPlacement
@@ -185,13 +191,30 @@ class UpstreamRefused(Exception):
 
 def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
     """
-    The client's answer when the upstream refused the upgrade: the same status.
+    The client's answer when the upstream refused the upgrade: the same
+    status; when it could not be reached (502), why, in words.
     """
     _log.warn(
         "the upstream refused the WebSocket via account {account}: {status} {reason}",
         account=name, status=refused.status, reason=refused.reason,
     )
+    if refused.status == 502 and not _UPGRADE_FAILED.search(refused.reason):
+        return ConnectionDeny(
+            502, f"could not open the upstream WebSocket via account {name}: {refused.reason}"
+        )
     return ConnectionDeny(refused.status, f"the upstream refused the WebSocket via account {name}")
+
+
+def _stop_close_timer(protocol: WebSocketClientProtocol | WebSocketServerProtocol) -> None:
+    """
+    Cancel the close-handshake timer of a connection that is gone: autobahn
+    leaves it running when the peer drops TCP instead of answering our close
+    frame, which keeps the protocol (and the relay) alive until it fires.
+    """
+    call = protocol.closeHandshakeTimeoutCall
+    if call is not None:
+        protocol.closeHandshakeTimeoutCall = None
+        call.cancel()
 
 
 class UpstreamProtocol(WebSocketClientProtocol):
@@ -204,8 +227,15 @@ class UpstreamProtocol(WebSocketClientProtocol):
     response: ConnectionResponse | None = None
     opened = False
 
+    lost_reason: Failure | None = None
+
     def onConnect(self, response: ConnectionResponse) -> None:
         self.response = response
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # kept so a failed opening can say why (TLS, a reset, ...) in words
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened = True
@@ -219,12 +249,15 @@ class UpstreamProtocol(WebSocketClientProtocol):
             self.client.from_upstream(payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        _stop_close_timer(self)
         waiting = self.factory.waiting
         if not self.opened:
             status = 502
             match = _UPGRADE_FAILED.search(reason or "")
             if match:
                 status = int(match.group(1))
+            elif self.lost_reason is not None and not self.lost_reason.check(ConnectionDone):
+                reason = describe_failure_reason(self.lost_reason)
             if waiting is not None and not waiting.called:
                 waiting.errback(UpstreamRefused(status, reason or "the upstream refused"))
             return
@@ -260,6 +293,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     #: the daemon is stopping: close once the response under way ends
     going_away = False
     tracked = False
+    #: whose tokens this connection's responses spend
+    spender: Origin | None = None
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -339,6 +374,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
         )
         recorder = self.factory.recorder
         identity = self.identity
+        if identity is not None:
+            session = identity.session
+            self.spender = Origin(session.agent, session.key, identity.email, account.id,
+                                  account.provider, "websocket")
         if recorder is not None and identity is not None and recorder.wants(
             self.http_request_path
         ):
@@ -397,8 +436,6 @@ class RelayServerProtocol(WebSocketServerProtocol):
         try:
             await endpoint.connect(factory)
         except Exception as e:
-            from subrouter.errors import describe_failure_reason
-
             raise UpstreamRefused(502, describe_failure_reason(e)) from None
         return await waiting
 
@@ -439,6 +476,9 @@ class RelayServerProtocol(WebSocketServerProtocol):
                                           "upstream_to_client", payload, isBinary)
         if isBinary or self.account is None:
             return
+        ledger = self.factory.ledger
+        if ledger is not None and self.spender is not None:
+            ledger.message(self.spender, payload)
         if b"rate_limits" in payload:
             self._observe_rate_limits(payload)
         if b"usage" in payload and (b"usage_limit" in payload or b"usage limit" in payload):
@@ -496,6 +536,7 @@ class RelayServerProtocol(WebSocketServerProtocol):
         if self.tracked and self.factory.inflight is not None:
             self.tracked = False
             self.factory.inflight.websocket_closed(self)
+        _stop_close_timer(self)
         self._close_upstream(client_close_code(code), reason)
         if self.account is not None:
             # a client that just exits drops the connection (1006): that is how
@@ -576,6 +617,8 @@ class RelayFactory(WebSocketServerFactory):
         ``wss://`` connections get too.
     :param shared: placement across instances (``--state redis://``).
     :param inflight: where open connections are counted, for a graceful stop.
+    :param recorder: the transcript recorder, when recording is on.
+    :param ledger: the token ledger every response's usage goes to.
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -591,11 +634,13 @@ class RelayFactory(WebSocketServerFactory):
         recorder: Recorder | None = None,
         shared: SharedPlacement | None = None,
         inflight: InFlight | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.recorder = recorder
         self.shared = shared
         self.inflight = inflight
+        self.ledger = ledger
         self.placement = placement
         self.refresher = refresher
         self.upstreams = upstreams

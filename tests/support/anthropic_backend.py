@@ -32,18 +32,13 @@ import json
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 import attrs
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .codex_backend import _QuietSite, _TrackConnections, _TrackTLSConnections
+from .fakeserver import FakeServer, QuietSite, Root
 from .tlsca import TestCA
 
 DEFAULT_REPLY = "hello from fake claude"
@@ -150,18 +145,18 @@ class SeenRequest:
         return json.loads(self.body)
 
 
-class _Root(Resource):
-    isLeaf = True
+class _Root(Root):
+    """
+    Hands every request to the backend (a resource tests can also drive in
+    memory with ``StubTreq``).
+    """
 
     def __init__(self, backend: FakeAnthropicBackend) -> None:
-        super().__init__()
+        super().__init__(backend._dispatch)
         self.backend = backend
 
-    def render(self, request: Request) -> int | bytes:
-        return self.backend._dispatch(request)
 
-
-class FakeAnthropicBackend:
+class FakeAnthropicBackend(FakeServer):
     """
     Anthropic's Messages API, OAuth usage and token endpoints on 127.0.0.1.
 
@@ -189,7 +184,7 @@ class FakeAnthropicBackend:
 
     def __init__(self, reactor: Any, *, ca: TestCA | None = None,
                  reply_text: str = DEFAULT_REPLY, usage_limit_for: Iterable[str] = ()) -> None:
-        self.reactor = reactor
+        super().__init__(reactor, ca.server_options() if ca is not None else None)
         self.reply_text = reply_text
         self.usage_limit_for: set[str] = set(usage_limit_for)
         self.resets_in_seconds = 3600
@@ -201,41 +196,15 @@ class FakeAnthropicBackend:
         self.unified_headers = True
         self.requests: list[SeenRequest] = []
         self.refreshes: list[str] = []
-        self.port = 0
-        self._ca = ca
-        self._listening: IListeningPort | None = None
-        self._factory: _TrackConnections | None = None
 
     # -- lifecycle
 
-    async def start(self) -> None:
-        site = _QuietSite(_Root(self))
-        factory: _TrackConnections
-        if self._ca is not None:
-            factory = _TrackTLSConnections(self._ca.server_options(), False, site)
-        else:
-            factory = _TrackConnections(site)
-        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
-        self._listening = await endpoint.listen(factory)
-        self._factory = factory
-        self.port = cast(IPv4Address, self._listening.getHost()).port
-
-    async def stop(self) -> None:
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            stopped = listening.stopListening()
-            if stopped is not None:
-                await stopped
-        if self._factory is not None:
-            factory, self._factory = self._factory, None
-            for protocol in list(factory.protocols):
-                protocol.transport.abortConnection()
-            await factory.when_idle()
-            await deferLater(self.reactor, 0, lambda: None)
+    def make_site(self) -> Site:
+        return QuietSite(_Root(self))
 
     @property
     def base_url(self) -> str:
-        scheme = "https" if self._ca is not None else "http"
+        scheme = "https" if self.tls else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
     @property

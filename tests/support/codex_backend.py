@@ -55,17 +55,9 @@ from typing import Any, cast
 import attrs
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
-from twisted.protocols.policies import WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web import http
-from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .fakeserver import FakeServer, QuietSite, Root
 from .tlsca import TestCA
 
 DEFAULT_BASE_PATH = "/backend-api/codex"
@@ -453,52 +445,7 @@ class _SocketFactory(WebSocketServerFactory):
 # The HTTP side
 
 
-class _Root(Resource):
-    isLeaf = True
-
-    def __init__(self, backend: FakeCodexBackend) -> None:
-        super().__init__()
-        self._backend = backend
-
-    def render(self, request: Request) -> int | bytes:
-        return self._backend._dispatch(request)
-
-
-class _QuietSite(Site):
-    def log(self, request: http.Request) -> None:
-        pass  # no access log lines in test output
-
-
-class _TrackConnections(WrappingFactory):
-    """
-    Keeps every open connection (as ``WrappingFactory`` does) and says when
-    the last one has gone.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._idle_waiters: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-
-class _TrackTLSConnections(_TrackConnections, TLSMemoryBIOFactory):
-    pass
-
-
-class FakeCodexBackend:
+class FakeCodexBackend(FakeServer):
     """
     The Codex backend's Responses endpoint over HTTP/SSE and WebSocket, on
     one listening port on 127.0.0.1.
@@ -551,7 +498,7 @@ class FakeCodexBackend:
         :param refuse_status: see :attr:`refuse_status`.
         :param usage_limit_for: see :attr:`usage_limit_for`.
         """
-        self.reactor = reactor
+        super().__init__(reactor, ca.server_options() if ca is not None else None)
         stripped = base_path.strip("/")
         self.base_path = "/" + stripped if stripped else ""
         self.reply_text = reply_text
@@ -565,53 +512,16 @@ class FakeCodexBackend:
         self.websocket_connections = 0
         self.http_posts = 0
         self.messages_received = 0
-        self.port = 0
         self._ca = ca
         self._socket_factory = _SocketFactory(self)
         self._socket_resource = WebSocketResource(self._socket_factory)
-        self._listening: IListeningPort | None = None
-        self._factory: _TrackConnections | None = None
 
     # -- lifecycle
 
-    async def start(self) -> None:
-        """Listen on a free port on 127.0.0.1."""
-        site = _QuietSite(_Root(self))
-        factory: _TrackConnections
-        if self._ca is not None:
-            factory = _TrackTLSConnections(self._ca.server_options(), False, site)
-        else:
-            factory = _TrackConnections(site)
-        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
-        self._listening = await endpoint.listen(factory)
-        self._factory = factory
-        self.port = cast(IPv4Address, self._listening.getHost()).port
-
-    async def stop(self) -> None:
-        """
-        Stop listening and abort every open connection, HTTP or WebSocket;
-        returns once they are all closed.
-        """
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            stopped = listening.stopListening()
-            if stopped is not None:
-                await stopped
-        if self._factory is not None:
-            factory, self._factory = self._factory, None
-            for protocol in list(factory.protocols):
-                protocol.transport.abortConnection()
-            await factory.when_idle()
-            # connectionLost of the wrapped protocols runs just after the
-            # factory hears of it; let it finish cancelling its timers.
-            await deferLater(self.reactor, 0, lambda: None)
+    def make_site(self) -> Site:
+        return QuietSite(Root(self._dispatch))
 
     # -- addresses
-
-    @property
-    def tls(self) -> bool:
-        """Whether it serves TLS."""
-        return self._ca is not None
 
     @property
     def ca_pem_path(self) -> str | None:

@@ -6,8 +6,6 @@ restartable on the same port mid-test.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,13 +20,13 @@ def _free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-    )
+    from tests.support.debian import ensure
+
+    found = ensure("redis-server", ["redis-server"])
     if found is None:
         raise RuntimeError(
-            "redis-server is not installed: `sudo apt-get install redis-server` "
-            "(.ci/run installs it when missing)"
+            "redis-server is not installed and apt-get could not install it: "
+            "`sudo apt-get install redis-server`"
         )
     return found
 

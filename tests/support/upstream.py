@@ -37,20 +37,16 @@ from urllib.parse import parse_qsl
 import attrs
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IAddress, IListeningPort, ITCPTransport
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from .fakeserver import FakeServer, QuietSite, Root
 from .tlsca import TestCA
 
 _log = Logger()
@@ -812,56 +808,10 @@ def _parse_token_body(raw: bytes) -> dict[str, Any]:
 # The server
 
 
-class _Root(Resource):
-    isLeaf = True
-
-    def __init__(self, upstream: FakeUpstream) -> None:
-        super().__init__()
-        self._upstream = upstream
-
-    def render(self, request: Request) -> int:
-        self._upstream._dispatch(request)
-        return NOT_DONE_YET
-
-
-class _QuietSite(Site):
-    def log(self, request: http.Request) -> None:
-        pass  # no access log lines in test output
-
-
-class _TrackConnections(WrappingFactory):
-    """
-    Keeps ``protocols`` (as every ``WrappingFactory`` does) and says when the
-    last one has gone.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._idle_waiters: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-
-class _TrackTLSConnections(_TrackConnections, TLSMemoryBIOFactory):
-    pass
-
-
 TokenAnswer: TypeAlias = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
-class FakeUpstream:
+class FakeUpstream(FakeServer):
     """
     The Codex backend, the OpenAI API and the OAuth token endpoint, on one
     listening port on 127.0.0.1.
@@ -904,19 +854,16 @@ class FakeUpstream:
         :param tls_options: serve these TLS options instead of a leaf from
             ``ca`` (e.g. ``ca.untrusted_server_options()``).
         """
-        self.reactor = reactor
-        self._ca = ca
-        self._tls = tls
-        self._tls_options = tls_options
+        if tls and tls_options is None:
+            assert ca is not None, "TLS needs a CA or tls_options"
+            tls_options = ca.server_options()
+        super().__init__(reactor, tls_options if tls else None)
         self._scripts: dict[bytes, Handler] = {}
         self._exchanges: set[Exchange] = set()
         self._stopping = False
-        self._port: IListeningPort | None = None
-        self._factory: _TrackConnections | None = None
         self._request_waiters: list[tuple[int, Deferred[SeenRequest]]] = []
         self._disconnect_waiters: list[tuple[int, Deferred[bytes]]] = []
         self._issued_count = 0
-        self.port = 0
         self.requests: list[SeenRequest] = []
         self.token_requests: list[SeenRequest] = []
         self.disconnects: list[bytes] = []
@@ -929,51 +876,31 @@ class FakeUpstream:
 
     # -- lifecycle
 
+    def make_site(self) -> Site:
+        def render(request: Request) -> int:
+            self._dispatch(request)
+            return NOT_DONE_YET
+
+        return QuietSite(Root(render), requestFactory=_RecordingRequest)
+
     async def start(self) -> None:
         """Listen on 127.0.0.1 on a free port."""
-        site = _QuietSite(_Root(self), requestFactory=_RecordingRequest)
-        factory: _TrackConnections
-        if self._tls:
-            options = self._tls_options
-            if options is None:
-                assert self._ca is not None, "TLS needs a CA or tls_options"
-                options = self._ca.server_options()
-            factory = _TrackTLSConnections(options, False, site)
-        else:
-            factory = _TrackConnections(site)
-        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
-        self._port = await endpoint.listen(factory)
-        self._factory = factory
-        address: IAddress = self._port.getHost()
-        self.port = address.port  # type: ignore[attr-defined]
         self._stopping = False
+        await super().start()
 
-    async def stop(self) -> None:
+    def stopping(self) -> None:
         """
-        Stop listening, stop every handler (cancelling its timers) and abort
-        every open connection; returns once they are all closed.
+        Stop every handler (cancelling its timers) before :meth:`stop`
+        aborts every open connection.
         """
         self._stopping = True
         for exchange in list(self._exchanges):
             exchange._ours = True
             exchange._cancel()
-        if self._port is not None:
-            port, self._port = self._port, None
-            stopped = port.stopListening()
-            if stopped is not None:
-                await stopped
-        if self._factory is not None:
-            factory, self._factory = self._factory, None
-            for protocol in list(factory.protocols):
-                protocol.abortConnection()
-            await factory.when_idle()
-            # The wrapped protocols' connectionLost runs just after the
-            # factory hears of it; let it finish (and cancel its timeouts).
-            await deferLater(self.reactor, 0, lambda: None)
 
     @property
     def base_url(self) -> str:
-        if self._tls:
+        if self.tls:
             return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 

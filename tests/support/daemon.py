@@ -1,10 +1,12 @@
 """
 Helpers for tests that run the real daemon on a loopback port: start it from a
-config, talk to it with treq, and stop everything afterwards.
+config, talk to it with treq, wait for it to see its accounts, and stop
+everything afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from subrouter.config import Config
 from subrouter.tap import build_service
-from tests.support.tlsca import TestCA
-from tests.support.upstream import FakeUpstream
+
+from .tlsca import TestCA
+from .upstream import FakeUpstream
 
 reactor: Any = _reactor
 
@@ -54,6 +57,27 @@ class Daemon:
     async def get_json(self, path: str) -> Any:
         response = await self.client.get(self.url + path)
         return await response.json()
+
+    async def wait_for_accounts(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """
+        Poll ``/_subrouter/accounts`` until it lists exactly ``count``
+        accounts (the daemon rescans its store on a timer, so a file a test
+        writes or removes shows a moment later); return them.
+
+        :raise AssertionError: when it does not within ``timeout`` seconds.
+        """
+        deadline = reactor.seconds() + timeout
+        while True:
+            listing = await self.get_json("/_subrouter/accounts")
+            accounts: list[dict[str, Any]] = listing["accounts"]
+            if len(accounts) == count:
+                return accounts
+            if reactor.seconds() > deadline:
+                raise AssertionError(
+                    f"the daemon lists {len(accounts)} accounts after {timeout:g}s, "
+                    f"not {count}: {listing}"
+                )
+            await sleep(0.02)
 
     async def stop(self) -> None:
         globalLogPublisher.removeObserver(self.log.append)
@@ -141,6 +165,18 @@ async def _quiet(limit: float) -> None:
         await deferLater(reactor, 0.01, lambda: None)
 
 
+def closed_port() -> int:
+    """
+    A port of 127.0.0.1 on which nothing listens (just now): a fixed one such
+    as 1 or 9 may be taken by another program on a shared machine.
+    """
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def read_all(response: Any) -> bytes:
     return bytes(await treq.content(response))
 
@@ -149,3 +185,16 @@ def sleep(seconds: float) -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, seconds, lambda: None)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """
+    Return once ``predicate()`` is true, polling every 10 ms.
+
+    :raise AssertionError: when it is not within ``timeout`` seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not reached in {timeout:g}s")
+        await sleep(0.01)

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_channel -*-
+"""
+The HTTP/1.1 connection Subrouter's Site speaks: Twisted's ``HTTPChannel``
+with limits on the request head that are answered, not just enforced.
+
+Twisted closes a connection whose request line or header line is longer than
+its line limit without a word (the client sees an empty reply), answers every
+other bad head with a bare ``400``, and restarts its idle timer on each byte,
+so a client that trickles a header a byte a second holds a connection for
+ever. This channel instead:
+
+- answers a request line over :data:`MAX_LINE` bytes with ``414``, a header
+  line over :data:`MAX_LINE` bytes, a head over :data:`MAX_HEAD` bytes in all
+  or more than :data:`MAX_HEADERS` headers with ``431``, and any other
+  malformed head with ``400``, each with a JSON reason;
+- gives a request head (from its first byte to the blank line after the
+  headers) ``header_timeout`` seconds, and answers ``408`` to one that misses
+  it;
+- after such an answer, stops reading requests, half-closes, and discards
+  what the client still sends for a moment, so the answer is read rather than
+  lost to a reset (a client still sending when a socket closes gets an RST).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+from subrouter.errors import error_body
+
+_log = Logger()
+
+#: the longest request line, and the longest header line, in bytes
+MAX_LINE = 16 * 1024
+#: the most bytes of request line and headers together
+MAX_HEAD = 64 * 1024
+#: the most header lines in one request
+MAX_HEADERS = 500
+#: the default deadline for a whole request head, in seconds
+DEFAULT_HEADER_TIMEOUT = 30.0
+#: how long a refused connection is kept half-open so the answer is read
+LINGER = 2.0
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def refusal(status: int, kind: str, message: str) -> bytes:
+    """
+    The bytes of a complete HTTP/1.1 error answer that closes the connection.
+    """
+    body = error_body(kind, message)
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+            b"Content-Type: application/json\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            b"Cache-Control: no-store\r\n",
+            b"Connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class SubrouterChannel(HTTPChannel):
+    """
+    ``HTTPChannel`` with answered head limits and a head deadline.
+
+    :ivar header_timeout: seconds from a request head's first byte to its end.
+    """
+
+    MAX_LENGTH = MAX_LINE
+    totalHeadersSize = MAX_HEAD
+    maxHeaders = MAX_HEADERS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+
+    _head_deadline: IDelayedCall | None = None
+    _linger: IDelayedCall | None = None
+    _refused = False
+
+    # -- the head deadline -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._head_deadline is None and self.line_mode and not self._handlingRequest:
+            # the first byte of a request head: it has header_timeout to finish
+            self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_head_deadline()
+        super().allHeadersReceived()
+
+    def _cancel_head_deadline(self) -> None:
+        deadline, self._head_deadline = self._head_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        _log.info("dropping a client that did not send a request head in {seconds} s",
+                  seconds=self.header_timeout)
+        self._refuse(
+            408,
+            "request_timeout",
+            f"the request line and headers did not arrive within {self.header_timeout:g} s",
+        )
+
+    # -- the size limits -----------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse(
+                431,
+                "request_header_too_large",
+                f"the request line and headers are longer than {self.totalHeadersSize} bytes",
+            )
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse(
+                431,
+                "request_header_too_large",
+                f"the request has more than {self.maxHeaders} headers",
+            )
+            return False
+        return bool(super().headerReceived(line))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_request_line():
+            self._refuse(
+                414,
+                "request_line_too_long",
+                f"the request line (method, target, version) is longer than "
+                f"{self.MAX_LENGTH} bytes",
+            )
+        else:
+            self._refuse(
+                431,
+                "request_header_too_large",
+                f"a header line is longer than {self.MAX_LENGTH} bytes",
+            )
+
+    def _in_request_line(self) -> bool:
+        # HTTPChannel keeps its parse state in a name-mangled attribute
+        return bool(getattr(self, "_HTTPChannel__first_line", 1))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # every other head Twisted cannot parse: a bad request line, a header
+        # without a colon, a bad Content-Length, a malformed chunked body
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+
+    # -- answering and closing -----------------------------------------------------
+
+    def _refuse(self, status: int, kind: str, message: str) -> None:
+        if self._refused or self.transport is None:
+            return
+        self._refused = True
+        self._cancel_head_deadline()
+        self.setTimeout(None)
+        self.setRawMode()
+        self.transport.write(refusal(status, kind, message))
+        # read no further requests, but keep reading (and discarding) what
+        # the client is still sending until it has read the answer and
+        # closed, or LINGER has passed
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+            self._linger = self.callLater(LINGER, self._end_linger)
+        else:
+            self.loseConnection()
+
+    def _end_linger(self) -> None:
+        self._linger = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().rawDataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_head_deadline()
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
+        super().connectionLost(reason)

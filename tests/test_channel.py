@@ -1,0 +1,358 @@
+"""
+The request-head limits and the head deadline of Subrouter's HTTP channel:
+every oversized, malformed or too-slow head gets an answer with a JSON
+reason, never a silent close; heads within the limits are served.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from subrouter.web.channel import LINGER, MAX_HEAD, MAX_HEADERS, MAX_LINE, SubrouterChannel
+from subrouter.web.root import QuietSite
+from tests.support.daemon import make_config, start_daemon
+from tests.support.raw_http import send_raw
+
+
+class _Ok(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return b"ok"
+
+
+class _HalfClosingTransport(StringTransport):
+    """
+    A transport that, like TCP, can close its writing side alone.
+    """
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def _connect(clock: Clock | None = None, header_timeout: float = 30.0,
+             transport: StringTransport | None = None) -> tuple[SubrouterChannel, StringTransport]:
+    site = QuietSite(_Ok(), reactor=clock or Clock())
+    site.header_timeout = header_timeout
+    channel = site.buildProtocol(None)
+    assert isinstance(channel, SubrouterChannel)
+    transport = transport or StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def _answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode()] = value.strip().decode()
+    return status, headers, body
+
+
+def _error(raw: bytes) -> tuple[int, dict[str, Any]]:
+    status, headers, body = _answer(raw)
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    return status, json.loads(body)["error"]
+
+
+def _head(target: bytes = b"/v1/models", headers: list[bytes] | None = None) -> bytes:
+    lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", *(headers or [])]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+# -- sizes ---------------------------------------------------------------------------
+
+
+def test_a_head_within_the_limits_is_served() -> None:
+    channel, transport = _connect()
+    big = [b"X-Big-%d: %s" % (i, b"v" * (MAX_LINE - 20)) for i in range(3)]
+    channel.dataReceived(_head(b"/" + b"a" * (MAX_LINE - 100), big))
+    status, _, body = _answer(transport.value())
+    assert (status, body[-2:]) == (200, b"ok"[-2:])
+    assert not transport.disconnecting
+
+
+def test_a_request_line_over_the_limit_gets_414() -> None:
+    channel, transport = _connect()
+    channel.dataReceived(_head(b"/" + b"a" * MAX_LINE))
+    status, error = _error(transport.value())
+    assert status == 414
+    assert error["type"] == "request_line_too_long"
+    assert str(MAX_LINE) in error["message"]
+
+
+def test_a_request_line_still_arriving_past_the_limit_gets_414() -> None:
+    # no line end yet: Twisted gives up on the line once it is too long
+    channel, transport = _connect()
+    channel.dataReceived(b"GET /" + b"a" * (MAX_LINE + 10))
+    assert _error(transport.value())[0] == 414
+
+
+def test_a_header_line_over_the_limit_gets_431() -> None:
+    channel, transport = _connect()
+    channel.dataReceived(_head(headers=[b"X-Huge: " + b"v" * (MAX_LINE + 1)]))
+    status, error = _error(transport.value())
+    assert status == 431
+    assert error["type"] == "request_header_too_large"
+
+
+def test_a_head_over_the_total_limit_gets_431() -> None:
+    channel, transport = _connect()
+    count = MAX_HEAD // (MAX_LINE - 100) + 1
+    headers = [b"X-Big-%d: %s" % (i, b"v" * (MAX_LINE - 200)) for i in range(count)]
+    channel.dataReceived(_head(headers=headers))
+    status, error = _error(transport.value())
+    assert status == 431
+    assert str(MAX_HEAD) in error["message"]
+
+
+def test_too_many_headers_get_431() -> None:
+    channel, transport = _connect()
+    channel.dataReceived(_head(headers=[b"X-H%d: 1" % i for i in range(MAX_HEADERS + 1)]))
+    status, error = _error(transport.value())
+    assert status == 431
+    assert str(MAX_HEADERS) in error["message"]
+
+
+def test_a_malformed_header_gets_400_with_a_reason() -> None:
+    channel, transport = _connect()
+    channel.dataReceived(_head(headers=[b"no colon here"]))
+    status, error = _error(transport.value())
+    assert (status, error["type"]) == (400, "bad_request")
+
+
+def test_a_bad_content_length_gets_400_with_a_reason() -> None:
+    channel, transport = _connect()
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n")
+    assert _error(transport.value())[0] == 400
+
+
+def test_after_a_refusal_the_connection_half_closes_and_discards_the_rest() -> None:
+    clock = Clock()
+    channel, transport = _connect(clock, transport=_HalfClosingTransport())
+    channel.dataReceived(_head(headers=[b"X-Huge: " + b"v" * (MAX_LINE + 1)]))
+    answer = transport.value()
+    assert _error(answer)[0] == 431
+    assert transport.write_closed  # type: ignore[attr-defined]
+    assert not transport.disconnecting
+    # the client is still sending its headers and another request: ignored
+    channel.dataReceived(b"v" * 100_000 + b"\r\n\r\n" + _head())
+    assert transport.value() == answer
+    clock.advance(LINGER)
+    assert transport.disconnecting  # aborted once the linger is over
+
+
+# -- the head deadline ---------------------------------------------------------------
+
+
+def test_a_trickled_head_is_dropped_at_the_deadline_with_408() -> None:
+    clock = Clock()
+    channel, transport = _connect(clock, header_timeout=30.0)
+    head = _head(headers=[b"X-Slow: " + b"s" * 100])
+    for byte in head[:40]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(1.0)  # one byte a second: each byte restarts the idle timer
+    status, error = _error(transport.value())
+    assert status == 408
+    assert error["type"] == "request_timeout"
+    assert "30 s" in error["message"]
+    assert transport.disconnecting
+
+
+def test_a_slow_head_that_makes_the_deadline_is_served() -> None:
+    clock = Clock()
+    channel, transport = _connect(clock, header_timeout=30.0)
+    head = _head()
+    for byte in head:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(29.0 / len(head))
+    assert _answer(transport.value())[0] == 200
+    clock.advance(60)
+    assert b"408" not in transport.value()
+
+
+def test_the_deadline_starts_at_each_requests_first_byte() -> None:
+    clock = Clock()
+    channel, transport = _connect(clock, header_timeout=30.0)
+    channel.dataReceived(_head())
+    assert _answer(transport.value())[0] == 200
+    transport.clear()
+    clock.advance(25)  # idle between requests: the idle timeout's business
+    channel.dataReceived(_head()[:10])
+    clock.advance(20)
+    assert transport.value() == b""
+    channel.dataReceived(_head()[10:])
+    assert _answer(transport.value())[0] == 200
+    clock.advance(29)
+    assert transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_a_body_is_not_bound_by_the_head_deadline() -> None:
+    clock = Clock()
+    channel, transport = _connect(clock, header_timeout=30.0)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n")
+    for byte in b"abcd":
+        clock.advance(20)
+        channel.dataReceived(bytes([byte]))
+    assert _answer(transport.value())[0] == 200
+
+
+def test_closing_the_connection_cancels_the_deadline() -> None:
+    clock = Clock()
+    channel, _ = _connect(clock)
+    channel.dataReceived(b"GET / HT")
+    channel.connectionLost(Failure(Exception("gone")))
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []
+
+
+# -- fuzzing the limits --------------------------------------------------------------
+
+_sizes = st.integers(min_value=1, max_value=MAX_LINE + 64)
+
+
+@st.composite
+def _heads(draw: st.DrawFn) -> tuple[bytes, int, list[int]]:
+    target = draw(st.sampled_from([8, 100, MAX_LINE - 20, MAX_LINE - 13, MAX_LINE - 12,
+                                   MAX_LINE + 1]) | st.integers(1, MAX_LINE + 50))
+    header_sizes = draw(st.lists(_sizes | st.integers(1, 40), max_size=12))
+    many = draw(st.sampled_from([0, 0, MAX_HEADERS - 2, MAX_HEADERS + 3]))
+    header_sizes += [8] * many
+    cuts = draw(st.lists(st.integers(1, 9000), max_size=8))
+    return _compose(target, header_sizes), target, [*cuts]
+
+
+def _compose(target: int, header_sizes: list[int]) -> bytes:
+    lines = [b"GET /" + b"t" * target + b" HTTP/1.1"]
+    for i, size in enumerate(header_sizes):
+        name = b"X-%d" % i
+        lines.append(name + b": " + b"v" * max(0, size - len(name) - 2))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _expected(head: bytes) -> int:
+    lines = head[:-4].split(b"\r\n")
+    if len(lines[0]) > MAX_LINE:
+        return 414
+    total = 0
+    for line in lines:
+        if len(line) > MAX_LINE:
+            return 431
+        total += len(line)
+        if total > MAX_HEAD:
+            return 431
+    if len(lines) - 1 > MAX_HEADERS:
+        return 431
+    return 200
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_heads())
+def test_fuzzed_heads_get_the_answer_their_size_calls_for(
+    case: tuple[bytes, int, list[int]],
+) -> None:
+    head, _, cuts = case
+    channel, transport = _connect()
+    # however the bytes are split into reads, the answer is the same
+    start = 0
+    for cut in cuts:
+        channel.dataReceived(head[start:start + cut])
+        start += cut
+    channel.dataReceived(head[start:])
+    expected = _expected(head)
+    raw = transport.value()
+    assert raw, "no answer at all"
+    if expected == 200:
+        assert _answer(raw)[0] == 200
+    else:
+        assert _error(raw)[0] == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.booleans())
+def test_arbitrary_bytes_get_an_answer_or_wait_for_more(data: bytes, finish: bool) -> None:
+    channel, transport = _connect()
+    channel.dataReceived(data + (b"\r\n\r\n" if finish else b""))
+    raw = transport.value()
+    if raw:
+        assert raw.startswith(b"HTTP/1.1 ")
+        status, headers, body = _answer(raw)
+        if status >= 400 and headers.get("connection") == "close":
+            assert json.loads(body)["error"]["type"]
+
+
+# -- over a real socket, through the daemon --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (_head(b"/v1/responses?q=" + b"a" * (100 * 1024)), 414),
+        (_head(headers=[b"X-Huge: " + b"v" * (20 * 1024)]), 431),
+        (_head(headers=[b"X-H%d: %s" % (i, b"v" * 8000) for i in range(10)]), 431),
+    ],
+    ids=["long-target", "long-header", "big-head"],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_answers_oversized_heads_over_tcp(
+    tmp_path: Path, payload: bytes, status: int
+) -> None:
+    running = await start_daemon(make_config(tmp_path, None, None))
+    try:
+        raw = await send_raw(running.port, payload)
+        assert raw, "empty reply"
+        assert _error(raw)[0] == status
+    finally:
+        await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_drops_a_trickled_head_after_its_header_timeout(
+    tmp_path: Path,
+) -> None:
+    running = await start_daemon(make_config(tmp_path, None, None, header_timeout=0.3))
+    try:
+        # the head never ends: only the deadline can answer
+        raw = await send_raw(running.port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1")
+        assert _error(raw)[0] == 408
+    finally:
+        await running.stop()
+
+
+class _Args(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return json.dumps({"args": len(request.args), "body": request.content.read().decode()}
+                          ).encode()
+
+
+def test_a_form_body_is_forwarded_as_it_is_never_parsed() -> None:
+    site = QuietSite(_Args(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 7\r\n\r\na=1&b=2")
+    status, _, body = _answer(transport.value())
+    assert status == 200
+    assert json.loads(body) == {"args": 0, "body": "a=1&b=2"}
