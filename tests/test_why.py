@@ -17,10 +17,10 @@ from subrouter.cli import why
 from subrouter.cli.console import Streams
 from subrouter.cli.cx import CxOptions, execute
 from subrouter.cli.entry import CommandFailed
-from tests.live import reactor
+from tests.support.daemon import reactor
+from tests.support.sessions import Backend, start, turn, workspace_of
 from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream
-from tests.test_sessions_live import Backend, start, turn, workspace_of
 
 
 async def cx(url: str, *args: str) -> tuple[int, str, str]:
