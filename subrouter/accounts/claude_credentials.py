@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from subrouter.accounts.store import (
+from subrouter.accounts.model import (
     Account,
     AccountFileError,
     AccountKind,
