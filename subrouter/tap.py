@@ -643,7 +643,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         every("account-rescan", config.account_rescan_interval, store.rescan, reactor
               ).setServiceParent(top)
     PoolService(pool).setServiceParent(top)
-    ledger.service().setServiceParent(top)
+    ledger.service(run_blocking if shared is not None else None).setServiceParent(top)
     every("usage-rollup", 3600.0, ledger.maintain, reactor).setServiceParent(top)
     if tokens is not None:
         every("client-tokens", config.account_rescan_interval,

@@ -213,12 +213,16 @@ class Ledger:
         self._put(("flush", done), 0)
         done.wait(timeout)
 
-    def service(self) -> Service:
+    def service(self, run_blocking: Callable[[Callable[[], Any]], Any] | None = None) -> Service:
         """
         A service that loads the ledger and starts its thread, and at shutdown
         writes everything queued before the thread stops.
+
+        :param run_blocking: runs the stop off the reactor thread (its
+            Deferred holds the shutdown), for a store whose writes need the
+            reactor (Redis); without it the stop blocks the reactor.
         """
-        return _LedgerService(self)
+        return _LedgerService(self, run_blocking)
 
     # -- the thread -------------------------------------------------------------------
 
@@ -329,13 +333,21 @@ class Ledger:
 
 
 class _LedgerService(Service):
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(
+        self, ledger: Ledger, run_blocking: Callable[[Callable[[], Any]], Any] | None
+    ) -> None:
         self.ledger = ledger
+        self._run_blocking = run_blocking
 
     def startService(self) -> None:
         super().startService()
         self.ledger.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         super().stopService()
+        if self._run_blocking is not None:
+            # the writer may be waiting on the reactor (a Redis store): keep
+            # the reactor running until it is done
+            return self._run_blocking(self.ledger.stop)
         self.ledger.stop()
+        return None
