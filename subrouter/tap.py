@@ -478,6 +478,8 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     from subrouter.sessions.usage import UsageBook
     from subrouter.transcripts.recorder import Recorder
     from subrouter.upstream.client import (
+        CONNECT_TIMEOUT,
+        CachedEndpoints,
         PoolService,
         make_agent,
         make_http_client,
@@ -485,6 +487,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         make_tls_policy,
     )
     from subrouter.upstream.routing import Upstreams
+    from subrouter.upstream.stream import StreamAgent
     from subrouter.web.admin import AdminResource
     from subrouter.web.dashboard import add_dashboard
     from subrouter.web.guard import Guard
@@ -507,6 +510,8 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     tls = make_tls_policy(config.ca_bundles)
     agent = make_agent(reactor, pool, tls)
     http = make_http_client(agent)
+    # proxied requests take the lean client; Subrouter's own calls take treq
+    proxy_agent = StreamAgent(reactor, CachedEndpoints(reactor, tls, CONNECT_TIMEOUT))
     store = AccountStore(config.accounts_dir, run_blocking)
     refresher = TokenRefresher(
         store=store,
@@ -586,7 +591,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         placement=placement,
         poller=poller if config.fetch_usage else None,
         refresher=refresher,
-        agent=agent,
+        agent=proxy_agent,
         upstreams=upstreams,
         clock=reactor,
         idle_timeout=config.idle_timeout,
@@ -642,7 +647,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     if config.account_rescan_interval > 0:
         every("account-rescan", config.account_rescan_interval, store.rescan, reactor
               ).setServiceParent(top)
-    PoolService(pool).setServiceParent(top)
+    PoolService(pool, proxy_agent).setServiceParent(top)
     ledger.service(run_blocking if shared is not None else None).setServiceParent(top)
     every("usage-rollup", 3600.0, ledger.maintain, reactor).setServiceParent(top)
     if tokens is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.internet.task import Clock
@@ -95,9 +96,9 @@ def test_a_failed_lookup_is_not_kept() -> None:
     assert len(inner.calls) == 2
 
 
-class _Socketish:
+class _Socketish(tcp.Server):
     """
-    The parts of a Twisted TCP transport :func:`send_now` looks at; the
+    A Twisted TCP transport with only the parts :func:`send_now` looks at; the
     "socket" takes at most ``room`` bytes.
     """
 
@@ -121,6 +122,22 @@ class _Socketish:
     def write(self, data: bytes) -> None:
         self.queued.append(data)
         self._tempDataLen += len(data)
+
+
+def test_send_now_never_writes_past_a_tls_wrapper() -> None:
+    from twisted.protocols.policies import ProtocolWrapper
+
+    from subrouter.upstream.client import send_now
+
+    # a TLS connection's transport passes unknown attributes on to the TCP
+    # connection under it: its writeSomeData would send plaintext
+    under = _Socketish(room=100)
+    wrapper = ProtocolWrapper(None, None)  # type: ignore[arg-type]
+    wrapper.transport = under  # type: ignore[assignment]
+    written: list[bytes] = []
+    wrapper.write = written.append  # type: ignore[method-assign]
+    send_now(wrapper, b"secret")
+    assert (written, under.sent) == ([b"secret"], b"")
 
 
 def test_send_now_sends_at_once_when_nothing_is_queued() -> None:

@@ -110,15 +110,20 @@ def _daemon(clock: Clock, drain: float = 30.0, **kwargs: Any) -> tuple[Daemon, _
 
 
 def test_inflight_counts_and_says_when_idle() -> None:
-    inflight = InFlight(Clock())
+    clock = Clock()
+    inflight = InFlight(clock)
     http, ws = _Handle(inflight), _Handle(inflight)
     inflight.http_started(http)
     inflight.websocket_opened(ws)
     assert inflight.counts() == {"http": 1, "websocket": 1}
     idle = inflight.when_idle()
     inflight.http_finished(http)
+    clock.advance(0)
     assert not idle.called
     inflight.websocket_closed(ws)
+    # on the next turn, never from inside the exchange that just ended
+    assert not idle.called
+    clock.advance(0)
     assert idle.called
     assert inflight.counts() == {"http": 0, "websocket": 0}
     # reporting an end twice is harmless
@@ -173,6 +178,7 @@ def test_a_stop_waits_for_requests_in_flight_before_stopping_the_rest(
     assert not child.stopped
     clock.advance(29)
     daemon.inflight.http_finished(request)
+    clock.advance(0)
     assert stopped.called
     assert child.stopped
     assert request.asked == ["gracefully"]
@@ -195,6 +201,7 @@ def test_at_the_drain_timeout_what_is_left_is_ended_now(logged: list[dict[str, A
     assert not stopped.called  # WebSockets get time for their closing handshake
     daemon.inflight.http_finished(request)
     daemon.inflight.websocket_closed(websocket)
+    clock.advance(0)
     assert stopped.called
     assert child.stopped
     assert any("aborted 1 HTTP responses, closed 1 WebSockets (1001)" in t
@@ -241,6 +248,7 @@ def test_a_second_signal_ends_the_drain_now() -> None:
     assert reactor.stops == 1
     assert request.asked == ["gracefully", "now"]
     daemon.inflight.http_finished(request)
+    clock.advance(0)
     assert stopped.called
 
 

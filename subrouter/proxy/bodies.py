@@ -123,6 +123,10 @@ class Bounded(Protocol):
 
     def hand_over(self, protocol: Protocol) -> None:
         self._next = protocol
+        redirect = getattr(self.transport, "redirect", None)
+        if redirect is not None:
+            # the stream's own client can deliver to ``protocol`` directly
+            redirect(protocol)
         protocol.makeConnection(self.transport)
         producer = cast("IPushProducer | None", self.transport)
         if producer is not None:

@@ -381,7 +381,7 @@ class _ProxiedRequest:
         self._commit(response)
         self.watch_first = True
         self._arm_timer()
-        response.deliverBody(_Relay(self))
+        response.deliverBody(_Relay(self, bool(self.request.chunked)))
 
     def _answer_prefix(self, prefix: Prefix) -> None:
         """
@@ -408,7 +408,7 @@ class _ProxiedRequest:
             self._ended(prefix.protocol.reason)
             return
         self._arm_timer()
-        prefix.protocol.hand_over(_Relay(self))
+        prefix.protocol.hand_over(_Relay(self, bool(self.request.chunked)))
 
     def relay_started(self, relay: _Relay) -> None:
         self.reading = relay
@@ -421,7 +421,12 @@ class _ProxiedRequest:
         # backpressure: a full client socket pauses the upstream read
         self.request.registerProducer(producer, True)
 
-    def relay_chunk(self, data: bytes) -> None:
+    def relay_chunk(self, data: bytes, raw: bytes | None = None) -> None:
+        """
+        A read of the upstream answer: its payload, and (for a chunked answer
+        relayed to a chunked client) the same bytes as they came, framing and
+        all, to pass on unchanged.
+        """
         if self.gone:
             return
         # the idle timer checks this when it fires, instead of being reset
@@ -434,9 +439,23 @@ class _ProxiedRequest:
                 self.proxy.placement.mark_exhausted(
                     self.account.id, None, "error event in the stream"
                 )
-        self._deliver(data)
+        self._deliver(data, raw)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes, raw: bytes | None = None) -> None:
+        if raw is not None:
+            if data and b"rate_limits" in data and self.account is not None:
+                self._observe_events(self.account, data)
+            self.bytes_out += len(data)
+            request = self.request
+            if not request._disconnected and not request.finished:
+                request.sentLength += len(data)
+                send_now(request.channel.transport, raw)
+            if data:
+                if self.usage is not None:
+                    self.usage.feed(data)
+                if self.tap is not None:
+                    self.tap.response(data, self.status)
+            return
         if not data:
             return  # an empty chunk would end a chunked answer
         if b"rate_limits" in data and self.account is not None:
@@ -606,10 +625,18 @@ def _short_hash(key: str) -> str:
 class _Relay(Protocol):
     """
     Relays an upstream response body to the client, chunk by chunk.
+
+    :param raw: the client's answer is chunked, so a chunked upstream answer
+        may pass through with its framing unchanged (``raw_received``, from
+        :class:`~subrouter.upstream.stream.StreamAgent`).
     """
 
-    def __init__(self, proxied: _ProxiedRequest) -> None:
+    def __init__(self, proxied: _ProxiedRequest, raw: bool) -> None:
         self._proxied = proxied
+        self.wants_raw = raw
+
+    def raw_received(self, raw: bytes, payload: bytes) -> None:
+        self._proxied.relay_chunk(payload, raw)
 
     def connectionMade(self) -> None:
         self._proxied.relay_started(self)

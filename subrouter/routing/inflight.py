@@ -133,7 +133,15 @@ class InFlight:
 
     def _check_idle(self) -> None:
         if self.idle() and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                if not waiter.called:  # a drain that gave up waiting cancelled it
-                    waiter.callback(None)
+            # on the reactor's next turn, not from inside the exchange that
+            # just ended: what waits goes on to stop the reactor, which closes
+            # every connection, that exchange's own among them, mid-read
+            self._clock.callLater(0, self._wake_idle_waiters)
+
+    def _wake_idle_waiters(self) -> None:
+        if not self.idle():
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.called:  # a drain that gave up waiting cancelled it
+                waiter.callback(None)

@@ -24,6 +24,7 @@ from typing import Any
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -309,10 +310,14 @@ def send_now(transport: Any, data: bytes) -> None:
     the socket does not take is queued the usual way (so backpressure still
     pauses the producer). Any other transport is simply written to.
     """
-    send = getattr(transport, "writeSomeData", None)
+    # only a plain TCP connection: a TLS wrapper passes unknown attributes on
+    # to the TCP connection under it, whose writeSomeData would bypass TLS
+    if not isinstance(transport, tcp.Connection):
+        transport.write(data)
+        return
+    send = transport.writeSomeData
     if (
-        send is None
-        or transport.dataBuffer
+        transport.dataBuffer
         or transport._tempDataLen
         or transport.disconnecting
         or not transport.connected
@@ -348,17 +353,23 @@ class CachedEndpoints:
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
+        return self.endpoint(uri.scheme, uri.host, uri.port)
+
+    def endpoint(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
+        """
+        The endpoint for one upstream origin (``host`` as in its URL).
+        """
+        key = (scheme, host, port)
         endpoint = self._cache.get(key)
         if endpoint is None:
-            host = uri.host.decode("ascii")
             endpoint = NoDelayEndpoint(
-                HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+                HostnameEndpoint(self._reactor, host.decode("ascii"), port,
+                                 timeout=self._timeout)
             )
-            if uri.scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
-            elif uri.scheme != b"http":
-                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            if scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(host, port), endpoint)
+            elif scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme {scheme!r}")
             self._cache[key] = endpoint
         return endpoint
 
@@ -400,16 +411,18 @@ def make_http_client(agent: Agent) -> HTTPClient:
 
 class PoolService(Service):
     """
-    Owns the connection pool: closes cached connections at shutdown so the
+    Owns the connection pools: closes cached connections at shutdown so the
     daemon stops promptly.
     """
 
     name = "http-pool"
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
+    def __init__(self, *pools: Any) -> None:
+        self.pools = pools
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        d: Deferred[None] = self.pool.closeCachedConnections()
-        return d
+        from twisted.internet.defer import gatherResults
+
+        d: Deferred[Any] = gatherResults([p.closeCachedConnections() for p in self.pools])
+        return d.addCallback(lambda _: None)
