@@ -479,7 +479,6 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     from subrouter.transcripts.recorder import Recorder
     from subrouter.upstream.client import (
         CONNECT_TIMEOUT,
-        CachedEndpoints,
         PoolService,
         make_agent,
         make_http_client,
@@ -487,7 +486,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
         make_tls_policy,
     )
     from subrouter.upstream.routing import Upstreams
-    from subrouter.upstream.stream import StreamAgent
+    from subrouter.upstream.stream import DirectEndpoints, StreamAgent
     from subrouter.web.admin import AdminResource
     from subrouter.web.dashboard import add_dashboard
     from subrouter.web.guard import Guard
@@ -511,7 +510,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     agent = make_agent(reactor, pool, tls)
     http = make_http_client(agent)
     # proxied requests take the lean client; Subrouter's own calls take treq
-    proxy_agent = StreamAgent(reactor, CachedEndpoints(reactor, tls, CONNECT_TIMEOUT))
+    proxy_agent = StreamAgent(reactor, DirectEndpoints(reactor, tls, CONNECT_TIMEOUT))
     store = AccountStore(config.accounts_dir, run_blocking)
     refresher = TokenRefresher(
         store=store,

@@ -113,7 +113,13 @@ class _Socketish(tcp.Server):
         self.connected = True
         self.disconnecting = False
 
-    def writeSomeData(self, data: bytes) -> int:
+    @property
+    def socket(self) -> Any:
+        return self
+
+    def send(self, data: bytes) -> int:
+        if not self.room:
+            raise BlockingIOError()
         taken = bytes(data[: self.room])
         self.room -= len(taken)
         self.sent += taken
@@ -157,3 +163,11 @@ def test_send_now_queues_what_the_socket_does_not_take_and_keeps_the_order() -> 
     transport.room = 100
     send_now(transport, b" world")  # something is queued: this goes behind it
     assert transport.sent == b"hel" and transport.queued == [b"lo", b" world"]
+
+
+def test_send_now_queues_everything_when_the_socket_is_full() -> None:
+    from subrouter.upstream.client import send_now
+
+    transport = _Socketish(room=0)
+    send_now(transport, b"hello")
+    assert (transport.sent, transport.queued) == (b"", [b"hello"])

@@ -66,15 +66,14 @@ class BodyTap:
     then :meth:`finish` once when the body is complete.
     """
 
-    __slots__ = ("_ledger", "_origin", "_scan")
+    __slots__ = ("_ledger", "_origin", "_scan", "feed")
 
     def __init__(self, ledger: Ledger, origin: Origin, streaming: bool) -> None:
         self._ledger = ledger
         self._origin = origin
         self._scan = BodyScan(streaming)
-
-    def feed(self, data: bytes) -> None:
-        self._scan.feed(data)
+        #: hand a relayed chunk over (the scan's own method: one call per chunk)
+        self.feed: Callable[[bytes], None] = self._scan.feed
 
     def finish(self) -> None:
         payloads = self._scan.finish()

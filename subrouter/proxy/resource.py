@@ -421,11 +421,9 @@ class _ProxiedRequest:
         # backpressure: a full client socket pauses the upstream read
         self.request.registerProducer(producer, True)
 
-    def relay_chunk(self, data: bytes, raw: bytes | None = None) -> None:
+    def relay_chunk(self, data: bytes) -> None:
         """
-        A read of the upstream answer: its payload, and (for a chunked answer
-        relayed to a chunked client) the same bytes as they came, framing and
-        all, to pass on unchanged.
+        A read of the upstream answer's payload.
         """
         if self.gone:
             return
@@ -433,29 +431,43 @@ class _ProxiedRequest:
         # for every chunk
         self.last_data = self.clock.seconds()
         if self.watch_first:
-            self.watch_first = False
-            if self.account is not None and _usage_limit_event(data):
-                # too late to move this answer; the next request will
-                self.proxy.placement.mark_exhausted(
-                    self.account.id, None, "error event in the stream"
-                )
-        self._deliver(data, raw)
+            self._first_chunk(data)
+        self._deliver(data)
 
-    def _deliver(self, data: bytes, raw: bytes | None = None) -> None:
-        if raw is not None:
-            if data and b"rate_limits" in data and self.account is not None:
-                self._observe_events(self.account, data)
-            self.bytes_out += len(data)
-            request = self.request
-            if not request._disconnected and not request.finished:
-                request.sentLength += len(data)
-                send_now(request.channel.transport, raw)
-            if data:
-                if self.usage is not None:
-                    self.usage.feed(data)
-                if self.tap is not None:
-                    self.tap.response(data, self.status)
+    def relay_raw(self, raw: bytes, data: bytes) -> None:
+        """
+        A read of a chunked upstream answer relayed to a chunked client: the
+        bytes as they came, framing and all, passed on unchanged, and their
+        payload (``data``) for the taps. The hot path: one call per event.
+        """
+        if self.gone:
             return
+        self.last_data = self.clock.seconds()
+        if self.watch_first:
+            self._first_chunk(data)
+        request = self.request
+        if not request._disconnected and not request.finished:
+            send_now(request.channel.transport, raw)
+        if data:
+            size = len(data)
+            request.sentLength += size
+            self.bytes_out += size
+            if b"rate_limits" in data and self.account is not None:
+                self._observe_events(self.account, data)
+            if self.usage is not None:
+                self.usage.feed(data)
+            if self.tap is not None:
+                self.tap.response(data, self.status)
+
+    def _first_chunk(self, data: bytes) -> None:
+        self.watch_first = False
+        if self.account is not None and _usage_limit_event(data):
+            # too late to move this answer; the next request will
+            self.proxy.placement.mark_exhausted(
+                self.account.id, None, "error event in the stream"
+            )
+
+    def _deliver(self, data: bytes) -> None:
         if not data:
             return  # an empty chunk would end a chunked answer
         if b"rate_limits" in data and self.account is not None:
@@ -634,9 +646,8 @@ class _Relay(Protocol):
     def __init__(self, proxied: _ProxiedRequest, raw: bool) -> None:
         self._proxied = proxied
         self.wants_raw = raw
-
-    def raw_received(self, raw: bytes, payload: bytes) -> None:
-        self._proxied.relay_chunk(payload, raw)
+        #: a read as it came and its payload: straight to the request
+        self.raw_received = proxied.relay_raw
 
     def connectionMade(self) -> None:
         self._proxied.relay_started(self)

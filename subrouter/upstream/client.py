@@ -17,6 +17,7 @@ then closed or reset may well have acted on it.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -311,23 +312,25 @@ def send_now(transport: Any, data: bytes) -> None:
     pauses the producer). Any other transport is simply written to.
     """
     # only a plain TCP connection: a TLS wrapper passes unknown attributes on
-    # to the TCP connection under it, whose writeSomeData would bypass TLS
-    if not isinstance(transport, tcp.Connection):
-        transport.write(data)
-        return
-    send = transport.writeSomeData
+    # to the TCP connection under it, whose socket would bypass TLS
     if (
-        transport.dataBuffer
+        not isinstance(transport, tcp.Connection)
+        or transport.dataBuffer
         or transport._tempDataLen
         or transport.disconnecting
         or not transport.connected
-        or getattr(transport, "TLS", False)
+        or transport.TLS
     ):
         transport.write(data)
         return
-    sent = send(data)
-    if isinstance(sent, BaseException) or sent < 0:
-        return  # the connection is gone; the reactor sees it on the next read
+    try:
+        sent = transport.socket.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as e:
+        if e.errno != errno.ENOBUFS:
+            return  # the connection is gone; the reactor sees it on the next read
+        sent = 0
     if sent < len(data):
         transport.write(data[sent:])
 

@@ -33,10 +33,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    DNSLookupError,
+    UserError,
+)
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHostnameResolver,
+    IPushProducer,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web._newclient import (
     RequestTransmissionFailed,
@@ -47,15 +62,16 @@ from twisted.web.client import ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from subrouter.upstream.client import (
     CACHED_CONNECTION_TIMEOUT,
     MAX_PERSISTENT_PER_HOST,
-    CachedEndpoints,
+    CachingResolver,
     StaleConnection,
     send_now,
+    set_no_delay,
 )
 
 #: the most a response head (status line and headers) may take
@@ -120,7 +136,7 @@ class StreamAgent:
     def __init__(
         self,
         reactor: Any,
-        endpoints: CachedEndpoints,
+        endpoints: DirectEndpoints,
         *,
         max_idle_per_host: int = MAX_PERSISTENT_PER_HOST,
         idle_timeout: float = CACHED_CONNECTION_TIMEOUT,
@@ -352,6 +368,14 @@ class _Connection(Protocol):
         self._stopped = False
         self._body_done = False
 
+    #: called once connected (set by the endpoint that made the connection)
+    on_made: Callable[[_Connection], None] | None = None
+
+    def connectionMade(self) -> None:
+        made, self.on_made = self.on_made, None
+        if made is not None:
+            made(self)
+
     # -- the pool's side -----------------------------------------------------------------
 
     def take(self) -> bool:
@@ -420,6 +444,19 @@ class _Connection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._head_done:
+            raw = self._raw
+            if raw is not None and self._chunk_state == _SIZE and not self._buffer:
+                # the usual read of a relayed stream: one whole chunk (an
+                # event), passed on as it came, its payload beside it
+                line_end = data.find(b"\r\n", 0, MAX_CHUNK_LINE)
+                if 0 < line_end <= 16:
+                    digits = data[:line_end]
+                    if _HEX.issuperset(digits):
+                        start = line_end + 2
+                        end = start + int(digits, 16)
+                        if end > start and len(data) == end + 2 and data.endswith(b"\r\n"):
+                            raw(data, data[start:end])
+                            return
             self._body(data)
             return
         exchange = self.exchange
@@ -790,6 +827,149 @@ class _BodyConsumer:
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self._transport.write(data)
+
+
+class DirectEndpoints:
+    """
+    Where the stream client's connections come from: TCP straight to the
+    upstream's address (TLS on top for https), its name resolved once and
+    remembered (:class:`~subrouter.upstream.client.CachingResolver`).
+
+    Twisted's ``HostnameEndpoint`` builds a class, a ``LoopingCall`` and a
+    wrapping protocol for every connection, and the wrapper then sits between
+    every read and its protocol; with hundreds of new conversations a second
+    that was most of what a new connection cost. The addresses of a name are
+    tried one after the other, the one that last worked first.
+
+    :param reactor: the reactor.
+    :param tls: the certificate policy for https upstreams.
+    :param connect_timeout: seconds one connection attempt may take.
+    """
+
+    def __init__(self, reactor: Any, tls: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        resolver = IReactorPluggableNameResolver(reactor, None)
+        self._resolver = (
+            CachingResolver(resolver.nameResolver, reactor) if resolver is not None else None
+        )
+        self._tls = tls
+        self._timeout = connect_timeout
+        self._cache: dict[tuple[bytes, bytes, int], _DirectEndpoint] = {}
+
+    def endpoint(self, scheme: bytes, host: bytes, port: int) -> _DirectEndpoint:
+        key = (scheme, host, port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            if scheme not in _DEFAULT_PORTS:
+                raise SchemeNotSupported(f"unsupported scheme {scheme!r}")
+            creator = self._tls.creatorForNetloc(host, port) if scheme == b"https" else None
+            endpoint = _DirectEndpoint(self._reactor, self._resolver, host.decode("ascii"), port,
+                                       creator, self._timeout)
+            self._cache[key] = endpoint
+        return endpoint
+
+
+class _DirectEndpoint:
+    def __init__(self, reactor: Any, resolver: IHostnameResolver | None, host: str, port: int,
+                 creator: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._resolver = resolver
+        self._host = host
+        self._port = port
+        self._creator = creator
+        self._timeout = timeout
+        self._literal = isIPAddress(host) or isIPv6Address(host)
+        self._last_good: str | None = None
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        attempt = _Attempt(self, factory)
+        if self._literal or self._resolver is None:
+            attempt.try_addresses([self._host])
+        else:
+            self._resolver.resolveHostName(attempt, self._host, self._port)
+        return attempt.result
+
+    def _connect_to(self, host: str, factory: Any) -> Any:
+        if self._creator is not None:
+            factory = TLSMemoryBIOFactory(self._creator, True, factory)
+        return self._reactor.connectTCP(host, self._port, factory, timeout=self._timeout)
+
+
+@implementer(IResolutionReceiver)
+class _Attempt(ClientFactory):
+    """
+    One connection wanted: the name's addresses in turn until one connects.
+    """
+
+    noisy = False
+
+    def __init__(self, endpoint: _DirectEndpoint, factory: Any) -> None:
+        self._endpoint = endpoint
+        self._factory = factory
+        self._addresses: list[str] = []
+        self._current: str | None = None
+        self._connector: Any = None
+        self._last_reason: Failure | None = None
+        self.result: Deferred[Any] = Deferred(self._cancel)
+
+    # IResolutionReceiver
+    def resolutionBegan(self, resolutionInProgress: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        if address.host not in self._addresses:
+            self._addresses.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        if not self._addresses:
+            self.result.errback(Failure(DNSLookupError(
+                f"no address found for {self._endpoint._host}")))
+            return
+        self.try_addresses(self._addresses)
+
+    def try_addresses(self, addresses: list[str]) -> None:
+        good = self._endpoint._last_good
+        if good in addresses and addresses[0] != good:
+            addresses = [good] + [a for a in addresses if a != good]
+        self._addresses = list(addresses)
+        self._next()
+
+    def _next(self) -> None:
+        if self.result.called:
+            return
+        if not self._addresses:
+            assert self._last_reason is not None
+            self.result.errback(self._last_reason)
+            return
+        self._current = self._addresses.pop(0)
+        self._connector = self._endpoint._connect_to(self._current, self)
+
+    # the factory's side
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self._factory.buildProtocol(addr)
+        protocol.on_made = self._made
+        return protocol
+
+    def _made(self, protocol: Any) -> None:
+        self._connector = None
+        self._endpoint._last_good = self._current
+        set_no_delay(protocol.transport)
+        if self.result.called:  # cancelled meanwhile
+            protocol.transport.abortConnection()
+            return
+        self.result.callback(protocol)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._connector = None
+        self._last_reason = reason
+        if self.result.called or reason.check(UserError):
+            return
+        self._next()
+
+    def _cancel(self, d: Deferred[Any]) -> None:
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            connector.stopConnecting()
 
 
 def _parse_head(head: bytes) -> tuple[int, bytes, Headers, bool]:
