@@ -504,6 +504,10 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
 
     if config.workers > 1 and config.worker_index is None:
         return _supervisor(config, reactor)
+    from subrouter.loop import direct_dispatch
+
+    # every relayed event is a read and a write: no log context around each
+    direct_dispatch(reactor)
     inflight = InFlight(reactor)
     pool = make_pool(reactor)
     tls = make_tls_policy(config.ca_bundles)

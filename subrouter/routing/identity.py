@@ -22,11 +22,13 @@ def identify(request: Request, path: bytes, query: bytes) -> Identity:
     """
     headers = request.requestHeaders
     body: bytes | None = None
-    if keys.key_from_headers(headers) is None and keys.key_from_query(query) is None:
+    found = keys.key_from_headers(headers) or keys.key_from_query(query)
+    if found is None:
         content = request.content
         if isinstance(content, io.BytesIO):
             body = content.getvalue()
     client = request.getClientAddress()
     return identify_headers(
-        headers, query, path, str(getattr(client, "host", "")), request.method, body
+        headers, query, path, str(getattr(client, "host", "")), request.method, body,
+        found=found,
     )

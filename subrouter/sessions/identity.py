@@ -48,15 +48,20 @@ def identify_headers(
     remote: str,
     method: bytes,
     body: bytes | None = None,
+    *,
+    found: tuple[str, str] | None = None,
 ) -> Identity:
     """
     The identity of a request from its parts (an HTTP request, or the
     handshake of a WebSocket).
 
+    :param found: the key the headers or query already gave, when the
+        caller looked (so they are not searched twice).
     :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
     """
     agent = keys.agent_type(headers)
-    found = keys.key_from_headers(headers) or keys.key_from_query(query)
+    if found is None:
+        found = keys.key_from_headers(headers) or keys.key_from_query(query)
     if found is None and body is not None:
         ctype = headers.getRawHeaders(b"content-type")
         found = keys.key_from_body(body, ctype[0] if ctype else None)

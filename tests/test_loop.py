@@ -1,0 +1,91 @@
+"""
+The reactor's direct dispatch of ready sockets (subrouter.loop): events still
+reach their protocols, an error in one is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.python import log
+from twisted.python.failure import Failure
+
+from subrouter.loop import direct_dispatch
+
+
+def test_only_an_epoll_reactor_is_changed_and_only_once() -> None:
+    assert direct_dispatch(Clock()) is False
+    reactor = EPollReactor()
+    try:
+        assert direct_dispatch(reactor) is True
+        assert direct_dispatch(reactor) is False
+    finally:
+        reactor._poller.close()
+        reactor._reads.clear()
+
+
+def _pair(reactor: Any, protocol: Protocol) -> socket.socket:
+    from twisted.internet import tcp
+
+    mine, theirs = socket.socketpair()
+    mine.setblocking(False)
+
+    class _Conn(tcp.Connection):
+        def getPeer(self) -> Any:
+            return None
+
+        def getHost(self) -> Any:
+            return None
+
+    connection = _Conn(mine, protocol, reactor)
+    protocol.makeConnection(connection)
+    connection.startReading()
+    return theirs
+
+
+@pytest.mark.logged_failures_expected
+def test_reads_are_delivered_and_an_error_escaping_one_is_logged_not_raised() -> None:
+    reactor = EPollReactor()
+    direct_dispatch(reactor)
+    got: list[bytes] = []
+    errors: list[Any] = []
+
+    class Good(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            got.append(data)
+
+    handle = reactor._doReadOrWrite
+    bad_protocol = Good()
+
+    def failing(selectable: Any, fd: int, event: int) -> None:
+        if selectable.protocol is bad_protocol:
+            raise RuntimeError("boom")
+        handle(selectable, fd, event)
+
+    reactor._doReadOrWrite = failing
+    log.addObserver(errors.append)
+    good = _pair(reactor, Good())
+    bad = _pair(reactor, bad_protocol)
+    try:
+        bad.send(b"x")
+        good.send(b"hello")
+        for _ in range(5):
+            reactor.doIteration(0.1)
+            if got:
+                break
+        assert got == [b"hello"]
+        assert any(e.get("isError") and "boom" in str(e.get("failure")) for e in errors)
+    finally:
+        log.removeObserver(errors.append)
+        for reader in list(reactor.getReaders()):
+            reactor.removeReader(reader)
+            reader.connectionLost(Failure(ConnectionDone()))
+        good.close()
+        bad.close()
+        reactor._poller.close()
