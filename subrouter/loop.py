@@ -10,7 +10,11 @@ thousands of context pushes a second for nothing: Subrouter logs with
 ``twisted.logger`` and named fields, which never read that context. This
 dispatches each ready descriptor straight to the reactor's own
 ``_doReadOrWrite``; an error escaping it is still logged (with the
-selectable's prefix, looked up then), never raised into the loop.
+selectable's prefix, looked up then), never raised into the loop. A plain TCP
+connection with bytes to read (nearly every event) is read and handed to its
+protocol right here, deciding what ``doRead`` would decide: a connection that
+ended or failed is disconnected, an error in its protocol logged and the
+connection dropped.
 
 It applies only to Twisted's epoll reactor (the default on Linux); any other
 reactor is left as it is.
@@ -20,9 +24,15 @@ from __future__ import annotations
 
 import errno
 import types
+from select import EPOLLIN
 from typing import Any
 
+from twisted.internet import tcp
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python import log
+
+#: the transports whose reads take the short way (subclasses may override doRead)
+_PLAIN_TCP = (tcp.Client, tcp.Server)
 
 _MARK = "_subrouter_direct_dispatch"
 
@@ -62,6 +72,30 @@ def _do_poll(self: Any, timeout: float | None) -> None:
     for fd, event in ready:
         selectable = selectables.get(fd)
         if selectable is None:
+            continue
+        if event == EPOLLIN and type(selectable) in _PLAIN_TCP and not selectable._aborting:
+            # the common case, a TCP connection with bytes to read, without
+            # the layers of _doReadOrWrite, doRead and _dataReceived (what
+            # they would decide is decided the same way here)
+            why: Any = None
+            try:
+                data = selectable.socket.recv(selectable.bufferSize)
+            except BlockingIOError:
+                continue
+            except OSError:
+                why = CONNECTION_LOST
+            else:
+                if not data:
+                    why = CONNECTION_DONE
+                else:
+                    try:
+                        selectable.protocol.dataReceived(data)
+                        continue
+                    except BaseException as e:
+                        # as _doReadOrWrite: logged, and the connection dropped
+                        why = e
+                        log.err()
+            self._disconnectSelectable(selectable, why, True)
             continue
         try:
             handle(selectable, fd, event)

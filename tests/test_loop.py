@@ -5,6 +5,7 @@ reach their protocols, an error in one is logged and the loop goes on.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
@@ -88,4 +89,64 @@ def test_reads_are_delivered_and_an_error_escaping_one_is_logged_not_raised() ->
             reader.connectionLost(Failure(ConnectionDone()))
         good.close()
         bad.close()
+        reactor._poller.close()
+
+
+@pytest.mark.logged_failures_expected
+def test_plain_tcp_reads_take_the_short_way_with_the_same_outcomes() -> None:
+    from twisted.internet.protocol import ClientFactory, Factory
+
+    reactor = EPollReactor()
+    direct_dispatch(reactor)
+    events: list[Any] = []
+
+    class Server(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            events.append(("data", data))
+            if data == b"boom":
+                raise RuntimeError("boom")
+
+        def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+            events.append(("lost", reason.type))
+
+    clients: list[Protocol] = []
+
+    class Client(Protocol):
+        def connectionMade(self) -> None:
+            clients.append(self)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
+    factory = ClientFactory.forProtocol(Client)
+
+    def spin(until: Any) -> None:
+        for _ in range(50):
+            if until():
+                return
+            reactor.runUntilCurrent()
+            reactor.doIteration(0.05)
+        raise AssertionError(f"not reached; events: {events}")
+
+    try:
+        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        spin(lambda: clients)
+        clients[0].transport.write(b"hello")  # type: ignore[union-attr]
+        spin(lambda: ("data", b"hello") in events)
+        clients[0].transport.loseConnection()  # type: ignore[union-attr]
+        spin(lambda: any(e[0] == "lost" for e in events))
+        assert events[-1] == ("lost", ConnectionDone)
+
+        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        spin(lambda: len(clients) == 2)
+        clients[1].transport.write(b"boom")  # type: ignore[union-attr]
+        spin(lambda: len([e for e in events if e[0] == "lost"]) == 2)
+        assert events[-1][0] == "lost" and events[-1][1] is RuntimeError
+    finally:
+        port.stopListening()
+        for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+            reactor.removeReader(selectable)
+            reactor.removeWriter(selectable)
+            if hasattr(selectable, "connectionLost") and selectable is not port:
+                with contextlib.suppress(Exception):
+                    selectable.connectionLost(Failure(ConnectionDone()))
+        reactor.runUntilCurrent()
         reactor._poller.close()
