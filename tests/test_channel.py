@@ -7,6 +7,7 @@ reason, never a silent close; heads within the limits are served.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,33 @@ def _error(raw: bytes) -> tuple[int, dict[str, Any]]:
 def _head(target: bytes = b"/v1/models", headers: list[bytes] | None = None) -> bytes:
     lines = [b"GET " + target + b" HTTP/1.1", b"Host: 127.0.0.1", *(headers or [])]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Echo(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        body = request.content.read()
+        return b"%s %d %08x" % (request.uri, len(body), zlib.crc32(body))
+
+
+@pytest.mark.parametrize("cut", [None, 10, 5000, 40_000])
+def test_heads_and_bodies_in_one_read_arrive_whole_and_in_order(cut: int | None) -> None:
+    site = QuietSite(_Echo(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    bodies = [bytes(range(256)) * 200 + b"\r\n\r\n", b"", b"x" * 9000]
+    wire = b"".join(
+        b"POST /%d HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+        % (i, len(body), body) for i, body in enumerate(bodies)
+    )
+    for piece in ([wire] if cut is None else [wire[:cut], wire[cut:]]):
+        channel.dataReceived(piece)
+    answers = transport.value().split(b"HTTP/1.1 200 OK")[1:]
+    expected = [b"/%d %d %08x" % (i, len(body), zlib.crc32(body)) for i, body in enumerate(bodies)]
+    assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == expected
 
 
 # -- sizes ---------------------------------------------------------------------------

@@ -67,13 +67,15 @@ from zope.interface import implementer
 
 from subrouter.upstream.client import (
     CACHED_CONNECTION_TIMEOUT,
-    MAX_PERSISTENT_PER_HOST,
     CachingResolver,
     StaleConnection,
     send_now,
     set_no_delay,
 )
 
+#: idle connections kept per upstream origin: a burst of parallel turns (many
+#: agents at once) finds warm connections, TLS done, when it comes again
+MAX_IDLE_PER_HOST = 1024
 #: the most a response head (status line and headers) may take
 MAX_HEAD = 256 * 1024
 #: the most a chunk-size line may take (extensions included)
@@ -138,7 +140,7 @@ class StreamAgent:
         reactor: Any,
         endpoints: DirectEndpoints,
         *,
-        max_idle_per_host: int = MAX_PERSISTENT_PER_HOST,
+        max_idle_per_host: int = MAX_IDLE_PER_HOST,
         idle_timeout: float = CACHED_CONNECTION_TIMEOUT,
     ) -> None:
         self._reactor = reactor

@@ -43,6 +43,8 @@ MAX_HEAD = 64 * 1024
 MAX_HEADERS = 500
 #: the default deadline for a whole request head, in seconds
 DEFAULT_HEADER_TIMEOUT = 30.0
+#: reads longer than this that hold a whole head are split after it
+_SPLIT_AT = 4096
 #: how long a refused connection is kept half-open so the answer is read
 LINGER = 2.0
 
@@ -116,6 +118,17 @@ class SubrouterChannel(HTTPChannel):
         if self._head_deadline is None and self.line_mode and not self._handlingRequest:
             # the first byte of a request head: it has header_timeout to finish
             self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
+        if self.line_mode and not self._buffer and len(data) > _SPLIT_AT:
+            # A head and a body in one read: hand them over apart. Twisted's
+            # line reader splits one line off the whole buffer at a time, so
+            # a 60 KB body after a dozen header lines was copied a dozen times.
+            end = data.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+            if 0 <= end < len(data) - 4:
+                end += 4
+                super().dataReceived(data[:end])
+                if not self._refused and not getattr(self.transport, "disconnecting", False):
+                    super().dataReceived(data[end:])
+                return
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
