@@ -81,3 +81,20 @@ def test_fallback_keys_are_not_live_conversations() -> None:
     table.assign("codex", "real", "b", now=2)
     assert table.live_counts(2) == {"b": 1}
     assert table.get("codex", "fallback:abc").requests == 2  # type: ignore[union-attr]
+
+
+def test_a_snapshot_gives_dumps_rows_and_does_not_follow_later_changes() -> None:
+    from subrouter.sessions.reasons import Reason
+    from subrouter.sessions.table import rows
+
+    table = SessionTable(idle_ttl=600)
+    table.assign("codex", "k1", "a@x.com", 100.0, fallback=False, user_email="u@x.com",
+                 reason=Reason(kind="new", at=100.0, account="a@x.com"))
+    table.assign("codex", "k2", "b@x.com", 101.0, fallback=False, user_email=None, reason=None)
+    snapshot = table.snapshot()
+    before = table.dump()
+    table.touch("codex", "k1", 150.0)
+    table.assign("codex", "k3", "b@x.com", 152.0, fallback=False, user_email=None, reason=None)
+    # encoded later (on another thread), it is the table as it was when taken
+    assert rows(snapshot) == before
+    assert len(table.dump()) == 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -24,7 +25,7 @@ from twisted.logger import Logger
 
 from subrouter.accounts.store import BlockingRunner
 from subrouter.files import atomic_write, ensure_private_directory
-from subrouter.sessions.table import SessionTable
+from subrouter.sessions.table import SessionTable, rows
 from subrouter.sessions.usage import UsageBook
 
 _log = Logger()
@@ -103,15 +104,25 @@ class StateSaver:
         self._clock = clock
         self._saved: tuple[int, int] | None = None
 
-    def _snapshot(self) -> tuple[tuple[int, int], bytes]:
+    def _snapshot(self) -> tuple[tuple[int, int], Callable[[], bytes]]:
+        """
+        What to save, taken on the reactor thread in one cheap pass; the
+        encoding it returns (most of the work: with thousands of
+        conversations, tens of milliseconds) runs where it is called.
+        """
         marker = (self._table.version, self._usage.version)
-        document: dict[str, Any] = {
-            "format": FORMAT,
-            "saved_at": self._clock.seconds(),
-            "sessions": self._table.dump(),
-            "exhausted": self._usage.exhaustion_marks(),
-        }
-        return marker, json.dumps(document, separators=(",", ":")).encode()
+        saved_at = self._clock.seconds()
+        sessions = self._table.snapshot()
+        marks = self._usage.exhaustion_marks()
+
+        def encode() -> bytes:
+            document: dict[str, Any] = {
+                "format": FORMAT, "saved_at": saved_at,
+                "sessions": rows(sessions), "exhausted": marks,
+            }
+            return json.dumps(document, separators=(",", ":")).encode()
+
+        return marker, encode
 
     def save_if_changed(self) -> Deferred[None] | None:
         """
@@ -121,9 +132,10 @@ class StateSaver:
         marker = (self._table.version, self._usage.version)
         if marker == self._saved:
             return None
-        marker, data = self._snapshot()  # taken on the reactor thread
+        marker, encode = self._snapshot()  # taken on the reactor thread
 
         def write() -> None:
+            data = encode()
             ensure_private_directory(self._dir)
             atomic_write(self.path, data)
 
@@ -155,9 +167,9 @@ class StateSaver:
         """
         if (self._table.version, self._usage.version) == self._saved:
             return
-        _, data = self._snapshot()
+        _, encode = self._snapshot()
         try:
             ensure_private_directory(self._dir)
-            atomic_write(self.path, data)
+            atomic_write(self.path, encode())
         except OSError as e:
             _log.error("saving {path} failed: {error}", path=self.path, error=str(e))

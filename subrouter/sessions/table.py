@@ -12,6 +12,7 @@ every conversation ever seen.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,24 @@ class Assignment:
         row = attrs.asdict(self, recurse=False)
         row["reason"] = self.reason.dump() if self.reason is not None else None
         return row
+
+
+_FIELD_NAMES = tuple(field.name for field in attrs.fields(Assignment))
+_FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)
+
+
+def rows(snapshot: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """
+    :meth:`SessionTable.dump`'s rows from a :meth:`SessionTable.snapshot`
+    (any thread: what it reads no longer changes).
+    """
+    out = []
+    for values in snapshot:
+        row = dict(zip(_FIELD_NAMES, values, strict=True))
+        reason = row["reason"]
+        row["reason"] = reason.dump() if reason is not None else None
+        out.append(row)
+    return out
 
 
 class SessionTable:
@@ -271,3 +290,12 @@ class SessionTable:
 
     def dump(self) -> list[dict[str, Any]]:
         return [a.as_json() for a in self._all.values()]
+
+    def snapshot(self) -> list[tuple[Any, ...]]:
+        """
+        Every assignment's fields as they are now, taken cheaply (one C call
+        each) so that :func:`rows` can turn them into :meth:`dump`'s rows on
+        another thread, while the table goes on changing.
+        """
+        get = _FIELD_VALUES
+        return [get(a) for a in self._all.values()]
