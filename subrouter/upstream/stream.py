@@ -353,6 +353,12 @@ class _Connection(Protocol):
         self.idle_timer: IDelayedCall | None = None
         self.closed: Deferred[None] = Deferred()
         self._gone = False
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """
+        Forget the last exchange's state: what a new one starts from.
+        """
         self._buffer = b""
         self._got_bytes = False
         self._sent_all = False
@@ -405,20 +411,7 @@ class _Connection(Protocol):
         self.exchange = exchange
         exchange.connection = self
         self.reused = reused
-        self._buffer = b""
-        self._got_bytes = False
-        self._head_done = False
-        self._framing = _NONE
-        self._chunk_state = _SIZE
-        self._reusable = True
-        self._protocol = None
-        self._raw = None
-        self._early = []
-        self._early_size = 0
-        self._early_end = None
-        self._paused = False
-        self._stopped = False
-        self._body_done = False
+        self._fresh()
         transport = self.transport
         if exchange.streamed is None:
             self._sent_all = True
