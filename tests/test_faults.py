@@ -440,3 +440,80 @@ async def test_a_client_that_stops_reading_gets_every_byte_in_order_later(
     frames = [f for f in body.split(b"\n\n") if f]
     assert [json.loads(f[len(b"data: "):])["n"] for f in frames] == list(range(128))
     assert tracebacks(daemon) == []
+
+
+# -- upstream answers that break HTTP/1.1 ------------------------------------------------
+
+
+class _RawUpstream(Protocol):
+    """
+    Answers every request it reads with the same bytes.
+    """
+
+    answer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            assert self.transport is not None
+            self.transport.write(self.answer)
+
+
+async def _raw_upstream(answer: bytes) -> Any:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    class _Answer(_RawUpstream):
+        pass
+
+    _Answer.answer = answer
+    return reactor.listenTCP(0, Factory.forProtocol(_Answer), interface="127.0.0.1")
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n", "malformed header line"),
+])
+@pytest_twisted.ensureDeferred
+async def test_an_answer_that_breaks_http_gets_502_with_the_reason(
+    tmp_path: Path, answer: bytes, said: str
+) -> None:
+    port = await _raw_upstream(answer)
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    running = await start_daemon(make_config(tmp_path, None, None,
+                                             codex_upstream=base + "/backend-api/codex"))
+    try:
+        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
+        await accounts_seen(running, 1)
+        response = await running.request("POST", "/v1/responses", data=b"{}")
+        assert response.code == 502
+        error = json.loads(await read_all(response))["error"]
+        assert error["type"] == "upstream_error" and said in error["message"]
+        assert tracebacks(running) == []
+    finally:
+        await running.stop()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_chunk_mid_stream_aborts_the_client_never_a_clean_end(
+    tmp_path: Path,
+) -> None:
+    port = await _raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"f\r\ndata: one\r\n\r\n\r\nzz\r\nnot a chunk\r\n"
+    )
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    running = await start_daemon(make_config(tmp_path, None, None,
+                                             codex_upstream=base + "/backend-api/codex"))
+    try:
+        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
+        await accounts_seen(running, 1)
+        response = await running.request("POST", "/v1/responses", data=b"{}")
+        assert response.code == 200
+        with pytest.raises(Exception):  # noqa: B017 - treq's wrapper of ResponseFailed
+            await read_all(response)
+        assert tracebacks(running) == []
+    finally:
+        await running.stop()
+        await port.stopListening()
