@@ -16,6 +16,16 @@ protocol right here, deciding what ``doRead`` would decide: a connection that
 ended or failed is disconnected, an error in its protocol logged and the
 connection dropped.
 
+Each turn also puts the streams in flight first: what is ready on upstream
+connections (and everything else that is not a client's) is handled before
+what clients bring (request heads and bodies, WebSocket frames, new
+connections), and client-side work stops after :data:`CLIENT_SIDE_BUDGET`, or
+after as long as the streams took in that turn if that is longer, the rest
+handled on the next turn (epoll here is level-triggered, so a socket not read
+stays ready). A burst of new requests then delays the events of running
+streams by that budget, not by the whole burst, and under a full load clients
+still get half of every turn.
+
 It applies only to Twisted's epoll reactor (the default on Linux); any other
 reactor is left as it is.
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 import errno
 import types
 from select import EPOLLIN
+from time import monotonic
 from typing import Any
 
 from twisted.internet import tcp
@@ -33,6 +44,11 @@ from twisted.python import log
 
 #: the transports whose reads take the short way (subclasses may override doRead)
 _PLAIN_TCP = (tcp.Client, tcp.Server)
+#: what clients bring: their requests (and WebSocket frames) and new connections
+_CLIENT_SIDE = (tcp.Server, tcp.Port)
+#: seconds one turn of the loop may spend on client-side work once the streams
+#: in flight have had theirs; what is left waits for the next turn
+CLIENT_SIDE_BUDGET = 0.002
 
 _MARK = "_subrouter_direct_dispatch"
 
@@ -68,42 +84,68 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             return
         raise
     selectables = self._selectables
-    handle = self._doReadOrWrite
+    later: list[tuple[int, int]] | None = None
+    started = monotonic()
     for fd, event in ready:
         selectable = selectables.get(fd)
         if selectable is None:
             continue
-        if event == EPOLLIN and type(selectable) in _PLAIN_TCP and not selectable._aborting:
-            # the common case, a TCP connection with bytes to read, without
-            # the layers of _doReadOrWrite, doRead and _dataReceived (what
-            # they would decide is decided the same way here)
-            why: Any = None
-            try:
-                data = selectable.socket.recv(selectable.bufferSize)
-            except BlockingIOError:
-                continue
-            except OSError:
-                why = CONNECTION_LOST
-            else:
-                if not data:
-                    why = CONNECTION_DONE
-                else:
-                    try:
-                        selectable.protocol.dataReceived(data)
-                        continue
-                    except BaseException as e:
-                        # as _doReadOrWrite: logged, and the connection dropped
-                        why = e
-                        log.err()
-            self._disconnectSelectable(selectable, why, True)
+        if type(selectable) in _CLIENT_SIDE:
+            # a client's request or a new connection: after the streams in flight
+            if later is None:
+                later = []
+            later.append((fd, event))
             continue
+        _dispatch(self, selectable, fd, event)
+    if later is None:
+        return
+    # at least the budget, and as long as the streams took: under a full load
+    # clients get half of each turn, never starved
+    now = monotonic()
+    deadline = now + max(CLIENT_SIDE_BUDGET, now - started)
+    for fd, event in later:
+        selectable = selectables.get(fd)
+        if selectable is None:
+            continue  # closed by what ran before it
+        _dispatch(self, selectable, fd, event)
+        if monotonic() > deadline:
+            # the rest are still ready (epoll here is level-triggered): they
+            # come back on the next turn, after the streams have had theirs
+            return
+
+
+def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
+    if event == EPOLLIN and type(selectable) in _PLAIN_TCP and not selectable._aborting:
+        # the common case, a TCP connection with bytes to read, without the
+        # layers of _doReadOrWrite, doRead and _dataReceived (what they would
+        # decide is decided the same way here)
+        why: Any = None
         try:
-            handle(selectable, fd, event)
-        except KeyboardInterrupt:
-            raise
+            data = selectable.socket.recv(selectable.bufferSize)
+        except BlockingIOError:
+            return
+        except OSError:
+            why = CONNECTION_LOST
+        else:
+            if not data:
+                why = CONNECTION_DONE
+            else:
+                try:
+                    selectable.protocol.dataReceived(data)
+                    return
+                except BaseException as e:
+                    # as _doReadOrWrite: logged, and the connection dropped
+                    why = e
+                    log.err()
+        self._disconnectSelectable(selectable, why, True)
+        return
+    try:
+        self._doReadOrWrite(selectable, fd, event)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        try:
+            prefix = selectable.logPrefix()
         except BaseException:
-            try:
-                prefix = selectable.logPrefix()
-            except BaseException:
-                prefix = "(buggy logPrefix method)"
-            log.err(system=prefix)
+            prefix = "(buggy logPrefix method)"
+        log.err(system=prefix)

@@ -150,3 +150,70 @@ def test_plain_tcp_reads_take_the_short_way_with_the_same_outcomes() -> None:
                     selectable.connectionLost(Failure(ConnectionDone()))
         reactor.runUntilCurrent()
         reactor._poller.close()
+
+
+class _FakeSocket:
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name = name
+        self.seen = seen
+
+    def recv(self, size: int) -> bytes:
+        self.seen.append(self.name)
+        return b"x"
+
+
+def _selectable(kind: type, name: str, seen: list[str]) -> Any:
+    selectable = object.__new__(kind)
+    selectable.socket = _FakeSocket(name, seen)
+    selectable.bufferSize = 65536
+
+    class _Protocol(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            pass
+
+    selectable.protocol = _Protocol()
+    return selectable
+
+
+class _FakeReactor:
+    def __init__(self, ready: list[tuple[int, int]], selectables: dict[int, Any]) -> None:
+        self._selectables = selectables
+
+        class _Poller:
+            @staticmethod
+            def poll(timeout: float, most: int) -> list[tuple[int, int]]:
+                return ready
+
+        self._poller = _Poller()
+
+
+def test_streams_in_flight_go_before_what_clients_bring(monkeypatch: pytest.MonkeyPatch) -> None:
+    from select import EPOLLIN
+
+    from twisted.internet import tcp
+
+    from subrouter import loop
+
+    seen: list[str] = []
+    selectables = {
+        1: _selectable(tcp.Server, "client request 1", seen),
+        2: _selectable(tcp.Client, "upstream event", seen),
+        3: _selectable(tcp.Server, "client request 2", seen),
+    }
+    ready = [(1, EPOLLIN), (2, EPOLLIN), (3, EPOLLIN)]
+    loop._do_poll(_FakeReactor(ready, selectables), 0)
+    assert seen == ["upstream event", "client request 1", "client request 2"]
+
+    # past the turn's budget, what clients bring waits for the next turn: the
+    # streams took 1 ms, the first request 5 ms (over the 2 ms budget)
+    seen.clear()
+    times = iter([0.0, 0.001, 0.006, 0.007])
+    monkeypatch.setattr(loop, "monotonic", lambda: next(times))
+    loop._do_poll(_FakeReactor(ready, selectables), 0)
+    assert seen == ["upstream event", "client request 1"]
+
+    # but never less than the streams took: under a full load, half each
+    seen.clear()
+    times = iter([0.0, 0.010, 0.015, 0.021])
+    loop._do_poll(_FakeReactor(ready, selectables), 0)
+    assert seen == ["upstream event", "client request 1", "client request 2"]
