@@ -330,3 +330,16 @@ def test_connection_close_is_respected() -> None:
     got = _Body()
     _result(d).deliverBody(got)
     assert got.payload == [b"ok"] and transport.disconnecting
+
+
+def test_an_answer_framed_both_ways_is_read_as_chunked_and_its_connection_dropped() -> None:
+    agent, endpoints, _ = _agent()
+    d = agent.request(b"GET", URL)
+    protocol, transport = endpoints.connections[0]
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    got = _Body()
+    _result(d).deliverBody(got)
+    assert b"".join(got.payload) == b"hello"
+    assert got.reason is not None and got.reason.check(ResponseDone)
+    assert transport.disconnecting

@@ -420,16 +420,23 @@ class _Connection(Protocol):
             return
         self._sent_all = False
         transport.write(exchange.head)  # type: ignore[union-attr]
-        chunked = exchange.streamed.length is UNKNOWN_LENGTH
+        producer = exchange.streamed
+        chunked = producer.length is UNKNOWN_LENGTH
         consumer = _BodyConsumer(transport, chunked)
-        d = exchange.streamed.startProducing(consumer)
+        # a large body (from a file) goes at the upstream's pace, not into memory
+        transport.registerProducer(producer, True)  # type: ignore[union-attr]
+        d = producer.startProducing(consumer)
 
         def sent(_: object) -> None:
-            if chunked:
-                transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            if not self._gone:
+                transport.unregisterProducer()  # type: ignore[union-attr]
+                if chunked:
+                    transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
             self._sent_all = True
 
         def failed(reason: Failure) -> None:
+            if not self._gone:
+                transport.unregisterProducer()  # type: ignore[union-attr]
             if not reason.check(CancelledError):
                 self.abort()
 
@@ -513,6 +520,9 @@ class _Connection(Protocol):
                 return UNKNOWN_LENGTH
             self._framing = _CHUNKED
             self._chunk_state = _SIZE
+            if headers.hasHeader(b"content-length"):
+                # both framings: chunked wins, and the connection is not trusted again
+                self._reusable = False
             return UNKNOWN_LENGTH
         lengths = headers.getRawHeaders(b"content-length")
         if lengths:
