@@ -469,51 +469,51 @@ async def _raw_upstream(answer: bytes) -> Any:
     return reactor.listenTCP(0, Factory.forProtocol(_Answer), interface="127.0.0.1")
 
 
-@pytest.mark.parametrize(("answer", "said"), [
+@pytest_twisted.async_yield_fixture
+async def raw_daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
+    """
+    A daemon with one login whose upstream answers every request with the
+    test's ``answer`` bytes.
+    """
+    port = await _raw_upstream(request.param)
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    running = await start_daemon(make_config(tmp_path, None, None,
+                                             codex_upstream=base + "/backend-api/codex"))
+    try:
+        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
+        await accounts_seen(running, 1)
+        yield running
+    finally:
+        await running.stop()
+        await port.stopListening()
+
+
+@pytest.mark.parametrize(("raw_daemon", "said"), [
     (b"HTTP/1.1 20 OK\r\n\r\n", "malformed status line"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "malformed Content-Length"),
     (b"HTTP/1.1 200 OK\r\nbroken header line\r\n\r\n", "malformed header line"),
-])
+], indirect=["raw_daemon"])
 @pytest_twisted.ensureDeferred
 async def test_an_answer_that_breaks_http_gets_502_with_the_reason(
-    tmp_path: Path, answer: bytes, said: str
+    raw_daemon: Daemon, said: str
 ) -> None:
-    port = await _raw_upstream(answer)
-    base = f"http://127.0.0.1:{port.getHost().port}"
-    running = await start_daemon(make_config(tmp_path, None, None,
-                                             codex_upstream=base + "/backend-api/codex"))
-    try:
-        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
-        await accounts_seen(running, 1)
-        response = await running.request("POST", "/v1/responses", data=b"{}")
-        assert response.code == 502
-        error = json.loads(await read_all(response))["error"]
-        assert error["type"] == "upstream_error" and said in error["message"]
-        assert tracebacks(running) == []
-    finally:
-        await running.stop()
-        await port.stopListening()
+    response = await raw_daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 502
+    error = json.loads(await read_all(response))["error"]
+    assert error["type"] == "upstream_error" and said in error["message"]
+    assert tracebacks(raw_daemon) == []
 
 
+@pytest.mark.parametrize("raw_daemon", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"f\r\ndata: one\r\n\r\n\r\nzz\r\nnot a chunk\r\n"
+], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_a_broken_chunk_mid_stream_aborts_the_client_never_a_clean_end(
-    tmp_path: Path,
+    raw_daemon: Daemon,
 ) -> None:
-    port = await _raw_upstream(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"f\r\ndata: one\r\n\r\n\r\nzz\r\nnot a chunk\r\n"
-    )
-    base = f"http://127.0.0.1:{port.getHost().port}"
-    running = await start_daemon(make_config(tmp_path, None, None,
-                                             codex_upstream=base + "/backend-api/codex"))
-    try:
-        write_oauth_account(running.accounts_dir, "a@example.com", exp=FAR)
-        await accounts_seen(running, 1)
-        response = await running.request("POST", "/v1/responses", data=b"{}")
-        assert response.code == 200
-        with pytest.raises(Exception):  # noqa: B017 - treq's wrapper of ResponseFailed
-            await read_all(response)
-        assert tracebacks(running) == []
-    finally:
-        await running.stop()
-        await port.stopListening()
+    response = await raw_daemon.request("POST", "/v1/responses", data=b"{}")
+    assert response.code == 200
+    with pytest.raises(Exception):  # noqa: B017 - treq's wrapper of ResponseFailed
+        await read_all(response)
+    assert tracebacks(raw_daemon) == []
