@@ -26,6 +26,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
+    formatTime,
     textFileLogObserver,
 )
 from zope.interface import implementer
@@ -63,6 +64,43 @@ def _filtered(observer: ILogObserver, level: LogLevel) -> ILogObserver:
     return FilteringLogObserver(observer, [predicate])
 
 
+@implementer(ILogObserver)
+class _TextObserver:
+    """
+    Twisted's text log lines, the same to the character, with the most
+    common one made cheaply: the proxy's one line per request (its text built
+    already, see ``proxy/resource.py``) skips the format-string parsing and
+    gets its timestamp from a cache kept per second. Every other event is
+    formatted by Twisted.
+    """
+
+    def __init__(self, stream: Writable) -> None:
+        self._stream = stream
+        self._classic = textFileLogObserver(stream)  # type: ignore[arg-type]
+        self._second: int | None = None
+        self._stamp = ""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        when = event.get("log_time")
+        level = event.get("log_level")
+        if (
+            event.get("log_format") != "{request_line}"
+            or when is None or level is None
+            or "log_system" in event or "log_failure" in event
+            or not event.get("request_line")
+        ):
+            self._classic(event)
+            return
+        second = int(when)
+        if second != self._second:
+            self._stamp = formatTime(when)
+            self._second = second
+        line = str(event.get("request_line", "")).replace("\n", "\n\t")
+        namespace = event.get("log_namespace", "-")
+        self._stream.write(f"{self._stamp} [{namespace}#{level.name}] {line}\n")
+        self._stream.flush()
+
+
 def text_observer(
     stream: Writable | None = None, level: LogLevel = LogLevel.info
 ) -> ILogObserver:
@@ -70,7 +108,7 @@ def text_observer(
     Human-readable log lines (the default), scrubbed.
     """
     out = ScrubbingStream(stream if stream is not None else sys.stdout)
-    return _filtered(textFileLogObserver(out), level)  # type: ignore[arg-type]
+    return _filtered(_TextObserver(out), level)
 
 
 _LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "failure", "why"})

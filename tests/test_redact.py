@@ -68,3 +68,33 @@ def test_json_log_lines_carry_named_fields() -> None:
     log.info("{method} {path}", method="POST", path="/v1/responses", status=200)
     record = json.loads(out.getvalue().splitlines()[0])
     assert record["method"] == "POST" and record["status"] == 200
+
+
+@given(
+    line=st.text(max_size=80),
+    when=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    level=st.sampled_from(["info", "warn", "error"]),
+)
+def test_request_lines_come_out_as_twisted_would_write_them(
+    line: str, when: float, level: str
+) -> None:
+    from twisted.logger import LogLevel, textFileLogObserver
+
+    event = {"log_format": "{request_line}", "request_line": line, "log_time": when,
+             "log_level": LogLevel.levelWithName(level), "log_namespace": "subrouter.proxy"}
+    ours, twisted = io.StringIO(), io.StringIO()
+    text_observer(ours)(dict(event))
+    textFileLogObserver(twisted)(dict(event))
+    from subrouter.redact import scrub_text as scrub
+
+    assert ours.getvalue() == scrub(twisted.getvalue())
+
+
+def test_a_request_line_is_scrubbed_and_other_events_are_twisteds() -> None:
+    out = io.StringIO()
+    log = Logger(namespace="subrouter.proxy.resource", observer=LogPublisher(text_observer(out)))
+    log.info("{request_line}", request_line="POST /v1 502: Bearer sk-abcdefghijklmnopqrstuvwxyz12")
+    log.info("placed {n} conversations", n=3)
+    first, second = out.getvalue().splitlines()
+    assert "sk-abcdefghijklmnop" not in first and "[subrouter.proxy.resource#info] POST" in first
+    assert second.endswith("[subrouter.proxy.resource#info] placed 3 conversations")
