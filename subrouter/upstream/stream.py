@@ -173,6 +173,7 @@ class StreamAgent:
         idle = self._idle.get(target.key)
         while idle:
             connection = idle.pop()
+            connection.pooled = False
             if connection.take():
                 connection.send(exchange, reused=True)
                 return exchange.result
@@ -223,9 +224,12 @@ class StreamAgent:
     def _release(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= self._max_idle:
-            idle.pop(0).close()
+            oldest = idle.pop(0)
+            oldest.pooled = False
+            oldest.close()
         connection.idle_timer = self._reactor.callLater(
             self._idle_timeout, self._expire, connection)
+        connection.pooled = True
         idle.append(connection)
 
     def _expire(self, connection: _Connection) -> None:
@@ -234,6 +238,9 @@ class StreamAgent:
         connection.close()
 
     def _forget(self, connection: _Connection) -> None:
+        if not connection.pooled:
+            return
+        connection.pooled = False
         idle = self._idle.get(connection.key)
         if idle is not None and connection in idle:
             idle.remove(connection)
@@ -246,6 +253,7 @@ class StreamAgent:
         for idle in self._idle.values():
             while idle:
                 connection = idle.pop()
+                connection.pooled = False
                 connection.take()
                 waiting.append(connection.closed)
                 # not now: this may be called from inside the connection's
@@ -378,6 +386,8 @@ class _Connection(Protocol):
 
     #: called once connected (set by the endpoint that made the connection)
     on_made: Callable[[_Connection], None] | None = None
+    #: waiting in the pool's idle list
+    pooled = False
 
     def connectionMade(self) -> None:
         made, self.on_made = self.on_made, None
