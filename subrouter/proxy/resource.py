@@ -425,14 +425,8 @@ class _ProxiedRequest:
         """
         A read of the upstream answer's payload.
         """
-        if self.gone:
-            return
-        # the idle timer checks this when it fires, instead of being reset
-        # for every chunk
-        self.last_data = self.clock.seconds()
-        if self.watch_first:
-            self._first_chunk(data)
-        self._deliver(data)
+        if self._arrived(data):
+            self._deliver(data)
 
     def relay_raw(self, raw: bytes, data: bytes) -> None:
         """
@@ -440,39 +434,36 @@ class _ProxiedRequest:
         bytes as they came, framing and all, passed on unchanged, and their
         payload (``data``) for the taps. The hot path: one call per event.
         """
-        if self.gone:
+        if not self._arrived(data):
             return
-        self.last_data = self.clock.seconds()
-        if self.watch_first:
-            self._first_chunk(data)
         request = self.request
         if not request._disconnected and not request.finished:
             send_now(request.channel.transport, raw)
         if data:
-            size = len(data)
-            request.sentLength += size
-            self.bytes_out += size
-            if b"rate_limits" in data and self.account is not None:
-                self._observe_events(self.account, data)
-            if self.usage is not None:
-                self.usage.feed(data)
-            if self.tap is not None:
-                self.tap.response(data, self.status)
+            request.sentLength += len(data)
+            self._passed(data)
 
-    def _first_chunk(self, data: bytes) -> None:
-        self.watch_first = False
-        if self.account is not None and _usage_limit_event(data):
-            # too late to move this answer; the next request will
-            self.proxy.placement.mark_exhausted(
-                self.account.id, None, "error event in the stream"
-            )
+    def _arrived(self, data: bytes) -> bool:
+        """
+        A read of the answer came: note when (the idle timer checks this when
+        it fires, instead of being reset for every chunk) and look at the
+        first. False when the client has gone.
+        """
+        if self.gone:
+            return False
+        self.last_data = self.clock.seconds()
+        if self.watch_first:
+            self.watch_first = False
+            if self.account is not None and _usage_limit_event(data):
+                # too late to move this answer; the next request will
+                self.proxy.placement.mark_exhausted(
+                    self.account.id, None, "error event in the stream"
+                )
+        return True
 
     def _deliver(self, data: bytes) -> None:
         if not data:
             return  # an empty chunk would end a chunked answer
-        if b"rate_limits" in data and self.account is not None:
-            self._observe_events(self.account, data)
-        self.bytes_out += len(data)
         request = self.request
         if request.chunked and not request._disconnected and not request.finished:
             # what Request.write does for a chunked answer under way, without
@@ -481,6 +472,16 @@ class _ProxiedRequest:
             send_now(request.channel.transport, b"%x\r\n%b\r\n" % (len(data), data))
         else:
             request.write(data)
+        self._passed(data)
+
+    def _passed(self, data: bytes) -> None:
+        """
+        What every relayed payload feeds: rate-limit signals, the byte count,
+        the token ledger and the transcript.
+        """
+        if b"rate_limits" in data and self.account is not None:
+            self._observe_events(self.account, data)
+        self.bytes_out += len(data)
         if self.usage is not None:
             self.usage.feed(data)
         if self.tap is not None:
