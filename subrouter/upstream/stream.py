@@ -344,7 +344,7 @@ class StreamResponse:
         self.previousResponse = response
 
 
-@implementer(IPushProducer, IConsumer)
+@implementer(IPushProducer)
 class _Connection(Protocol):
     """
     One kept-alive upstream connection; one exchange on it at a time.
@@ -553,9 +553,7 @@ class _Connection(Protocol):
         return UNKNOWN_LENGTH
 
     def _fail_head(self, error: Exception) -> None:
-        exchange = self.exchange
-        self._reusable = False
-        self.exchange = None
+        exchange, self.exchange = self.exchange, None
         if exchange is not None and not exchange.result.called:
             exchange.result.errback(Failure(ResponseFailed([Failure(error)])))
         self.abort()
@@ -678,7 +676,6 @@ class _Connection(Protocol):
         self._emit(raw, payload)
 
     def _broken(self, why: str) -> None:
-        self._reusable = False
         self._end_body(Failure(ResponseFailed([Failure(BadResponse(why))])))
         self.abort()
 
@@ -700,9 +697,7 @@ class _Connection(Protocol):
             exchange.connection = None
         self._head_done = False  # what comes next is not this answer's
         if self._reusable and self._sent_all and not self._stopped and not self._gone:
-            if self._paused:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
-                self._paused = False
+            self.resumeProducing()
             self.agent._release(self)
         else:
             self.close()
@@ -768,16 +763,6 @@ class _Connection(Protocol):
             return
         self._stopped = True
         self.abort()
-
-    # IConsumer, for a streamed request body
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
-
-    def unregisterProducer(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
 
     # -- the end ------------------------------------------------------------------------
 
