@@ -43,13 +43,18 @@ class Assignment:
     moves: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        row = attrs.asdict(self, recurse=False)
-        row["reason"] = self.reason.dump() if self.reason is not None else None
-        return row
+        return _row(_FIELD_VALUES(self))
 
 
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(Assignment))
 _FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)
+
+
+def _row(values: tuple[Any, ...]) -> dict[str, Any]:
+    row = dict(zip(_FIELD_NAMES, values, strict=True))
+    reason = row["reason"]
+    row["reason"] = reason.dump() if reason is not None else None
+    return row
 
 
 def rows(snapshot: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -57,13 +62,7 @@ def rows(snapshot: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     :meth:`SessionTable.dump`'s rows from a :meth:`SessionTable.snapshot`
     (any thread: what it reads no longer changes).
     """
-    out = []
-    for values in snapshot:
-        row = dict(zip(_FIELD_NAMES, values, strict=True))
-        reason = row["reason"]
-        row["reason"] = reason.dump() if reason is not None else None
-        out.append(row)
-    return out
+    return [_row(values) for values in snapshot]
 
 
 class SessionTable:
@@ -289,7 +288,7 @@ class SessionTable:
             self._all[(assignment.agent, assignment.key)] = assignment
 
     def dump(self) -> list[dict[str, Any]]:
-        return [a.as_json() for a in self._all.values()]
+        return rows(self.snapshot())
 
     def snapshot(self) -> list[tuple[Any, ...]]:
         """
