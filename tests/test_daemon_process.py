@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from tests.support.tlsca import TestCA
 from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_account
 
 
-@pytest_twisted.async_yield_fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[tuple[FakeUpstream, TestCA]]:
-    (tmp_path / "ca").mkdir()
-    ca = TestCA(tmp_path / "ca")
-    fake = FakeUpstream(reactor, ca)
-    await fake.start()
-    yield fake, ca
-    await fake.stop()
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -43,9 +32,9 @@ async def upstream(tmp_path: Path) -> AsyncIterator[tuple[FakeUpstream, TestCA]]
 )
 @pytest_twisted.ensureDeferred
 async def test_the_daemon_process_streams_through_to_the_backend(
-    tmp_path: Path, upstream: tuple[FakeUpstream, TestCA], command: list[str]
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, command: list[str]
 ) -> None:
-    fake, ca = upstream
+    fake = upstream
     accounts = tmp_path / "store"
     write_oauth_account(accounts, "alice@example.com", exp=time.time() + 86400)
     port = free_port()

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,6 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest_twisted.async_yield_fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[tuple[FakeUpstream, TestCA]]:
-    (tmp_path / "ca").mkdir()
-    ca = TestCA(tmp_path / "ca")
-    fake = FakeUpstream(reactor, ca)
-    await fake.start()
-    yield fake, ca
-    await fake.stop()
-
-
 def test_workers_without_redis_are_a_usage_error(tmp_path: Path) -> None:
     import subprocess
 
@@ -66,9 +56,9 @@ def test_workers_without_redis_are_a_usage_error(tmp_path: Path) -> None:
 ], ids=["serve", "drain"])
 @pytest_twisted.ensureDeferred
 async def test_two_workers_serve_one_port_share_state_and_drain_on_sigterm(
-    tmp_path: Path, upstream: tuple[FakeUpstream, TestCA], redis: RedisServer, drain: bool
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA, redis: RedisServer, drain: bool
 ) -> None:
-    fake, ca = upstream
+    fake = upstream
     accounts = tmp_path / "store"
     for email, ws in (("a@example.com", "ws-a"), ("b@example.com", "ws-b")):
         write_oauth_account(accounts, email, exp=time.time() + 86400, account_id=ws)
