@@ -24,7 +24,10 @@ after as long as the streams took in that turn if that is longer, the rest
 handled on the next turn (epoll here is level-triggered, so a socket not read
 stays ready). A burst of new requests then delays the events of running
 streams by that budget, not by the whole burst, and under a full load clients
-still get half of every turn.
+still get half of every turn. Between two clients' reads, what became ready
+on the streams meanwhile is handled first (one ``epoll_wait`` without
+waiting): the head of an answer to a request sent a moment ago goes to its
+client before the next request of a burst is read.
 
 It applies only to Twisted's epoll reactor (the default on Linux); any other
 reactor is left as it is.
@@ -99,19 +102,42 @@ def _do_poll(self: Any, timeout: float | None) -> None:
         _dispatch(self, selectable, fd, event)
     if later is None:
         return
-    # at least the budget, and as long as the streams took: under a full load
-    # clients get half of each turn, never starved
-    now = monotonic()
-    deadline = now + max(CLIENT_SIDE_BUDGET, now - started)
-    for fd, event in later:
+    # Clients get at least the budget, and as long as the streams took: under
+    # a full load, half of each turn, never starved. Between two of them, what
+    # became ready on the streams meanwhile (an answer's head to a request
+    # just sent, an event) is handled at once rather than after the rest of
+    # the burst; that time counts as the streams'.
+    streams = monotonic() - started
+    clients = 0.0
+    last = len(later) - 1
+    for i, (fd, event) in enumerate(later):
         selectable = selectables.get(fd)
         if selectable is None:
             continue  # closed by what ran before it
+        began = monotonic()
         _dispatch(self, selectable, fd, event)
-        if monotonic() > deadline:
+        ended = monotonic()
+        clients += ended - began
+        if clients > max(CLIENT_SIDE_BUDGET, streams):
             # the rest are still ready (epoll here is level-triggered): they
             # come back on the next turn, after the streams have had theirs
             return
+        if i < last:
+            _streams_ready(self, selectables)
+            streams += monotonic() - ended
+
+
+def _streams_ready(self: Any, selectables: dict[int, Any]) -> None:
+    # what is ready now on anything but the client side, without waiting;
+    # the clients' own sockets come back on the next turn
+    try:
+        ready = self._poller.poll(0, len(selectables))
+    except OSError:
+        return  # EINTR: the next turn polls again
+    for fd, event in ready:
+        selectable = selectables.get(fd)
+        if selectable is not None and type(selectable) not in _CLIENT_SIDE:
+            _dispatch(self, selectable, fd, event)
 
 
 def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:

@@ -176,13 +176,23 @@ def _selectable(kind: type, name: str, seen: list[str]) -> Any:
 
 
 class _FakeReactor:
-    def __init__(self, ready: list[tuple[int, int]], selectables: dict[int, Any]) -> None:
+    """
+    Answers the turn's poll with ``ready``, and each poll after it (the
+    look at the streams between two clients) with the next of ``then``.
+    """
+
+    def __init__(self, ready: list[tuple[int, int]], selectables: dict[int, Any],
+                 then: list[list[tuple[int, int]]] | None = None) -> None:
         self._selectables = selectables
+        answers = iter([ready, *(then or [])])
+        self.polls: list[float] = []
+        polls = self.polls
 
         class _Poller:
             @staticmethod
             def poll(timeout: float, most: int) -> list[tuple[int, int]]:
-                return ready
+                polls.append(timeout)
+                return next(answers, [])
 
         self._poller = _Poller()
 
@@ -201,19 +211,25 @@ def test_streams_in_flight_go_before_what_clients_bring(monkeypatch: pytest.Monk
         3: _selectable(tcp.Server, "client request 2", seen),
     }
     ready = [(1, EPOLLIN), (2, EPOLLIN), (3, EPOLLIN)]
-    loop._do_poll(_FakeReactor(ready, selectables), 0)
-    assert seen == ["upstream event", "client request 1", "client request 2"]
+    # between the two requests the upstream has more (an answer's head): it
+    # goes first; the clients' sockets that poll shows are not read twice
+    reactor = _FakeReactor(ready, selectables, then=[[(1, EPOLLIN), (2, EPOLLIN), (3, EPOLLIN)]])
+    loop._do_poll(reactor, 0)
+    assert seen == ["upstream event", "client request 1", "upstream event", "client request 2"]
+    # one look without waiting between the two clients, none after the last
+    assert reactor.polls == [0, 0]
 
     # past the turn's budget, what clients bring waits for the next turn: the
     # streams took 1 ms, the first request 5 ms (over the 2 ms budget)
     seen.clear()
-    times = iter([0.0, 0.001, 0.006, 0.007])
+    times = iter([0.0, 0.001, 0.001, 0.006])
     monkeypatch.setattr(loop, "monotonic", lambda: next(times))
     loop._do_poll(_FakeReactor(ready, selectables), 0)
     assert seen == ["upstream event", "client request 1"]
 
-    # but never less than the streams took: under a full load, half each
+    # but never less than the streams took (the look between two clients
+    # counting as theirs): under a full load, half each
     seen.clear()
-    times = iter([0.0, 0.010, 0.015, 0.021])
+    times = iter([0.0, 0.010, 0.010, 0.015, 0.016, 0.016, 0.022])
     loop._do_poll(_FakeReactor(ready, selectables), 0)
     assert seen == ["upstream event", "client request 1", "client request 2"]
