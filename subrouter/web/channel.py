@@ -19,6 +19,11 @@ ever. This channel instead:
 - after such an answer, stops reading requests, half-closes, and discards
   what the client still sends for a moment, so the answer is read rather than
   lost to a reset (a client still sending when a socket closes gets an RST).
+
+A complete, well-formed head at the start of a read (nearly every request)
+is parsed in one pass, ending in exactly the state Twisted's line-by-line
+reading would have; anything else (a head in pieces, a folded or malformed
+line, a limit crossed) takes Twisted's way, which answers it.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import Headers
+from twisted.web.http import HTTPChannel, _parseRequestLine
+from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
+from twisted.web.iweb import INonQueuedRequestFactory
 
 from subrouter.errors import error_body
 from subrouter.upstream.client import send_now
@@ -43,8 +49,8 @@ MAX_HEAD = 64 * 1024
 MAX_HEADERS = 500
 #: the default deadline for a whole request head, in seconds
 DEFAULT_HEADER_TIMEOUT = 30.0
-#: reads longer than this that hold a whole head are split after it
-_SPLIT_AT = 4096
+#: the header names that frame a request body
+_FRAMING = (b"Content-Length", b"Transfer-Encoding")
 #: how long a refused connection is kept half-open so the answer is read
 LINGER = 2.0
 
@@ -115,21 +121,89 @@ class SubrouterChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._head_deadline is None and self.line_mode and not self._handlingRequest:
-            # the first byte of a request head: it has header_timeout to finish
-            self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
-        if self.line_mode and not self._buffer and len(data) > _SPLIT_AT:
-            # A head and a body in one read: hand them over apart. Twisted's
-            # line reader splits one line off the whole buffer at a time, so
-            # a 60 KB body after a dozen header lines was copied a dozen times.
-            end = data.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-            if 0 <= end < len(data) - 4:
-                end += 4
-                super().dataReceived(data[:end])
-                if not self._refused and not getattr(self.transport, "disconnecting", False):
-                    super().dataReceived(data[end:])
-                return
+        if self.line_mode and not self._handlingRequest:
+            if self._head_deadline is None:
+                # the first byte of a request head: it has header_timeout to finish
+                self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
+            if not self._buffer and self._HTTPChannel__first_line == 1 and self.persistent:
+                # A whole head at the start of a read (nearly every request):
+                # parsed in one pass. Twisted's line reader splits one line
+                # off the whole buffer at a time (a 60 KB body after a dozen
+                # header lines was copied a dozen times) and takes each
+                # header through several calls; anything unusual still goes
+                # that way, which answers it.
+                end = data.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+                if end > 0 and self._whole_head(data, end):
+                    rest = data[end + 4:]
+                    if rest and not self._refused and not getattr(
+                        self.transport, "disconnecting", False
+                    ):
+                        super().dataReceived(rest)
+                    return
         super().dataReceived(data)
+
+    def _whole_head(self, data: bytes, end: int) -> bool:
+        """
+        Take a complete, well-formed request head as the line reader would
+        have, header by header, or return False (nothing taken) for anything
+        it would refuse or treat specially: those go through it.
+        """
+        self.resetTimeout()
+        lines = data[:end].split(b"\r\n")
+        if len(lines) > self.maxHeaders + 1:
+            return False
+        try:
+            command, target, version = _parseRequestLine(lines[0])
+        except ValueError:
+            return False
+        headers: list[tuple[bytes, bytes]] = []
+        size = len(lines[0])
+        framing = 0
+        limit = self.MAX_LENGTH
+        for line in lines[1:]:
+            size += len(line)
+            name, colon, value = line.partition(b":")
+            if not colon or len(line) > limit or line[:1] in (b" ", b"\t"):
+                return False  # no colon, too long, or a folded line
+            try:
+                name = _nameEncoder.encode(name)
+            except InvalidHeaderName:
+                return False
+            value = value.strip(b" \t")
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                return False
+            if name in _FRAMING:
+                framing += 1
+                if name == b"Content-Length":
+                    if not value.isdigit():
+                        return False
+                elif value.lower() not in (b"chunked", b"identity"):
+                    return False
+            headers.append((name, value))
+        if framing > 1 or size > self.totalHeadersSize or len(lines[0]) > limit:
+            return False
+        # what HTTPChannel.lineReceived and headerReceived would have done
+        factory = self.requestFactory
+        if INonQueuedRequestFactory.providedBy(factory):
+            request = factory(self)
+        else:
+            request = factory(self, len(self.requests))
+        self.requests.append(request)
+        self._HTTPChannel__first_line = 0
+        self._command, self._path, self._version = command, target, version
+        self._receivedHeaderSize = size
+        raw = request.requestHeaders._rawHeaders
+        for name, value in headers:
+            if name in _FRAMING and not self._maybeChooseTransferDecoder(name, value):
+                return True  # answered (400) already
+            raw.setdefault(name, []).append(value)
+        self._receivedHeaderCount = len(headers)
+        self.allHeadersReceived()
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+        return True
 
     def allHeadersReceived(self) -> None:
         self._cancel_head_deadline()
