@@ -153,6 +153,17 @@ def test_real_content_encoding_is_kept() -> None:
     assert into.getRawHeaders(b"content-encoding") == [b"br"]
 
 
+def test_a_line_break_in_an_upstream_header_value_never_reaches_the_client() -> None:
+    # the upstream's head is split on CRLF only: a bare CR or LF inside a
+    # value would start a header (or the body) of the client's answer
+    upstream = Headers()
+    upstream._rawHeaders[b"X-Evil"] = [b"a\nSet-Cookie: stolen=1", b"b\rc"]
+    into = Headers()
+    client_response_headers(upstream, into)
+    assert into.getRawHeaders(b"x-evil") == [b"a Set-Cookie: stolen=1", b"b c"]
+    assert not into.hasHeader(b"set-cookie")
+
+
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
 _value = st.binary(min_size=0, max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b)
 

@@ -121,8 +121,11 @@ def upstream_request_headers(
         it, or, written ``-token``, removed from it.
     """
     out = Headers()
+    raw = out._rawHeaders
     for name, values in forwardable(client):
-        out.setRawHeaders(name, list(values))
+        # as the client's request head had them: canonical names, and values
+        # the request parser let through (no CR, LF or NUL)
+        raw[name] = list(values)
     for name, value in credentials:
         if name.lower() in _LIST_HEADERS:
             edited = edit_list(out.getRawHeaders(name), value)
@@ -162,6 +165,7 @@ def client_response_headers(upstream: Headers, into: Headers) -> None:
     :param into: the client response's headers, changed in place.
     """
     dropped = connection_tokens(upstream.getRawHeaders(b"connection"))
+    raw = into._rawHeaders
     for name, values in upstream.getAllRawHeaders():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _RESPONSE_ONLY_DROPS or lower in dropped:
@@ -173,4 +177,7 @@ def client_response_headers(upstream: Headers, into: Headers) -> None:
             kept = [v for v in kept if v.strip()]
             if not kept:
                 continue
-        into.setRawHeaders(name, kept)
+        if any(b"\r" in v or b"\n" in v for v in kept):
+            into.setRawHeaders(name, kept)  # folds the line breaks into spaces
+        else:
+            raw[name] = kept
