@@ -6,6 +6,10 @@ Every file Subrouter writes that holds a credential or state goes through
 :func:`atomic_write`: a temporary sibling created ``0600`` with ``O_EXCL``,
 written, fsynced, renamed over the target, and the directory fsynced. A reader
 never sees a half-written file and a crash never leaves a world-readable one.
+
+Line files (transcripts, token usage) are appended to with
+:func:`append_whole`, whole lines or nothing, and opened with
+:func:`cut_partial_line`, which removes what a crash left half-written.
 """
 
 from __future__ import annotations
@@ -15,8 +19,15 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from twisted.logger import Logger
+
+_log = Logger()
+
+#: writes some bytes to a file descriptor, returning how many (``os.write``)
+Writer = Callable[[int, Any], int]
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -92,3 +103,59 @@ def locked(lock_path: str) -> Iterator[None]:
     finally:
         # closing the descriptor releases the lock
         os.close(fd)
+
+
+def append_whole(fd: int, data: bytes, write: Writer = os.write) -> None:
+    """
+    Append ``data`` to ``fd`` (opened ``O_APPEND``) completely, or not at all:
+    after a write that fails part-way (a full disk), the file is cut back to
+    where it ended before, so it never holds half a line.
+
+    :param write: how to write (tests inject a disk that fills up).
+    :raises OSError: the write's error, once the file is cut back.
+    """
+    start = os.fstat(fd).st_size
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(data):
+            done += write(fd, view[done:])
+    except OSError:
+        if done:
+            try:
+                os.ftruncate(fd, start)
+            except OSError as e:
+                _log.error("could not cut a half-written line back: {error}",
+                           error=e.strerror or str(e))
+        raise
+
+
+def last_line_end(fd: int, size: int) -> int:
+    """
+    The offset just after the last newline in the first ``size`` bytes of
+    ``fd``, or 0 when there is none.
+    """
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        block = os.pread(fd, end - start, start)
+        found = block.rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def cut_partial_line(fd: int) -> int:
+    """
+    Cut a partial last line (one a crash left without its newline) from the
+    end of ``fd``, so the next line appended starts whole.
+
+    :return: how many bytes were cut.
+    """
+    size = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    keep = last_line_end(fd, size)
+    os.ftruncate(fd, keep)
+    return size - keep

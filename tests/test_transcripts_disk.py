@@ -8,7 +8,6 @@ mount one.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -20,33 +19,15 @@ from typing import Any
 import pytest
 from twisted.logger import globalLogPublisher
 
+from subrouter.accounting.extract import Origin, Usage
+from subrouter.accounting.ledger import Ledger
+from subrouter.accounting.rows import Row
+from subrouter.accounting.store import FileUsageStore
 from subrouter.transcripts.recorder import Conversation, Recorder
+from tests.support.disk import FillingDisk
 
 COMPLETED = (b'data: {"type":"response.completed","response":{"model":"m","usage":'
              b'{"input_tokens":7,"output_tokens":3,"total_tokens":10}}}\n\n')
-
-
-class FillingDisk:
-    """
-    ``os.write`` until ``full`` is set; then each write puts down at most
-    ``room`` bytes (a short write, as a nearly full disk does) and the next
-    one fails with ENOSPC.
-    """
-
-    def __init__(self) -> None:
-        self.full = False
-        self.room = 10
-        self.failures = 0
-
-    def __call__(self, fd: int, data: Any) -> int:
-        if not self.full:
-            return os.write(fd, data)
-        if self.room > 0:
-            written = os.write(fd, bytes(data[: self.room]))
-            self.room -= written
-            return written
-        self.failures += 1
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.fixture
@@ -177,3 +158,67 @@ def test_a_real_full_tmpfs_leaves_only_whole_lines(tiny_disk: Path) -> None:
     assert before
     after = lines_of(session_file(tiny_disk, "big"))
     assert any(e["payload"].get("n") == 10_000 for e in after)
+
+
+# -- token usage rows on a full disk --------------------------------------------------------
+
+
+def _usage_rows(count: int, start: float) -> list[Row]:
+    return [Row.record(start + i, Origin("codex", f"c{i}", None, "acct"),
+                       Usage(input_tokens=i + 1, total_tokens=i + 1, model="m"))
+            for i in range(count)]
+
+
+def _raw_lines(folder: Path) -> list[dict[str, Any]]:
+    (raw,) = folder.glob("raw-*.jsonl")
+    data = raw.read_bytes()
+    assert not data or data.endswith(b"\n"), "a partial line was left"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_usage_rows_the_disk_refuses_are_held_and_written_once_it_takes_them(
+    tmp_path: Path, log: list[dict[str, Any]]
+) -> None:
+    now = time.time()
+    store = FileUsageStore(str(tmp_path / "usage"))
+    disk = FillingDisk()
+    store.write = disk
+    store.open(now)
+    store.append(_usage_rows(2, now - 100))
+    disk.full = True
+    store.append(_usage_rows(3, now - 50))  # a short write, then ENOSPC
+    store.append(_usage_rows(2, now - 20))
+    # only whole lines on disk; every row counted and held, none lost
+    assert [r["total_tokens"] for r in _raw_lines(tmp_path / "usage")] == [1, 2]
+    assert store.held == 5 and store.lost == 0
+    assert sum(r.total_tokens for r in store.rows(now - 3600, now)[0]) == 3 + 6 + 3
+    warnings = [e for e in log if "holding" in str(e.get("log_format", ""))]
+    assert len(warnings) == 1  # once, not once per batch
+    disk.full = False
+    store.append(_usage_rows(1, now - 10))
+    assert [r["total_tokens"] for r in _raw_lines(tmp_path / "usage")] == [1, 2, 1, 2, 3, 1, 2, 1]
+    assert store.held == 0
+    store.close()
+
+
+def test_usage_rows_still_refused_at_stop_are_reported_lost_and_leave_no_partial_line(
+    tmp_path: Path, log: list[dict[str, Any]]
+) -> None:
+    now = time.time()
+    clock = [now]
+    store = FileUsageStore(str(tmp_path / "usage"))
+    disk = FillingDisk()
+    store.write = disk
+    ledger = Ledger(store, clock=lambda: clock[0], batch_wait=30.0)
+    ledger.start()
+    ledger.record(Origin("codex", "c1", None, "acct"), Usage(input_tokens=4, total_tokens=4))
+    ledger.flush()
+    disk.full = True
+    for i in range(3):
+        ledger.record(Origin("codex", f"d{i}", None, "acct"),
+                      Usage(input_tokens=5, total_tokens=5))
+    ledger.stop()  # no exception, whatever the disk does
+    assert [r["session"] for r in _raw_lines(tmp_path / "usage")] == ["c1"]
+    assert store.lost == 3
+    errors = [e for e in log if "are lost" in str(e.get("log_format", ""))]
+    assert len(errors) == 1 and errors[0]["count"] == 3

@@ -37,13 +37,18 @@ from twisted.logger import Logger
 
 from subrouter.accounting.report import within
 from subrouter.accounting.rows import HOUR, Row, hour_start
-from subrouter.files import atomic_write, ensure_private_directory
+from subrouter.files import append_whole, atomic_write, ensure_private_directory
 
 _log = Logger()
 
 DAY = 86400.0
 DEFAULT_RAW_DAYS = 7
 DEFAULT_RETENTION = 90 * DAY
+#: lines kept in memory for a disk that refuses them (full, read-only) before
+#: the oldest are given up
+MAX_HELD_LINES = 200_000
+#: seconds between two warnings about a disk that refuses token records
+_WARN_EVERY = 60.0
 _FILE = re.compile(r"^(raw|hourly)-(\d{4}-\d{2}-\d{2})\.jsonl$")
 
 
@@ -110,8 +115,18 @@ class FileUsageStore:
         #: hourly rollups of everything kept (raw days included), by hour start
         self._hours: dict[float, dict[tuple[Any, ...], Row]] = {}
         self._horizon = 0.0
-        self._handle: Any = None
+        #: the open raw file (a file descriptor, appended to) and its day
+        self._handle: int | None = None
         self._handle_day: str | None = None
+        #: lines not on disk yet (the disk refused them), by day, oldest first
+        self._held: dict[str, list[str]] = {}
+        self._held_count = 0
+        self._refused_since: float | None = None
+        self._last_warning = 0.0
+        #: token records given up (the disk refused them for too long)
+        self.lost = 0
+        #: how lines are written (tests inject a disk that fills up)
+        self.write = os.write
         #: raw days whose files hold unreadable lines
         self._damaged: set[str] = set()
         self.problems: list[str] = []
@@ -153,23 +168,72 @@ class FileUsageStore:
         if not rows:
             return
         with self._lock:
-            lines: dict[str, list[str]] = {}
+            held = self._held
             for row in rows:
-                lines.setdefault(utc_day(row.start), []).append(
-                    json.dumps(row.as_json(), separators=(",", ":"), ensure_ascii=False)
-                )
+                if self.directory:
+                    line = json.dumps(row.as_json(), separators=(",", ":"), ensure_ascii=False)
+                    held.setdefault(utc_day(row.start), []).append(line)
+                    self._held_count += 1
                 if self._raw and row.start < self._raw[-1].start:
                     bisect.insort(self._raw, row, key=lambda r: r.start)
                 else:
                     self._raw.append(row)
                 self._add_hourly(row.hour_of())
-            for day, texts in lines.items():
-                if not self.directory:
-                    break
-                handle = self._open_day(day)
-                handle.write("\n".join(texts) + "\n")
-            if self._handle is not None:
-                self._handle.flush()
+            if self.directory:
+                self._write_held()
+
+    def _write_held(self) -> bool:
+        """
+        Append every held line to its day's file, each day in one whole write.
+        A disk that refuses them (full, read-only) leaves no partial line, and
+        the lines stay held for the next try; past :data:`MAX_HELD_LINES` the
+        oldest are given up, counted in :attr:`lost`.
+
+        :return: whether nothing is held any more.
+        """
+        written = 0
+        for day in sorted(self._held):
+            lines = self._held[day]
+            try:
+                fd = self._open_day(day)
+                append_whole(fd, ("\n".join(lines) + "\n").encode("utf-8"), self.write)
+            except OSError as e:
+                self._refused(e)
+                return False
+            del self._held[day]
+            self._held_count -= len(lines)
+            written += len(lines)
+        if self._refused_since is not None:
+            self._refused_since = None
+            _log.info("token accounting: the disk takes records again; wrote {count} held "
+                      "while it refused them", count=written)
+        return True
+
+    def _refused(self, error: OSError) -> None:
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        while self._held_count > MAX_HELD_LINES:
+            day = min(self._held)
+            given_up = self._held.pop(day)
+            self._held_count -= len(given_up)
+            self.lost += len(given_up)
+            _log.error("token accounting: gave up {count} records of {day} the disk refused "
+                       "for {seconds:.0f} s", count=len(given_up), day=day,
+                       seconds=now - self._refused_since)
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            _log.warn("token accounting: could not write to {directory}: {error}; holding "
+                      "{count} records to write when it takes them again",
+                      directory=self.directory, error=error.strerror or str(error),
+                      count=self._held_count)
+
+    @property
+    def held(self) -> int:
+        """
+        How many records wait for the disk.
+        """
+        return self._held_count
 
     def rows(self, since: float, until: float) -> tuple[list[Row], str]:
         with self._lock:
@@ -188,7 +252,18 @@ class FileUsageStore:
 
     def close(self) -> None:
         with self._lock:
-            self._close_handle()
+            if self._held and self.directory and not self._write_held():
+                self.lost += self._held_count
+                _log.error("token accounting: {count} records could not be written before "
+                           "stopping (the disk refused them); they are lost",
+                           count=self._held_count)
+                self._held.clear()
+                self._held_count = 0
+            try:
+                self._close_handle()
+            except OSError as e:
+                _log.warn("token accounting: closing {directory} failed: {error}",
+                          directory=self.directory, error=e.strerror or str(e))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -233,30 +308,32 @@ class FileUsageStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _open_day(self, day: str) -> Any:
+    def _open_day(self, day: str) -> int:
         if self._handle is not None and self._handle_day == day:
             return self._handle
         self._close_handle()
         path = os.path.join(self.directory, f"raw-{day}.jsonl")
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        size = os.fstat(fd).st_size
-        if size:
-            # a line torn by a crash must not swallow the next one
-            last = os.pread(fd, 1, size - 1)
-            if last != b"\n":
-                os.write(fd, b"\n")
-        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # a line torn by a crash must not swallow the next one (it
+                # stays, reported as unreadable when the file is read)
+                append_whole(fd, b"\n", self.write)
+        except OSError:
+            os.close(fd)
+            raise
+        self._handle = fd
         self._handle_day = day
-        return self._handle
+        return fd
 
     def _close_handle(self) -> None:
-        handle, self._handle, self._handle_day = self._handle, None, None
-        if handle is not None:
+        fd, self._handle, self._handle_day = self._handle, None, None
+        if fd is not None:
             try:
-                handle.flush()
-                os.fsync(handle.fileno())
+                os.fsync(fd)
             finally:
-                handle.close()
+                os.close(fd)
 
     def _add_hourly(self, row: Row) -> None:
         # ``row`` is the store's own (a fresh rollup row or one read from a file)
@@ -298,6 +375,8 @@ class FileUsageStore:
     def _roll_up_day(self, name: str, day: str) -> None:
         if self._handle_day == day:
             self._close_handle()
+        # the rollup is made from memory, which holds them too
+        self._forget_held(day)
         start = day_start(day)
         rows = [r for h, hour in self._hours.items() if start <= h < start + DAY
                 for r in hour.values()]
@@ -309,7 +388,11 @@ class FileUsageStore:
         atomic_write(os.path.join(self.directory, f"hourly-{day}.jsonl"), text.encode())
         self._retire(name, day)
 
+    def _forget_held(self, day: str) -> None:
+        self._held_count -= len(self._held.pop(day, ()))
+
     def _retire(self, name: str, day: str) -> None:
+        self._forget_held(day)
         path = os.path.join(self.directory, name)
         if day in self._damaged:
             os.replace(path, path + ".corrupt")

@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
-from subrouter.files import atomic_write
+from subrouter.files import append_whole, atomic_write, cut_partial_line
 from subrouter.transcripts.events import (
     CHUNK,
     body_pieces,
@@ -459,7 +459,7 @@ class Recorder:
             lines, out.lines = out.lines, []
             data = "".join(line[1] for line in lines).encode("utf-8")
             try:
-                self._write_whole(out.fd, data)
+                append_whole(out.fd, data, self.write)
             except OSError as e:
                 self.dropped += sum(line[4] for line in lines)
                 self._disk_failed(f"writing {relative}", e)
@@ -475,28 +475,6 @@ class Recorder:
                     summary.total_bytes += size
             self._dirty.add(relative)
 
-    def _write_whole(self, fd: int, data: bytes) -> None:
-        """
-        Append ``data`` to ``fd`` completely, or not at all: after a write
-        that fails part-way, the file is cut back to where it ended before.
-
-        :raises OSError: the first error, once the file is cut back.
-        """
-        start = os.fstat(fd).st_size
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(data):
-                done += self.write(fd, view[done:])
-        except OSError:
-            if done:
-                try:
-                    os.ftruncate(fd, start)
-                except OSError as e:
-                    _log.error("could not cut a half-written transcript line back: {error}",
-                               error=e.strerror or str(e))
-            raise
-
     def _open(self, path: str) -> int:
         """
         Open a transcript file for appending, first cutting back a partial last
@@ -505,12 +483,10 @@ class Recorder:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                keep = _last_line_end(fd, size)
-                os.ftruncate(fd, keep)
+            cut = cut_partial_line(fd)
+            if cut:
                 _log.warn("cut {count} bytes of a partial last line from {path} (an earlier "
-                          "write did not finish)", count=size - keep, path=path)
+                          "write did not finish)", count=cut, path=path)
         except OSError:
             _close(fd)
             raise
@@ -585,19 +561,3 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass  # nothing is buffered: every write went straight to the file
-
-
-def _last_line_end(fd: int, size: int) -> int:
-    """
-    The offset just after the last newline in the first ``size`` bytes of
-    ``fd``, or 0 when there is none.
-    """
-    end = size
-    while end > 0:
-        start = max(0, end - 65536)
-        block = os.pread(fd, end - start, start)
-        found = block.rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        end = start
-    return 0
