@@ -157,15 +157,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: connections the kernel queues for the listener before they are accepted:
+#: a thousand agents reconnecting at once (a restart) must not have their
+#: connections dropped and retried a second later (Twisted's default is 50)
+LISTEN_BACKLOG = 1024
+
+
 def listen_endpoint(host: str, port: int) -> str:
     """
     The Twisted server endpoint string for a TCP listener on ``host:port``.
     """
     if host == "":
-        return f"tcp:{port}"
+        return f"tcp:{port}:backlog={LISTEN_BACKLOG}"
     if host.lower() == "localhost":
         host = "127.0.0.1"
-    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:backlog={LISTEN_BACKLOG}:interface={host.replace(':', chr(92) + ':')}"
 
 
 def parse_duration(value: str) -> float:

@@ -26,7 +26,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("CODEX_HOME", raising=False)
     config = _parse().config
-    assert config.endpoint == "tcp:31415:interface=127.0.0.1"
+    assert config.endpoint == "tcp:31415:backlog=1024:interface=127.0.0.1"
     assert config.accounts_dir == str(tmp_path / ".codex-accounts")
     assert config.codex_upstream == "https://chatgpt.com/backend-api/codex"
     assert config.openai_upstream == "https://api.openai.com"
@@ -45,11 +45,13 @@ def test_codex_home_comes_from_the_environment(
 
 
 def test_ipv6_loopback() -> None:
-    assert _parse("--addr", "[::1]:8000").config.endpoint == r"tcp:8000:interface=\:\:1"
+    endpoint = _parse("--addr", "[::1]:8000").config.endpoint
+    assert endpoint == r"tcp:8000:backlog=1024:interface=\:\:1"
 
 
 def test_localhost_is_loopback() -> None:
-    assert _parse("--addr", "localhost:9").config.endpoint == "tcp:9:interface=127.0.0.1"
+    endpoint = _parse("--addr", "localhost:9").config.endpoint
+    assert endpoint == "tcp:9:backlog=1024:interface=127.0.0.1"
 
 
 def test_non_loopback_is_refused_without_expose() -> None:
@@ -67,7 +69,7 @@ def test_expose_with_client_tokens_allows_it_with_a_note(tmp_path: Path) -> None
     tokens.write_text("alice srt_0123456789abcdefghij\n")
     opts = _parse("--addr", "0.0.0.0:31415", "--expose", "--client-tokens", str(tokens),
                   "--allow-host", "box.tailnet.ts.net")
-    assert opts.config.endpoint == "tcp:31415:interface=0.0.0.0"
+    assert opts.config.endpoint == "tcp:31415:backlog=1024:interface=0.0.0.0"
     assert opts.config.client_tokens == str(tokens)
     assert opts.config.allow_hosts == ("box.tailnet.ts.net", "0.0.0.0")
     assert "not loopback" in opts.stderr.getvalue()  # type: ignore[attr-defined]
