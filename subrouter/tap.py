@@ -605,6 +605,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     relay = RelayFactory(
         placement=placement, refresher=refresher, upstreams=upstreams, tls=tls, reactor=reactor,
         recorder=recorder, shared=shared_placement, inflight=inflight, ledger=ledger,
+        overload_wait=config.overload_wait,
     )
     admin = AdminResource(accounts, placement, inflight,
                           health_extra=_health_extra(config, shared) if shared else None)

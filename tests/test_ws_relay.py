@@ -124,6 +124,36 @@ async def test_a_refused_upgrade_gives_the_client_the_same_status(
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_upgrade_refused_as_overloaded_is_waited_out_on_the_same_account(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    backend.refuse_with = [529]
+    started = time.monotonic()
+    client, factory = await connect(daemon, headers={"session-id": "busy"})
+    # accepted after one pause, on the account the refusal came from
+    assert time.monotonic() - started >= 0.9
+    (refused,) = backend.refused
+    assert backend.handshakes[-1]["authorization"] == refused["authorization"]
+    assert backend.handshakes[-1]["chatgpt-account-id"] == refused["chatgpt-account-id"]
+    client.sendMessage(json.dumps({"type": "response.create"}).encode())
+    got = await messages(factory, 4)
+    assert json.loads(got[-1][0])["type"] == "response.completed"
+    client.sendClose(1000)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_refused_for_another_reason_is_passed_on_at_once(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    backend.refuse_with = [503]  # no word of an overload: not waited out
+    started = time.monotonic()
+    with pytest.raises(Exception, match="503"):
+        await connect(daemon, headers={"session-id": "down"})
+    assert time.monotonic() - started < 0.9
+    assert len(backend.refused) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_browser_origins_are_refused(daemon: Daemon, backend: WSBackend) -> None:
     with pytest.raises(Exception, match="403"):
         await connect(daemon, headers={"session-id": "t", "Origin": "https://evil.example"})

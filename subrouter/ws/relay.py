@@ -9,7 +9,8 @@ stripped, the path rules of the account's kind. The upstream ``wss://``
 connection is opened first, with certificates checked; the client is accepted
 only once the upstream accepted, with the upstream's subprotocol and headers.
 If the upstream refuses the upgrade, the client gets the same status, so
-Codex falls back to HTTPS.
+Codex falls back to HTTPS; a refusal saying the upstream is overloaded (529)
+is first waited out on the same account, as for HTTP (``--overload-wait``).
 
 Messages are relayed whole, in order, text and binary alike, each side's
 transport the other's producer. Upstream messages are looked at as they pass
@@ -56,13 +57,20 @@ from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason
-from subrouter.routing.exchange import AUTH_REJECTED, Exchange, OutOfQuota, Sent, Verdict
+from subrouter.routing.exchange import (
+    AUTH_REJECTED,
+    Exchange,
+    OutOfQuota,
+    Overloaded,
+    Sent,
+    Verdict,
+)
 from subrouter.routing.inflight import GOING_AWAY, GOING_AWAY_REASON, InFlight
 from subrouter.routing.shared import SharedPlacement
 from subrouter.sessions.identity import Identity, identify_headers
 from subrouter.sessions.keys import BadAccountSelector
 from subrouter.sessions.placement import NoAccount, Placement
-from subrouter.sessions.usage import is_usage_limit
+from subrouter.sessions.usage import is_usage_limit, worth_waiting_out
 from subrouter.transcripts.events import redact_headers
 from subrouter.transcripts.recorder import Conversation, Recorder
 from subrouter.upstream.client import set_no_delay
@@ -295,6 +303,13 @@ class RelayServerProtocol(WebSocketServerProtocol):
     tracked = False
     #: whose tokens this connection's responses spend
     spender: Origin | None = None
+    #: the client dropped its connection before the upgrade was answered
+    handshake_lost = False
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.state == self.STATE_CONNECTING:
+            self.handshake_lost = True
+        super().connectionLost(reason)
 
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
@@ -326,9 +341,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
             refresher=relay.refresher,
             identity=identity,
             clock=relay.reactor,
-            gone=lambda: False,
+            gone=lambda: self.handshake_lost,
             oauth_only=is_backend_path(path),
             shared=relay.shared,
+            overload_wait=relay.overload_wait,
         )
 
         async def attempt(
@@ -343,13 +359,18 @@ class RelayServerProtocol(WebSocketServerProtocol):
                     return OutOfQuota(
                         refused, None, "the upstream refused the WebSocket with 429"
                     )
+                if worth_waiting_out(refused.status, refused.reason.encode("utf-8", "replace")):
+                    # the handshake reads no Retry-After: the exchange's pauses
+                    return Overloaded(refused, None,
+                                      f"the upstream refused the WebSocket with {refused.status}")
                 return Sent(_refused(account.id, refused))
             return Sent((account, upstream))
 
         result = await exchange.run(attempt)
         if isinstance(result, NoAccount):
             raise ConnectionDeny(result.status, result.message)
-        if isinstance(result, OutOfQuota):
+        if isinstance(result, OutOfQuota | Overloaded):
+            # the last account's own refusal, passed on
             assert result.held is not None
             raise _refused(exchange.tried[-1], result.held)
         if not isinstance(result, Sent):
@@ -619,6 +640,8 @@ class RelayFactory(WebSocketServerFactory):
     :param inflight: where open connections are counted, for a graceful stop.
     :param recorder: the transcript recorder, when recording is on.
     :param ledger: the token ledger every response's usage goes to.
+    :param overload_wait: seconds an upgrade the upstream refuses as
+        overloaded is waited out on the same account (0: never).
     """
 
     protocol = RelayServerProtocol  # type: ignore[assignment]
@@ -635,8 +658,10 @@ class RelayFactory(WebSocketServerFactory):
         shared: SharedPlacement | None = None,
         inflight: InFlight | None = None,
         ledger: Ledger | None = None,
+        overload_wait: float = 0.0,
     ) -> None:
         super().__init__(reactor=reactor)
+        self.overload_wait = overload_wait
         self.recorder = recorder
         self.shared = shared
         self.inflight = inflight

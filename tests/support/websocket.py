@@ -1,7 +1,8 @@
 """
 A fake ``wss://`` Responses WebSocket upstream and a WebSocket client for the
 daemon: :class:`WSBackend` (trusted through the test CA; it echoes, streams
-three deltas and a ``response.completed``, can refuse the upgrade or report a
+three deltas and a ``response.completed``, can refuse the upgrade (with any
+status, a given number of times) or report a
 usage limit), :func:`connect` (a client WebSocket to the daemon's
 ``/v1/responses``) and :func:`messages` (wait for that many messages).
 """
@@ -76,8 +77,15 @@ class FakeUpstreamWS(WebSocketServerProtocol):
 class Refuse(Resource):
     isLeaf = True
 
+    def __init__(self, backend: WSBackend, status: int = 426) -> None:
+        super().__init__()
+        self.backend = backend
+        self.status = status
+
     def render(self, request: Any) -> bytes:
-        request.setResponseCode(426)
+        headers = request.requestHeaders.getAllRawHeaders()
+        self.backend.refused.append({k.decode().lower(): v[0].decode() for k, v in headers})
+        request.setResponseCode(self.status)
         return b"no websockets here"
 
 
@@ -90,6 +98,10 @@ class WSBackend:
         self.closed: list[int | None] = []
         self.exhausted: set[str] = set()
         self.refuse = False
+        #: the statuses the next upgrades are refused with, one each
+        self.refuse_with: list[int] = []
+        #: the headers of every refused upgrade
+        self.refused: list[dict[str, str]] = []
 
     async def start(self) -> None:
         factory = WebSocketServerFactory(reactor=reactor)
@@ -104,7 +116,11 @@ class WSBackend:
 
         class Root(Resource):
             def getChildWithDefault(self, name: bytes, request: Any) -> Any:
-                return Refuse() if backend.refuse else ws
+                if backend.refuse:
+                    return Refuse(backend)
+                if backend.refuse_with:
+                    return Refuse(backend, backend.refuse_with.pop(0))
+                return ws
 
         endpoint = wrapServerTLS(self.ca.server_options(),
                                  TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
