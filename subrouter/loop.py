@@ -175,3 +175,34 @@ def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
         except BaseException:
             prefix = "(buggy logPrefix method)"
         log.err(system=prefix)
+
+
+#: young-generation collections between two full ones while serving (Python's
+#: default is 10): a full collection walks every live object, tens of
+#: milliseconds with a thousand streams open, every event waiting behind it
+FULL_COLLECTION_EVERY = 100
+
+
+def settle_collector(reactor: Any) -> None:
+    """
+    Once the reactor runs, move everything built at start-up (modules,
+    classes, services, the account store) out of the cyclic garbage
+    collector's sight (``gc.freeze``), and make its full collections rarer
+    (:data:`FULL_COLLECTION_EVERY`).
+
+    Python's full collection walks every tracked object and holds the loop
+    meanwhile: with 1,000 streams open, 30 to 70 ms twice a minute, which set
+    the streams' 99th-percentile event delay. Reference counting still frees
+    nearly everything at once; cyclic garbage waits a little longer for a
+    full collection. For the daemon's own process only (its entry points call
+    this), never where Subrouter is embedded or tested.
+    """
+    import gc
+
+    def settle() -> None:
+        gc.collect()
+        gc.freeze()
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+    reactor.callWhenRunning(settle)

@@ -85,6 +85,7 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str |
     from twisted.logger import globalLogBeginner
 
     from subrouter.logs import ReopenableFile, json_observer, text_observer
+    from subrouter.loop import settle_collector
     from subrouter.tap import build_service
 
     # workers started by --workers log the way their parent does
@@ -100,6 +101,7 @@ def _serve(reactor: Any, options: ServeOptions, log_format: str, log_file: str |
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(service.install_signal_handlers, reactor)
+    settle_collector(reactor)
     return Deferred()  # runs until SIGINT/SIGTERM stops the reactor (after a drain)
 
 

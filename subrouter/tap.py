@@ -745,6 +745,9 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    from subrouter.loop import settle_collector
+
     daemon = build_service(options.config, reactor)
     reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
+    settle_collector(reactor)
     return daemon

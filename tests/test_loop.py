@@ -233,3 +233,27 @@ def test_streams_in_flight_go_before_what_clients_bring(monkeypatch: pytest.Monk
     times = iter([0.0, 0.010, 0.010, 0.015, 0.016, 0.016, 0.022])
     loop._do_poll(_FakeReactor(ready, selectables), 0)
     assert seen == ["upstream event", "client request 1", "client request 2"]
+
+
+def test_the_collector_is_settled_once_the_reactor_runs() -> None:
+    import gc
+
+    from subrouter import loop
+
+    clock = Clock()
+    started: list[Any] = []
+    clock.callWhenRunning = started.append  # type: ignore[attr-defined]
+    before = gc.get_threshold()
+    loop.settle_collector(clock)
+    assert gc.get_threshold() == before  # nothing before the reactor runs
+    (settle,) = started
+    survivor = [object() for _ in range(100)]  # made after the last freeze
+    frozen = gc.get_freeze_count()
+    try:
+        settle()
+        assert gc.get_freeze_count() > frozen
+        assert gc.get_threshold() == (before[0], before[1], loop.FULL_COLLECTION_EVERY)
+    finally:
+        # (the suite's conftest freezes what outlives each test anyway)
+        gc.set_threshold(*before)
+    assert survivor
