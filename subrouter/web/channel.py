@@ -122,9 +122,6 @@ class SubrouterChannel(HTTPChannel):
         if self._refused:
             return
         if self.line_mode and not self._handlingRequest:
-            if self._head_deadline is None:
-                # the first byte of a request head: it has header_timeout to finish
-                self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
             if not self._buffer and self._HTTPChannel__first_line == 1 and self.persistent:
                 # A whole head at the start of a read (nearly every request):
                 # parsed in one pass. Twisted's line reader splits one line
@@ -140,6 +137,9 @@ class SubrouterChannel(HTTPChannel):
                     ):
                         super().dataReceived(rest)
                     return
+            if self._head_deadline is None:
+                # the first byte of a request head: it has header_timeout to finish
+                self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
         super().dataReceived(data)
 
     def _whole_head(self, data: bytes, end: int) -> bool:
