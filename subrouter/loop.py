@@ -27,7 +27,9 @@ streams by that budget, not by the whole burst, and under a full load clients
 still get half of every turn. Between two clients' reads, what became ready
 on the streams meanwhile is handled first (one ``epoll_wait`` without
 waiting): the head of an answer to a request sent a moment ago goes to its
-client before the next request of a burst is read.
+client before the next request of a burst is read (for bursts of up to
+:data:`INTERLEAVE_UP_TO` clients; beyond that each look costs more than it
+brings).
 
 It applies only to Twisted's epoll reactor (the default on Linux); any other
 reactor is left as it is.
@@ -52,6 +54,11 @@ _CLIENT_SIDE = (tcp.Server, tcp.Port)
 #: seconds one turn of the loop may spend on client-side work once the streams
 #: in flight have had theirs; what is left waits for the next turn
 CLIENT_SIDE_BUDGET = 0.002
+#: the most clients waiting in one turn for which the streams are looked at
+#: between two of them: each look lists every ready socket, the clients'
+#: too, so with a thousand clients at once the looks would cost more than
+#: they save (the turn's own order still puts the streams first)
+INTERLEAVE_UP_TO = 64
 
 _MARK = "_subrouter_direct_dispatch"
 
@@ -109,7 +116,7 @@ def _do_poll(self: Any, timeout: float | None) -> None:
     # the burst; that time counts as the streams'.
     streams = monotonic() - started
     clients = 0.0
-    last = len(later) - 1
+    last = len(later) - 1 if len(later) <= INTERLEAVE_UP_TO else -1
     for i, (fd, event) in enumerate(later):
         selectable = selectables.get(fd)
         if selectable is None:

@@ -257,3 +257,24 @@ def test_the_collector_is_settled_once_the_reactor_runs() -> None:
         # (the suite's conftest freezes what outlives each test anyway)
         gc.set_threshold(*before)
     assert survivor
+
+
+def test_a_large_burst_of_clients_is_not_interleaved(monkeypatch: pytest.MonkeyPatch) -> None:
+    from select import EPOLLIN
+
+    from twisted.internet import tcp
+
+    from subrouter import loop
+
+    # every look at the streams lists every ready socket, the waiting
+    # clients' too: past INTERLEAVE_UP_TO clients that would grow with the
+    # square of the burst, so the turn takes them one after another
+    monkeypatch.setattr(loop, "INTERLEAVE_UP_TO", 2)
+    seen: list[str] = []
+    selectables = {fd: _selectable(tcp.Server, f"client {fd}", seen) for fd in (1, 2, 3)}
+    selectables[4] = _selectable(tcp.Client, "upstream", seen)
+    ready = [(fd, EPOLLIN) for fd in (1, 2, 3)]
+    reactor = _FakeReactor(ready, selectables, then=[[(4, EPOLLIN)], [(4, EPOLLIN)]])
+    loop._do_poll(reactor, 0)
+    assert seen == ["client 1", "client 2", "client 3"]
+    assert reactor.polls == [0]
