@@ -26,6 +26,9 @@ than 200, streams with events missing or out of order), the proxy's CPU
 seconds (user+system, from /proc, every process of it) per relayed event, and
 its peak RSS (VmHWM). With ``--rounds 2`` or more the three paths run again in
 alternating order and the figures are pooled, so machine noise falls on all.
+The client and the fake upstream run without cyclic garbage collection while
+a path is measured: its pauses (tens of ms with a thousand connections' worth
+of objects) landed on whichever path was running and set its p99.
 
 Running it
 ----------
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -198,6 +202,10 @@ class _Ticker:
 
 
 async def _serve_upstream() -> None:
+    # no cyclic garbage collection pauses in the fake upstream either: they
+    # delayed whichever path's events were being sent (it lives one run)
+    gc.freeze()
+    gc.disable()
     ticker = _Ticker()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _UpstreamConnection(ticker), HOST, 0,
@@ -393,6 +401,10 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
             continue
         connections.append((protocol, done))
     await asyncio.sleep(0.2)  # let the accepts settle before the clock starts
+    # the client's own garbage collection must not pause its reading in the
+    # middle of a path's round (it delayed whichever path was running)
+    gc.collect()
+    gc.disable()
     cpu_before = [process_cpu_seconds(pid) for pid in pids]
     upstream_before = process_cpu_seconds(upstream_pid)
     started = time.monotonic()
@@ -410,6 +422,7 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
         stuck = sum(1 for _, d in connections if not d.done())
         result.errors.append(f"{stuck} streams did not end within {limit:.0f} s")
     result.wall = time.monotonic() - started
+    gc.enable()
     cpu_after = [process_cpu_seconds(pid) for pid in pids]
     upstream_after = process_cpu_seconds(upstream_pid)
     if pids and None not in cpu_before and None not in cpu_after:
