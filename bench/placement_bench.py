@@ -32,6 +32,9 @@ from subrouter.sessions.scheduler import Window
 from subrouter.sessions.table import SessionTable
 from subrouter.sessions.usage import UsageBook
 
+#: these runs never refresh a token: no HTTP client is needed
+_NEVER_REFRESHES: Any = None
+
 ACCOUNTS = 100
 SESSIONS = 10_000
 SAMPLES = 20_000
@@ -45,8 +48,9 @@ def build(rng: random.Random) -> tuple[Placement, Clock]:
         kind = AccountKind.OAUTH if i < ACCOUNTS - 5 else AccountKind.APIKEY
         store.replace(Account(id=f"acct-{i:03d}@example.com", kind=kind, source=f"/x/{i}",
                               secret="t"))
-    refresher = TokenRefresher(store=store, http=None, token_url="https://t", clock=clock,
-                               run_blocking=lambda f: succeed(f()), codex_auth="/nonexistent")
+    refresher = TokenRefresher(store=store, http=_NEVER_REFRESHES, token_url="https://t",
+                               clock=clock, run_blocking=lambda f: succeed(f()),
+                               codex_auth="/nonexistent")
     usage = UsageBook()
     now = clock.seconds()
     for account in store.accounts():

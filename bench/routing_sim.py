@@ -90,6 +90,9 @@ from subrouter.sessions.usage import (
     windows_from_usage,
 )
 
+#: these runs never refresh a token: no HTTP client is needed
+_NEVER_REFRESHES: Any = None
+
 HOUR = 3600.0
 DAY = 86400.0
 FIVE_HOURS = 5 * HOUR
@@ -494,7 +497,7 @@ def _build(workload: Workload, policy: str) -> tuple[Placement, Clock]:
         store.replace(Account(id=key, kind=AccountKind.APIKEY, source=f"/sim/{key}",
                               secret="sim"))
     store.version += 1
-    refresher = TokenRefresher(store=store, http=None, token_url="https://unused.invalid",
+    refresher = TokenRefresher(store=store, http=_NEVER_REFRESHES, token_url="https://unused.invalid",
                                clock=clock, run_blocking=lambda f: succeed(f()),
                                codex_auth="/nonexistent")
     placement = POLICIES[policy](AccountPool(store, refresher), SessionTable(1800.0),

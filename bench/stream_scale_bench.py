@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -236,8 +237,8 @@ class PathResult:
     events: int = 0
     expected_events: int = 0
     errors: list[str] = field(default_factory=list)
-    latencies: array = field(default_factory=lambda: array("d"))
-    ttfb: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    ttfb: array[float] = field(default_factory=lambda: array("d"))
     cpu_seconds: float | None = None
     upstream_cpu_seconds: float | None = None
     peak_rss_mb: float | None = None
@@ -298,7 +299,7 @@ class _ClientStream(asyncio.Protocol):
             self.result.ttfb.append(now - self.sent_at)
             raw = raw[end + 4:]
         position = 0
-        payload = []
+        payload: list[bytes] = []
         while True:
             if self.chunk_left < 0:
                 line_end = raw.find(b"\r\n", position)
@@ -395,7 +396,7 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
         done: asyncio.Future[None] = loop.create_future()
         try:
             _, protocol = await loop.create_connection(
-                lambda d=done: _ClientStream(result, args.events, d), HOST, port)
+                functools.partial(_ClientStream, result, args.events, done), HOST, port)
         except OSError as e:
             result.errors.append(f"connect: {e.strerror or e}")
             continue
@@ -426,7 +427,9 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
     cpu_after = [process_cpu_seconds(pid) for pid in pids]
     upstream_after = process_cpu_seconds(upstream_pid)
     if pids and None not in cpu_before and None not in cpu_after:
-        result.cpu_seconds = sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))  # type: ignore[operator]
+        result.cpu_seconds = sum(
+            (a or 0.0) - (b or 0.0) for a, b in zip(cpu_after, cpu_before, strict=True)
+        )
     if upstream_before is not None and upstream_after is not None:
         result.upstream_cpu_seconds = upstream_after - upstream_before
     rss = [peak_rss_mb(pid) for pid in pids]
@@ -589,15 +592,17 @@ def _children(pid: int) -> list[int]:
 def _wait_port(port: int, process: subprocess.Popen[bytes], tail: Any, log: str) -> None:
     import socket
 
+    args = process.args
+    name = os.fsdecode(args[0] if isinstance(args, list | tuple) else args)  # type: ignore[arg-type]
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{process.args[0]} exited while starting:\n{tail(log)}")
+            raise SystemExit(f"{name} exited while starting:\n{tail(log)}")
         with socket.socket() as s:
             if s.connect_ex((HOST, port)) == 0:
                 return
         time.sleep(0.05)
-    raise SystemExit(f"{process.args[0]} did not listen within {STARTUP_TIMEOUT:g} s")
+    raise SystemExit(f"{name} did not listen within {STARTUP_TIMEOUT:g} s")
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -660,7 +665,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def aims(paths: dict[str, dict[str, Any]]) -> list[str]:
-    out = []
+    out: list[str] = []
     sub = paths.get(SUBROUTER)
     if sub is None:
         return out

@@ -191,12 +191,14 @@ async def measure(ports: dict[str, int], pids: dict[str, int], plan: dict[int, i
     try:
         progress.write("warming up\n")
         for mode in MODES:
-            warm = {"ttfb": [], "events": [], "problems": Counter()}
+            warm: dict[str, Any] = {"ttfb": [], "events": [], "problems": Counter()}
             await one_round(mode, min(top, 64), warm)
         for streams, rounds in sorted(plan.items()):
             progress.write(f"{streams} streams: {rounds} rounds per path\n")
             progress.flush()
-            samples = {m: {"ttfb": [], "events": [], "problems": Counter()} for m in MODES}
+            samples: dict[str, dict[str, Any]] = {
+                m: {"ttfb": [], "events": [], "problems": Counter()} for m in MODES
+            }
             cpu = dict.fromkeys(MODES, 0.0)
             for number in range(rounds):
                 order = MODES[number % 3:] + MODES[:number % 3]
@@ -288,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"subrouter {info['subrouter']}"))
     print(render(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=1)
     return 0
 
 
