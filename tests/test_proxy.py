@@ -220,3 +220,17 @@ def test_a_stream_of_an_account_near_its_limit_is_looked_at_before_it_is_relayed
     status, body = r.send()
     assert (status, body) == (200, b"ok")
     assert len(set(r.upstream.accounts)) == 2
+
+
+def test_the_log_names_a_conversation_by_its_keys_sha256_and_remembers_only_so_many() -> None:
+    import hashlib
+
+    from subrouter.proxy import resource
+
+    resource._SHORT.clear()
+    for n in range(resource._SHORT_MAX + 10):
+        key = f"conversation-{n}"
+        assert resource._short_hash(key) == hashlib.sha256(key.encode()).hexdigest()[:8]
+    assert len(resource._SHORT) <= resource._SHORT_MAX
+    assert resource._short_hash("caf\udce9") == hashlib.sha256(
+        "caf\udce9".encode("utf-8", "replace")).hexdigest()[:8]
