@@ -21,7 +21,7 @@ from email.utils import parseaddr
 from urllib.parse import parse_qs
 
 import attrs
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 
 #: session headers, lower-case, in the order they are trusted
 SESSION_HEADERS: tuple[bytes, ...] = (
@@ -66,6 +66,8 @@ _CODEX_HEADERS = (
     b"x-codex-session-id",
     b"openai-conversation-id",
 )
+#: header names as Twisted's Headers keys them (Title-Case), by the name asked
+_CANONICAL: dict[bytes, bytes] = {}
 _AGENT_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 _WINDOW_SUFFIX = re.compile(r"^(.+):\d+$")
 _BODY_KEY = re.compile(
@@ -97,8 +99,19 @@ class SessionKey:
         return self.source == "fallback"
 
 
+def _values(headers: Headers, name: bytes) -> list[bytes] | None:
+    """
+    ``headers.getRawHeaders(name)`` without its layers: the identity of every
+    request looks up a dozen names, nearly all absent.
+    """
+    canonical = _CANONICAL.get(name)
+    if canonical is None:
+        canonical = _CANONICAL[name] = _nameEncoder.encode(name)
+    return headers._rawHeaders.get(canonical)
+
+
 def _first(headers: Headers, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name)
+    values = _values(headers, name)
     if not values:
         return None
     for value in values:
@@ -214,7 +227,7 @@ def agent_type(headers: Headers) -> str:
 
 
 def _any_header(headers: Headers, names: Iterable[bytes]) -> bool:
-    return any(headers.hasHeader(name) for name in names)
+    return any(_values(headers, name) is not None for name in names)
 
 
 def normalise_email(value: str) -> str | None:
@@ -242,11 +255,11 @@ def user_email(headers: Headers) -> str | None:
     by the guard, which removes any a client sends).
     """
     for name in EMAIL_HEADERS:
-        for raw in headers.getRawHeaders(name) or ():
+        for raw in _values(headers, name) or ():
             email = normalise_email(raw.decode("utf-8", "replace"))
             if email is not None:
                 return email
-    client = headers.getRawHeaders(b"x-subrouter-client")
+    client = _values(headers, b"x-subrouter-client")
     if client:
         return client[0].decode("utf-8", "replace")
     return None
@@ -268,7 +281,7 @@ def forced_account(headers: Headers) -> str | None:
     """
     values: list[str] = []
     for name in ACCOUNT_HEADERS:
-        for raw in headers.getRawHeaders(name) or ():
+        for raw in _values(headers, name) or ():
             values.append(raw.decode("utf-8", "replace").strip())
     if not values:
         return None
