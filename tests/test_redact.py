@@ -98,3 +98,14 @@ def test_a_request_line_is_scrubbed_and_other_events_are_twisteds() -> None:
     first, second = out.getvalue().splitlines()
     assert "sk-abcdefghijklmnop" not in first and "[subrouter.proxy.resource#info] POST" in first
     assert second.endswith("[subrouter.proxy.resource#info] placed 3 conversations")
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300)
+       | st.sampled_from(["Authorization: BEARER abcdefgh123", "x SK-abc", "EyJhbGciOi",
+                          "Refresh_Token=1", "pass word", "ıd_token=opaque", "baſic abcdefghij"]))
+def test_the_quick_look_for_secret_words_agrees_with_the_case_insensitive_pattern(
+    text: str,
+) -> None:
+    from subrouter import redact
+
+    assert redact._maybe_secret(text) == (redact._MAYBE_SECRET.search(text) is not None)
