@@ -102,7 +102,8 @@ def test_a_request_line_is_scrubbed_and_other_events_are_twisteds() -> None:
 
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300)
        | st.sampled_from(["Authorization: BEARER abcdefgh123", "x SK-abc", "EyJhbGciOi",
-                          "Refresh_Token=1", "pass word", "\u0131d_token=opaque", "ba\u017fic abcdefghij"]))
+                          "Refresh_Token=1", "pass word", "\u0131d_token=opaque",
+                          "ba\u017fic abcdefghij"]))
 def test_the_quick_look_for_secret_words_agrees_with_the_case_insensitive_pattern(
     text: str,
 ) -> None:
