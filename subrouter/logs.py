@@ -5,8 +5,9 @@ looks like a credential on the way out.
 
 Subrouter never passes a secret to a logger; the scrubbing here is the second
 line of defence, for text that comes from elsewhere (an upstream's error
-message, a traceback). Under twistd, pick the JSON form with
-``twistd --logger subrouter.logs.json_observer ...``.
+message, a traceback). ``twistd -n subrouter`` printing to stdout logs
+through :func:`text_observer` too (``tap.makeService`` hands it to twistd);
+pick the JSON form with ``twistd --logger subrouter.logs.json_observer ...``.
 
 ``subrouter serve --log-file PATH`` writes to a :class:`ReopenableFile`,
 which SIGHUP reopens (:func:`reopen_log_files`) after logrotate moved it.

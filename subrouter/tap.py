@@ -750,4 +750,46 @@ def makeService(options: Options) -> IService:
     daemon = build_service(options.config, reactor)
     reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
     settle_collector(reactor)
+    twistd = getattr(options, "parent", None)
+    if twistd is not None and _logs_text_to_stdout(twistd):
+        from subrouter.logs import text_observer
+
+        return _LogsThrough(daemon, text_observer(sys.stdout))
     return daemon
+
+
+def _logs_text_to_stdout(twistd: Any) -> bool:
+    """
+    Whether twistd is about to log its own text lines to stdout (``-n``
+    without ``--logfile``, ``--syslog`` or ``--logger``): the case where
+    Subrouter's observer writes the very same lines, scrubbed of anything
+    that looks like a credential, at a fraction of the cost.
+    """
+    try:
+        foreground = twistd["nodaemon"] or twistd["debug"]
+        return bool(foreground and twistd["logfile"] in (None, "", "-")
+                    and not twistd["syslog"] and not twistd["logger"])
+    except KeyError:
+        return False  # not twistd's options as we know them: leave its logging alone
+
+
+class _LogsThrough(MultiService):
+    """
+    The daemon as twistd runs it, carrying the log observer twistd should use:
+    set on the application it joins, which is where twistd looks for one
+    (``ILogObserver``, as a ``.tac`` file would set it) before making its own.
+    """
+
+    def __init__(self, daemon: IService, observer: Any) -> None:
+        super().__init__()
+        self.daemon = daemon
+        self._observer = observer
+        daemon.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        from twisted.logger import ILogObserver
+        from twisted.python.components import Componentized
+
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self._observer)
+        super().setServiceParent(parent)

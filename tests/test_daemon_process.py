@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -86,6 +87,10 @@ async def test_the_daemon_process_streams_through_to_the_backend(
         seen = fake.requests[-1]
         assert seen.path == b"/backend-api/codex/responses"
         assert (seen.header(b"authorization") or b"").startswith(b"Bearer ey")
+        # a path that looks like it carries a key: proxied, logged scrubbed
+        # (twistd -n logs through Subrouter's observer too)
+        leaky = await client.get(base + "/v1/models/sk-proj-abcdefghijklmnop")
+        await read_all(leaky)
     finally:
         await pool.closeCachedConnections()
         if not proc.ended.called:
@@ -94,6 +99,35 @@ async def test_the_daemon_process_streams_through_to_the_backend(
     assert await proc.ended == (0, None), proc.output.decode()
     output = proc.output.decode()
     assert "listening on 127.0.0.1:" in output
-    assert "POST /v1/responses 200" in output
+    assert re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[subrouter\.proxy\.resource#info\] "
+        r"POST /v1/responses 200 ok account=alice@example\.com ", output, re.MULTILINE
+    ), output
     assert "Bearer" not in output
+    assert "GET /v1/models/<redacted>" in output
+    assert "abcdefghijklmnop" not in output
     assert not (tmp_path / "twistd.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "ours"),
+    [
+        (["-n"], True),
+        (["--nodaemon", "--logfile", "-"], True),
+        ([], False),  # daemonized: twistd.log, twistd's own rotation
+        (["-n", "--logfile", "x.log"], False),
+        (["-n", "--syslog"], False),
+        (["-n", "--logger", "subrouter.logs.json_observer"], False),
+    ],
+)
+def test_twistd_logs_through_subrouters_observer_only_where_it_would_print_text(
+    tmp_path: Path, args: list[str], ours: bool
+) -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    from subrouter.tap import _logs_text_to_stdout
+
+    config = ServerOptions()
+    config.parseOptions([*args, "subrouter", "--addr", "127.0.0.1:1",
+                         "--accounts-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")])
+    assert _logs_text_to_stdout(config.subOptions.parent) is ours
