@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
-
-from .codex_cli import CodexResult, _Collect
+from .codex_cli import CodexResult, run_collected
 from .npm_tools import NpmTool
 
 #: the CLI version these helpers were worked out against
@@ -37,7 +34,6 @@ CLAUDE_VERSION = "2.1.332"
 CLAUDE = NpmTool(name="claude-code", package="@anthropic-ai/claude-code",
                  version=CLAUDE_VERSION, bin="claude", env_var="SUBROUTER_CLAUDE_TEST_BIN")
 REPO = Path(__file__).resolve().parents[2]
-_KILL_GRACE = 3.0
 
 ClaudeResult = CodexResult
 
@@ -141,39 +137,11 @@ async def run_claude(
     ``127.0.0.1:<port>`` leads to ``unix_socket``; wait without blocking the
     reactor. Its stdin is closed at once.
     """
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
     subrouter = os.path.join(os.path.dirname(sys.executable), "subrouter")
     argv = ["unshare", "-n", sys.executable, "-m", "tests.support.loopback_forwarder",
             str(port), unix_socket, "--", subrouter, "claude", *args]
-    collector = _Collect()
     full_env = claude_env(config_dir, home, env)
     full_env["PYTHONPATH"] = str(REPO)
     unshare = shutil.which("unshare") or "unshare"
-    process = reactor.spawnProcess(collector, unshare, argv, env=full_env, path=str(cwd),
-                                   childFDs={0: "w", 1: "r", 2: "r"})
-    timed_out = False
-
-    def signal_it(signum: int) -> None:
-        nonlocal timed_out
-        timed_out = True
-        if not collector.ended.called:
-            process.signalProcess(signum)
-
-    terminate = reactor.callLater(timeout, signal_it, signal.SIGTERM)
-    kill = reactor.callLater(timeout + _KILL_GRACE, signal_it, signal.SIGKILL)
-    try:
-        ended: Deferred[int] = collector.ended
-        exit_code = await ended
-    finally:
-        for call in (terminate, kill):
-            if call.active():
-                call.cancel()
-    result = ClaudeResult(exit_code=exit_code,
-                          stdout=collector.stdout.decode("utf-8", "replace"),
-                          stderr=collector.stderr.decode("utf-8", "replace"))
-    if timed_out:
-        raise AssertionError(f"claude {' '.join(args)} ran over {timeout}s\n{result.output}")
-    return result
+    return await run_collected(unshare, argv, env=full_env, cwd=cwd, timeout=timeout,
+                               reactor=reactor, what=f"claude {' '.join(args)}")

@@ -342,21 +342,39 @@ async def run_codex(
         ``subrouter`` script, with ``args`` starting with ``codex``).
     :raises AssertionError: if it had to be killed, with its output.
     """
+    if executable is None:
+        executable = codex_binary()
+    return await run_collected(
+        executable, [executable, *args], env=codex_env(codex_home, env), cwd=cwd,
+        timeout=timeout, reactor=reactor, what=f"codex {' '.join(args)}",
+    )
+
+
+async def run_collected(
+    executable: str,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float,
+    reactor: Any = None,
+    what: str,
+) -> CodexResult:
+    """
+    Spawn ``argv`` with its stdin closed at once and its output collected,
+    and wait for it to exit without blocking the reactor; past ``timeout``
+    seconds it gets SIGTERM, then SIGKILL.
+
+    :param what: the command as the assertion message names it.
+    :raises AssertionError: if it had to be killed, with its output.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    if executable is None:
-        executable = codex_binary()
     collector = _Collect()
-    process = reactor.spawnProcess(
-        collector,
-        executable,
-        [executable, *args],
-        env=codex_env(codex_home, env),
-        path=str(cwd),
-        childFDs={0: "w", 1: "r", 2: "r"},
-    )
+    process = reactor.spawnProcess(collector, executable, list(argv), env=dict(env),
+                                   path=str(cwd), childFDs={0: "w", 1: "r", 2: "r"})
     timed_out = False
 
     def signal_it(signum: int) -> None:
@@ -379,5 +397,5 @@ async def run_codex(
         stderr=collector.stderr.decode("utf-8", "replace"),
     )
     if timed_out:
-        raise AssertionError(f"codex {' '.join(args)} ran over {timeout}s\n{result.output}")
+        raise AssertionError(f"{what} ran over {timeout}s\n{result.output}")
     return result
