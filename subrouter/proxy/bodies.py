@@ -34,11 +34,12 @@ class BytesBody:
     """
 
     def __init__(self, data: bytes) -> None:
-        self._data = data
+        #: the whole body (the stream client sends it with the head, at once)
+        self.data = data
         self.length = len(data)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
+        consumer.write(self.data)
         return succeed(None)
 
     def pauseProducing(self) -> None:

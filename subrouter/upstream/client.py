@@ -356,23 +356,17 @@ class CachedEndpoints:
         self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        return self.endpoint(uri.scheme, uri.host, uri.port)
-
-    def endpoint(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
-        """
-        The endpoint for one upstream origin (``host`` as in its URL).
-        """
-        key = (scheme, host, port)
+        key = (uri.scheme, uri.host, uri.port)
         endpoint = self._cache.get(key)
         if endpoint is None:
+            host = uri.host.decode("ascii")
             endpoint = NoDelayEndpoint(
-                HostnameEndpoint(self._reactor, host.decode("ascii"), port,
-                                 timeout=self._timeout)
+                HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
             )
-            if scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(host, port), endpoint)
-            elif scheme != b"http":
-                raise SchemeNotSupported(f"unsupported scheme {scheme!r}")
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
             self._cache[key] = endpoint
         return endpoint
 

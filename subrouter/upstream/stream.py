@@ -72,6 +72,7 @@ from subrouter.upstream.client import (
     send_now,
     set_no_delay,
 )
+from subrouter.upstream.headers import connection_tokens
 
 #: idle connections kept per upstream origin: a burst of parallel turns (many
 #: agents at once) finds warm connections, TLS done, when it comes again
@@ -164,7 +165,7 @@ class StreamAgent:
             target, path = self._split(uri)
         except (ValueError, SchemeNotSupported) as e:
             return _failed(e)
-        body = getattr(bodyProducer, "_data", None)
+        body = getattr(bodyProducer, "data", None)  # a body already in memory
         streamed = None
         if bodyProducer is not None and body is None:
             streamed = bodyProducer
@@ -400,11 +401,13 @@ class _Connection(Protocol):
         """
         Take this idle connection for a request; False when it has gone.
         """
-        if self.idle_timer is not None:
-            if self.idle_timer.active():
-                self.idle_timer.cancel()
-            self.idle_timer = None
+        self._stop_idle_timer()
         return not self._gone
+
+    def _stop_idle_timer(self) -> None:
+        timer, self.idle_timer = self.idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def close(self) -> None:
         if self.transport is not None and not self._gone:
@@ -769,10 +772,7 @@ class _Connection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._gone = True
         self.agent._forget(self)
-        if self.idle_timer is not None:
-            if self.idle_timer.active():
-                self.idle_timer.cancel()
-            self.idle_timer = None
+        self._stop_idle_timer()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.connection = None
@@ -1001,8 +1001,7 @@ def _parse_head(head: bytes) -> tuple[int, bytes, Headers, bool]:
             raw[canonical] = [value.strip()]
         else:
             existing.append(value.strip())
-    connection = raw.get(b"Connection")
-    tokens = {t.strip().lower() for v in connection or () for t in v.split(b",")}
+    tokens = connection_tokens(raw.get(b"Connection"))
     if status[0] == b"HTTP/1.0":
         keep_alive = b"keep-alive" in tokens
     else:
