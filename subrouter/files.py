@@ -130,7 +130,7 @@ def append_whole(fd: int, data: bytes, write: Writer = os.write) -> None:
         raise
 
 
-def last_line_end(fd: int, size: int) -> int:
+def _last_line_end(fd: int, size: int) -> int:
     """
     The offset just after the last newline in the first ``size`` bytes of
     ``fd``, or 0 when there is none.
@@ -156,6 +156,6 @@ def cut_partial_line(fd: int) -> int:
     size = os.fstat(fd).st_size
     if not size or os.pread(fd, 1, size - 1) == b"\n":
         return 0
-    keep = last_line_end(fd, size)
+    keep = _last_line_end(fd, size)
     os.ftruncate(fd, keep)
     return size - keep

@@ -375,8 +375,6 @@ class FileUsageStore:
     def _roll_up_day(self, name: str, day: str) -> None:
         if self._handle_day == day:
             self._close_handle()
-        # the rollup is made from memory, which holds them too
-        self._forget_held(day)
         start = day_start(day)
         rows = [r for h, hour in self._hours.items() if start <= h < start + DAY
                 for r in hour.values()]
@@ -388,11 +386,10 @@ class FileUsageStore:
         atomic_write(os.path.join(self.directory, f"hourly-{day}.jsonl"), text.encode())
         self._retire(name, day)
 
-    def _forget_held(self, day: str) -> None:
-        self._held_count -= len(self._held.pop(day, ()))
-
     def _retire(self, name: str, day: str) -> None:
-        self._forget_held(day)
+        # rows still held for this day are in memory, which the rollup (or
+        # the expiry) already took into account: they need no raw file
+        self._held_count -= len(self._held.pop(day, ()))
         path = os.path.join(self.directory, name)
         if day in self._damaged:
             os.replace(path, path + ".corrupt")
