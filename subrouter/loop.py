@@ -94,19 +94,8 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             return
         raise
     selectables = self._selectables
-    later: list[tuple[int, int]] | None = None
     started = monotonic()
-    for fd, event in ready:
-        selectable = selectables.get(fd)
-        if selectable is None:
-            continue
-        if type(selectable) in _CLIENT_SIDE:
-            # a client's request or a new connection: after the streams in flight
-            if later is None:
-                later = []
-            later.append((fd, event))
-            continue
-        _dispatch(self, selectable, fd, event)
+    later = _streams_first(self, ready, selectables)
     if later is None:
         return
     # Clients get at least the budget, and as long as the streams took: under
@@ -130,21 +119,36 @@ def _do_poll(self: Any, timeout: float | None) -> None:
             # come back on the next turn, after the streams have had theirs
             return
         if i < last:
-            _streams_ready(self, selectables)
+            # what is ready now, without waiting; the clients' own sockets in
+            # it come back on the next turn
+            try:
+                now_ready = self._poller.poll(0, len(selectables))
+            except OSError:
+                now_ready = []  # EINTR: the next turn polls again
+            _streams_first(self, now_ready, selectables)
             streams += monotonic() - ended
 
 
-def _streams_ready(self: Any, selectables: dict[int, Any]) -> None:
-    # what is ready now on anything but the client side, without waiting;
-    # the clients' own sockets come back on the next turn
-    try:
-        ready = self._poller.poll(0, len(selectables))
-    except OSError:
-        return  # EINTR: the next turn polls again
+def _streams_first(
+    self: Any, ready: list[tuple[int, int]], selectables: dict[int, Any]
+) -> list[tuple[int, int]] | None:
+    """
+    Dispatch what is ready on anything but the client side; return the
+    clients' entries (a request, a new connection), in order, for after the
+    streams in flight, or None when there are none.
+    """
+    later: list[tuple[int, int]] | None = None
     for fd, event in ready:
         selectable = selectables.get(fd)
-        if selectable is not None and type(selectable) not in _CLIENT_SIDE:
-            _dispatch(self, selectable, fd, event)
+        if selectable is None:
+            continue
+        if type(selectable) in _CLIENT_SIDE:
+            if later is None:
+                later = []
+            later.append((fd, event))
+            continue
+        _dispatch(self, selectable, fd, event)
+    return later
 
 
 def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
