@@ -782,7 +782,6 @@ class _LogsThrough(MultiService):
 
     def __init__(self, daemon: IService, observer: Any) -> None:
         super().__init__()
-        self.daemon = daemon
         self._observer = observer
         daemon.setServiceParent(self)
 
