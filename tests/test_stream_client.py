@@ -96,6 +96,20 @@ def _failure(d: Deferred[Any]) -> Failure:
     return results[0]
 
 
+def _answered(agent: StreamAgent, endpoints: _Endpoints, wire: bytes,
+              raw: bool = False) -> tuple[Any, Any, _Body]:
+    """
+    A GET whose new connection receives ``wire``, its body delivered to a
+    fresh :class:`_Body`: the connection's protocol and transport, and the body.
+    """
+    d = agent.request(b"GET", URL)
+    protocol, transport = endpoints.connections[-1]
+    protocol.dataReceived(wire)
+    got = _Body(raw)
+    _result(d).deliverBody(got)
+    return protocol, transport, got
+
+
 def _chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
     out = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p)
     return out + b"0\r\n" + trailers + b"\r\n"
@@ -172,11 +186,7 @@ def test_a_chunked_body_cut_anywhere_arrives_whole(
 
 def test_a_malformed_chunk_fails_the_body_and_the_connection_is_dropped() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(HEAD_CHUNKED + b"5\r\nhello\r\nzz\r\n")
-    got = _Body()
-    _result(d).deliverBody(got)
+    _, transport, got = _answered(agent, endpoints, HEAD_CHUNKED + b"5\r\nhello\r\nzz\r\n")
     assert got.reason is not None and got.reason.check(ResponseFailed)
     assert transport.disconnecting
     agent.request(b"GET", URL)
@@ -185,11 +195,7 @@ def test_a_malformed_chunk_fails_the_body_and_the_connection_is_dropped() -> Non
 
 def test_a_body_until_close_ends_as_potential_data_loss_and_is_never_reused() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, _ = endpoints.connections[0]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nsome")
-    got = _Body(raw=True)
-    _result(d).deliverBody(got)
+    protocol, _, got = _answered(agent, endpoints, b"HTTP/1.1 200 OK\r\n\r\nsome", raw=True)
     protocol.dataReceived(b" more")
     protocol.connectionLost(Failure(ConnectionDone()))
     assert b"".join(got.payload) == b"some more"
@@ -249,11 +255,7 @@ def test_a_new_connection_that_closes_before_answering_is_not_stale() -> None:
 
 def test_an_answer_cut_after_its_headers_fails_the_body() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, _ = endpoints.connections[0]
-    protocol.dataReceived(HEAD_CHUNKED + b"5\r\nhel")
-    got = _Body()
-    _result(d).deliverBody(got)
+    protocol, _, got = _answered(agent, endpoints, HEAD_CHUNKED + b"5\r\nhel")
     protocol.connectionLost(Failure(ConnectionLost()))
     assert got.payload == [b"hel"]
     assert got.reason is not None and got.reason.check(ResponseFailed)
@@ -280,11 +282,7 @@ def test_cancelling_while_connecting_cancels_the_connection_attempt() -> None:
 
 def test_stopping_the_body_aborts_the_connection_and_reports_it() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(HEAD_CHUNKED + b"5\r\nhello\r\n")
-    got = _Body()
-    _result(d).deliverBody(got)
+    protocol, transport, got = _answered(agent, endpoints, HEAD_CHUNKED + b"5\r\nhello\r\n")
     got.transport.stopProducing()  # type: ignore[union-attr]
     assert transport.disconnecting
     protocol.connectionLost(Failure(ConnectionDone()))
@@ -293,11 +291,7 @@ def test_stopping_the_body_aborts_the_connection_and_reports_it() -> None:
 
 def test_pausing_the_body_pauses_the_upstream_read() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(HEAD_CHUNKED)
-    got = _Body()
-    _result(d).deliverBody(got)
+    _, transport, got = _answered(agent, endpoints, HEAD_CHUNKED)
     got.transport.pauseProducing()  # type: ignore[union-attr]
     assert transport.producerState == "paused"
     got.transport.resumeProducing()  # type: ignore[union-attr]
@@ -324,22 +318,15 @@ def test_idle_connections_expire_and_an_idle_connection_that_speaks_is_dropped()
 
 def test_connection_close_is_respected() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-    got = _Body()
-    _result(d).deliverBody(got)
+    _, transport, got = _answered(
+        agent, endpoints, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
     assert got.payload == [b"ok"] and transport.disconnecting
 
 
 def test_an_answer_framed_both_ways_is_read_as_chunked_and_its_connection_dropped() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
-                          b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-    got = _Body()
-    _result(d).deliverBody(got)
+    _, transport, got = _answered(agent, endpoints, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert b"".join(got.payload) == b"hello"
     assert got.reason is not None and got.reason.check(ResponseDone)
     assert transport.disconnecting
