@@ -115,6 +115,8 @@ def _chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
     return out + b"0\r\n" + trailers + b"\r\n"
 
 
+#: a whole answer with an empty body
+EMPTY_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 HEAD_CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
 
@@ -236,10 +238,7 @@ def test_a_malformed_answer_fails_the_request(head: bytes) -> None:
 
 def test_a_reused_connection_that_closes_before_answering_is_stale() -> None:
     agent, endpoints, _ = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, _ = endpoints.connections[0]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    _result(d).deliverBody(_Body())
+    protocol, _, _ = _answered(agent, endpoints, EMPTY_OK)
     again = agent.request(b"POST", URL, None, BytesBody(b"x"))
     protocol.connectionLost(Failure(ConnectionLost()))
     assert _failure(again).check(StaleConnection)
@@ -300,17 +299,11 @@ def test_pausing_the_body_pauses_the_upstream_read() -> None:
 
 def test_idle_connections_expire_and_an_idle_connection_that_speaks_is_dropped() -> None:
     agent, endpoints, clock = _agent()
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[0]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    _result(d).deliverBody(_Body())
+    protocol, transport, _ = _answered(agent, endpoints, EMPTY_OK)
     protocol.dataReceived(b"junk")
     assert transport.disconnecting
     protocol.connectionLost(Failure(ConnectionDone()))
-    d = agent.request(b"GET", URL)
-    protocol, transport = endpoints.connections[1]
-    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    _result(d).deliverBody(_Body())
+    _, transport, _ = _answered(agent, endpoints, EMPTY_OK)
     clock.advance(91)
     assert transport.disconnecting
     assert clock.getDelayedCalls() == []
