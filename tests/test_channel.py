@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -463,3 +464,45 @@ def test_a_form_body_is_forwarded_as_it_is_never_parsed() -> None:
     status, _, body = _answer(transport.value())
     assert status == 200
     assert json.loads(body) == {"args": 0, "body": "a=1&b=2"}
+
+
+class _Addresses(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        host, peer = request.getHost(), request.getClientAddress()
+        return b"%s:%d %s:%d" % (host.host.encode(), host.port, peer.host.encode(), peer.port)
+
+
+class _CountingTransport(StringTransport):
+    """
+    A transport that counts how often each end of the connection is asked for
+    (on TCP, the local end costs a system call).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hostAddress=IPv4Address("TCP", "127.0.0.1", 31415),
+                         peerAddress=IPv4Address("TCP", "127.0.0.1", 50123))
+        self.asked = {"host": 0, "peer": 0}
+
+    def getHost(self) -> IPv4Address:
+        self.asked["host"] += 1
+        return super().getHost()  # type: ignore[no-any-return]
+
+    def getPeer(self) -> IPv4Address:
+        self.asked["peer"] += 1
+        return super().getPeer()  # type: ignore[no-any-return]
+
+
+def test_a_connections_addresses_are_looked_up_once_for_all_its_requests() -> None:
+    site = QuietSite(_Addresses(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = _CountingTransport()
+    channel.makeConnection(transport)
+    for _ in range(3):
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answers = transport.value().split(b"HTTP/1.1 200 OK")[1:]
+    assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
+        b"127.0.0.1:31415 127.0.0.1:50123"
+    ] * 3
+    assert transport.asked == {"host": 1, "peer": 1}

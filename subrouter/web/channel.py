@@ -28,7 +28,7 @@ line, a limit crossed) takes Twisted's way, which answers it.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,6 +94,25 @@ class SubrouterChannel(HTTPChannel):
     _head_deadline: IDelayedCall | None = None
     _linger: IDelayedCall | None = None
     _refused = False
+    _host: IAddress | None = None
+    _peer: IAddress | None = None
+
+    # -- addresses -----------------------------------------------------------------
+
+    # Every request asks for both ends of its connection (Twisted's Request
+    # does when it is made); they never change while the connection lasts,
+    # so each is looked up once, not with a system call and a new address
+    # object per request.
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     # -- writing ------------------------------------------------------------------
 
