@@ -253,20 +253,37 @@ class Processes:
         Run ``script --upstream-server *args`` (see :func:`serve_upstream`)
         and wait for the port it prints.
         """
-        errors = open(os.path.join(folder, "upstream.log"), "wb")
+        self.upstream, port = self._start_script(folder, "upstream", script,
+                                                 "--upstream-server", *args)
+        return port
+
+    def start_relay(self, name: str, folder: str, script: str, *args: str) -> int:
+        """
+        Run a reference relay (``script *args``, which prints its port once it
+        listens) in the place of a Subrouter daemon: it is stopped with them,
+        and its CPU time is read the same way.
+        """
+        self.daemons[name], port = self._start_script(folder, name, script, *args)
+        return port
+
+    def _start_script(self, folder: str, name: str, script: str,
+                      *args: str) -> tuple[subprocess.Popen[bytes], int]:
+        errors = open(os.path.join(folder, f"{name}.log"), "wb")
         self._files.append(errors)
-        self.upstream = subprocess.Popen(
-            [sys.executable, os.path.abspath(script), "--upstream-server", *args],
+        process = subprocess.Popen(
+            [sys.executable, os.path.abspath(script), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, cwd=folder,
             start_new_session=True, preexec_fn=die_with_parent,
         )
-        stdout = self.upstream.stdout
+        stdout = process.stdout
         assert stdout is not None
         ready, _, _ = select.select([stdout], [], [], STARTUP_TIMEOUT)
         line = stdout.readline() if ready else b""
         if not line.strip().isdigit():
-            raise BenchError(f"the fake upstream did not start: {tail(errors.name)}")
-        return int(line)
+            process.kill()
+            process.wait()
+            raise BenchError(f"{name} did not start: {tail(errors.name)}")
+        return process, int(line)
 
     def start_daemon(self, name: str, folder: str, upstream_port: int, log_path: str,
                      extra: Sequence[str] = ()) -> int:
@@ -352,6 +369,9 @@ class Processes:
                 process.terminate()
         for process in daemons:
             _reap(process)
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
 
     def stop(self) -> None:
         self.stop_daemons()

@@ -86,6 +86,10 @@ from streams import SMALL_LANES, Bench, Plan, Results, Target, streams_label
 DIRECT = "direct"
 PROXIED = "proxied"
 MODES = (DIRECT, PROXIED)
+#: what the proxied path can go through
+SUBROUTER = "subrouter"
+FLOOR = "floor"
+FLOOR_RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_relay.py")
 
 #: targets from the issue, informational: (scenario, added p50 limit, added p99 limit), in ms
 TARGETS: dict[str, tuple[float | None, float | None]] = {
@@ -161,7 +165,10 @@ def _ms(value: float) -> str:
 
 
 def render(report: dict[str, Any], machine: str) -> str:
-    out = [machine, AIM, "", *comparison_table(report["rows"], MODES, verdict="target")]
+    out = [machine, AIM]
+    if report.get("against") == FLOOR:
+        out.append("proxied = the floor relay (bench/floor_relay.py), not Subrouter")
+    out += ["", *comparison_table(report["rows"], MODES, verdict="target")]
     rps = report["small_requests_per_second"]
     if rps:
         direct, proxied = rps[DIRECT], rps[PROXIED]
@@ -182,7 +189,7 @@ def render(report: dict[str, Any], machine: str) -> str:
         out.append("")
     cpu = report["proxy_cpu_ms_per_request"]
     if cpu:
-        out.append("Subrouter CPU per proxied request: "
+        out.append("proxy CPU per proxied request: "
                    + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
     out.append("client connections opened: "
                + ", ".join(f"{k} {v}" for k, v in report["connections_opened"].items()))
@@ -217,6 +224,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--log", metavar="FILE",
                         help="keep Subrouter's log here (default: a temporary file)")
+    parser.add_argument("--against", choices=(SUBROUTER, FLOOR), default=SUBROUTER,
+                        help="what the proxied path goes through: Subrouter (the default), "
+                        "or the floor: floor_relay.py, the least a relay on Twisted does "
+                        "(rewrites the request head, passes bytes on), for reference")
     return parser.parse_args(argv)
 
 
@@ -233,9 +244,17 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
         try:
             access_token = write_account(folder)
             upstream_port = processes.start_upstream(folder, streams.__file__)
-            proxy_port = processes.start_daemon(PROXIED, folder, upstream_port, log_path)
-            progress.write(f"upstream on {HOST}:{upstream_port}, Subrouter on "
-                           f"{HOST}:{proxy_port} (log: {log_path})\n")
+            if args.against == FLOOR:
+                proxy_port = processes.start_relay(
+                    PROXIED, folder, FLOOR_RELAY, str(upstream_port), access_token,
+                    CHATGPT_ACCOUNT_ID,
+                )
+                progress.write(f"upstream on {HOST}:{upstream_port}, the floor relay on "
+                               f"{HOST}:{proxy_port}\n")
+            else:
+                proxy_port = processes.start_daemon(PROXIED, folder, upstream_port, log_path)
+                progress.write(f"upstream on {HOST}:{upstream_port}, Subrouter on "
+                               f"{HOST}:{proxy_port} (log: {log_path})\n")
             targets = {
                 DIRECT: Target(upstream_port, streams.UPSTREAM_STREAM_PATH,
                                streams.UPSTREAM_SMALL_PATH, token="dummy", account="-"),
@@ -255,7 +274,9 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
         finally:
             processes.stop()
         report = build_report(results)
-        report["proxy_log"] = streams.summarize_log(log_path)
+        report["against"] = args.against
+        if args.against == SUBROUTER:
+            report["proxy_log"] = streams.summarize_log(log_path)
         report["proxy_exited_during_run"] = proxy_status
     report["machine"] = info
     report["plan"] = {"rounds": plan.rounds, "small_slices": plan.small_slices,
