@@ -506,3 +506,34 @@ def test_a_connections_addresses_are_looked_up_once_for_all_its_requests() -> No
         b"127.0.0.1:31415 127.0.0.1:50123"
     ] * 3
     assert transport.asked == {"host": 1, "peer": 1}
+
+
+class _Content(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        assert request.content is not None
+        body = request.content.read()
+        return b"%s %d %08x" % (request.uri, len(body), zlib.crc32(body))
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3])
+def test_a_body_read_whole_with_its_head_is_the_requests_content(pieces: int) -> None:
+    # one read (taken at once), or the body in pieces (Twisted's decoder);
+    # the same answers either way, and the connection goes on to the next
+    site = QuietSite(_Content(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    body = bytes(range(256)) * 240
+    wire = b"POST /a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    step = -(-len(wire) // pieces)
+    for start in range(0, len(wire), step):
+        channel.dataReceived(wire[start:start + step])
+    channel.dataReceived(b"POST /b HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc")
+    answers = transport.value().split(b"HTTP/1.1 200 OK")[1:]
+    assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
+        b"/a %d %08x" % (len(body), zlib.crc32(body)),
+        b"/b 3 %08x" % zlib.crc32(b"abc"),
+    ]

@@ -177,7 +177,9 @@ def content_length(request: Request) -> int:
     if content is None:
         return 0
     if isinstance(content, io.BytesIO):
-        return len(content.getbuffer())
+        # getvalue, not getbuffer: a buffer export would copy a body the
+        # BytesIO shares with the read it came in
+        return len(content.getvalue())
     try:
         position = content.tell()
         content.seek(0, io.SEEK_END)

@@ -23,16 +23,25 @@ ever. This channel instead:
 A complete, well-formed head at the start of a read (nearly every request)
 is parsed in one pass, ending in exactly the state Twisted's line-by-line
 reading would have; anything else (a head in pieces, a folded or malformed
-line, a limit crossed) takes Twisted's way, which answers it.
+line, a limit crossed) takes Twisted's way, which answers it. A
+``Content-Length`` body that came whole in that same read becomes the
+request's content as it is, without being copied into it.
 """
 
 from __future__ import annotations
+
+from io import SEEK_END, BytesIO
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, _parseRequestLine
+from twisted.web.http import (
+    HTTPChannel,
+    Request,
+    _IdentityTransferDecoder,
+    _parseRequestLine,
+)
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 
@@ -153,7 +162,7 @@ class SubrouterChannel(HTTPChannel):
                     rest = data[end + 4:]
                     if rest and not self._refused and not getattr(
                         self.transport, "disconnecting", False
-                    ):
+                    ) and not self._whole_body(rest):
                         super().dataReceived(rest)
                     return
             if self._head_deadline is None:
@@ -222,6 +231,36 @@ class SubrouterChannel(HTTPChannel):
             self.allContentReceived()
         else:
             self.setRawMode()
+        return True
+
+    def _whole_body(self, body: bytes) -> bool:
+        """
+        Take a request's whole ``Content-Length`` body, come in the same read
+        as its head and nothing after it, as the request's content at once,
+        or return False (nothing taken): what Twisted's length decoder would
+        do, without copying the body into the request's file or the layers
+        of raw mode.
+        """
+        decoder = self._transferDecoder
+        if (
+            type(decoder) is not _IdentityTransferDecoder
+            or decoder.contentLength != len(body)
+            or decoder.dataCallback is None
+        ):
+            return False
+        request = self.requests[-1]
+        content = request.content
+        if (
+            type(request).handleContentChunk is not Request.handleContentChunk
+            or type(content) is not BytesIO
+            or content.tell()
+        ):
+            return False
+        decoder.contentLength = 0
+        decoder.dataCallback = decoder.finishCallback = None
+        content = request.content = BytesIO(body)  # shares the bytes, no copy
+        content.seek(0, SEEK_END)  # where writing the body would have left it
+        self._finishRequestBody(b"")
         return True
 
     def allHeadersReceived(self) -> None:
