@@ -15,16 +15,21 @@ relays, on plain ``Protocol`` objects and Twisted's own epoll reactor:
 
 It chooses no account, keeps no conversation, parses no response, counts and
 logs nothing, and assumes the well-formed requests the benchmark sends. Both
-sockets have ``TCP_NODELAY``, as Subrouter's do. Only for benchmarks; it
+sockets have ``TCP_NODELAY``, as Subrouter's do. With ``--subrouter-loop``
+it runs on Subrouter's reactor loop (:mod:`subrouter.loop`) and writes the way
+Subrouter does (``send_now``): what is left between that and Subrouter is
+Subrouter's own work per request and per event. Only for benchmarks; it
 listens on 127.0.0.1 and prints its port when ready::
 
-    python bench/floor_relay.py UPSTREAM_PORT TOKEN ACCOUNT_ID
+    python bench/floor_relay.py [--subrouter-loop] UPSTREAM_PORT TOKEN ACCOUNT_ID
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from harness import CODEX_PREFIX, HOST
 from twisted.internet import protocol
@@ -33,6 +38,14 @@ from twisted.python.failure import Failure
 
 #: the client's path prefix, moved under the Codex prefix upstream
 CLIENT_PREFIX = b"/v1"
+
+
+def _plain_write(transport: Any, data: bytes) -> None:
+    transport.write(data)
+
+
+#: how bytes are written: Twisted's way, or Subrouter's (``--subrouter-loop``)
+_write: Callable[[Any, bytes], None] = _plain_write
 
 
 def _no_delay(transport: object) -> None:
@@ -54,7 +67,7 @@ class _Upstream(protocol.Protocol):
         _no_delay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)  # type: ignore[union-attr]
+        _write(self.client.transport, data)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.client.transport.loseConnection()  # type: ignore[union-attr]
@@ -85,14 +98,14 @@ class _Client(protocol.Protocol):
     def _connected(self, upstream: _Upstream) -> None:
         self._upstream = upstream
         for data in self._waiting:
-            upstream.transport.write(data)  # type: ignore[union-attr]
+            _write(upstream.transport, data)
         self._waiting = []
 
     def _send(self, data: bytes) -> None:
         if self._upstream is None:
             self._waiting.append(data)
         else:
-            self._upstream.transport.write(data)  # type: ignore[union-attr]
+            _write(self._upstream.transport, data)
 
     def dataReceived(self, data: bytes) -> None:
         if self._body_left:
@@ -145,6 +158,15 @@ class _Factory(protocol.ServerFactory):
 def main(argv: list[str]) -> int:
     from twisted.internet import reactor
 
+    global _write
+    if argv[:1] == ["--subrouter-loop"]:
+        # Subrouter's reactor loop and socket writes, none of its routing
+        from subrouter.loop import direct_dispatch
+        from subrouter.upstream.client import send_now
+
+        direct_dispatch(reactor)
+        _write = send_now
+        argv = argv[1:]
     upstream_port, token, account = int(argv[0]), argv[1].encode(), argv[2].encode()
     factory = _Factory(reactor, upstream_port, token, account)
     port = reactor.listenTCP(0, factory, backlog=1024, interface=HOST)

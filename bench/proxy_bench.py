@@ -89,6 +89,7 @@ MODES = (DIRECT, PROXIED)
 #: what the proxied path can go through
 SUBROUTER = "subrouter"
 FLOOR = "floor"
+FLOOR_LOOP = "floor+loop"
 FLOOR_RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_relay.py")
 
 #: targets from the issue, informational: (scenario, added p50 limit, added p99 limit), in ms
@@ -166,8 +167,9 @@ def _ms(value: float) -> str:
 
 def render(report: dict[str, Any], machine: str) -> str:
     out = [machine, AIM]
-    if report.get("against") == FLOOR:
-        out.append("proxied = the floor relay (bench/floor_relay.py), not Subrouter")
+    if report.get("against", SUBROUTER) != SUBROUTER:
+        out.append(f"proxied = the floor relay (bench/floor_relay.py, {report['against']}), "
+                   "not Subrouter")
     out += ["", *comparison_table(report["rows"], MODES, verdict="target")]
     rps = report["small_requests_per_second"]
     if rps:
@@ -224,10 +226,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--log", metavar="FILE",
                         help="keep Subrouter's log here (default: a temporary file)")
-    parser.add_argument("--against", choices=(SUBROUTER, FLOOR), default=SUBROUTER,
+    parser.add_argument("--against", choices=(SUBROUTER, FLOOR, FLOOR_LOOP), default=SUBROUTER,
                         help="what the proxied path goes through: Subrouter (the default), "
                         "or the floor: floor_relay.py, the least a relay on Twisted does "
-                        "(rewrites the request head, passes bytes on), for reference")
+                        "(rewrites the request head, passes bytes on), on plain Twisted or "
+                        "(floor+loop) on Subrouter's loop, for reference")
     return parser.parse_args(argv)
 
 
@@ -244,9 +247,10 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
         try:
             access_token = write_account(folder)
             upstream_port = processes.start_upstream(folder, streams.__file__)
-            if args.against == FLOOR:
+            if args.against != SUBROUTER:
+                loop = ["--subrouter-loop"] if args.against == FLOOR_LOOP else []
                 proxy_port = processes.start_relay(
-                    PROXIED, folder, FLOOR_RELAY, str(upstream_port), access_token,
+                    PROXIED, folder, FLOOR_RELAY, *loop, str(upstream_port), access_token,
                     CHATGPT_ACCOUNT_ID,
                 )
                 progress.write(f"upstream on {HOST}:{upstream_port}, the floor relay on "

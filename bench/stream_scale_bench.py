@@ -78,7 +78,11 @@ from harness import (
 )
 
 DIRECT, NGINX, SUBROUTER = "direct", "nginx", "subrouter"
-PATHS = (DIRECT, NGINX, SUBROUTER)
+#: the floor relay on plain Twisted, and on Subrouter's loop and writes
+FLOOR, FLOOR_LOOP = "floor", "floor+loop"
+FLOOR_RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_relay.py")
+DEFAULT_PATHS = (DIRECT, NGINX, SUBROUTER)
+PATHS = (*DEFAULT_PATHS, FLOOR, FLOOR_LOOP)
 STARTUP_TIMEOUT = 30.0
 #: a stream that has not ended this long after its last expected event is an error
 STREAM_GRACE = 30.0
@@ -488,6 +492,17 @@ class Processes:
             raise SystemExit(f"the fake upstream did not start: {self.tail('upstream.log')}")
         return int(line)
 
+    def start_floor(self, upstream_port: int, our_loop: bool) -> tuple[int, int]:
+        loop = ["--subrouter-loop"] if our_loop else []
+        process = self._spawn([sys.executable, FLOOR_RELAY, *loop, str(upstream_port),
+                               "bench-client", "-"], "floor.log", stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.strip().isdigit():
+            raise SystemExit(f"the floor relay did not start: {self.tail('floor.log')}")
+        return int(line), process.pid
+
     def start_nginx(self, upstream_port: int) -> tuple[int, list[int]] | None:
         nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                           else None)
@@ -683,6 +698,11 @@ def aims(paths: dict[str, dict[str, Any]]) -> list[str]:
                    f"RSS {sub['peak_rss_mb']:.0f} MB (aim < {AIM_RSS_MB:.0f} MB)")
     out.append(f"{'PASS' if sub['errors'] == 0 else 'MISS'}: {sub['errors']} errors through "
                "Subrouter (aim 0)")
+    for name in (FLOOR, FLOOR_LOOP):
+        floor = paths.get(name)
+        if floor and ngx and floor["cpu_us_per_event"] and ngx["cpu_us_per_event"]:
+            out.append(f"for reference: {name}'s CPU per event is "
+                       f"{floor['cpu_us_per_event'] / ngx['cpu_us_per_event']:.2f}x nginx's")
     return out
 
 
@@ -700,6 +720,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--only", action="append", choices=PATHS,
                         help="run only this path (repeatable)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the floor: floor_relay.py, the least a relay on Twisted "
+                        "does (rewrites request heads, passes bytes on), on plain Twisted and "
+                        "on Subrouter's loop, for reference")
     parser.add_argument("--subrouter-arg", action="append", default=[],
                         help="one more option for twistd subrouter (repeatable)")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -711,7 +735,7 @@ async def _measure(args: argparse.Namespace, procs: Processes) -> dict[str, list
     upstream_port = procs.start_upstream()
     assert procs.upstream is not None
     upstream_pid = procs.upstream.pid
-    wanted = args.only or list(PATHS)
+    wanted = args.only or [*DEFAULT_PATHS, *((FLOOR, FLOOR_LOOP) if args.floor else ())]
     targets: dict[str, tuple[int, str, list[int]]] = {}
     if DIRECT in wanted:
         targets[DIRECT] = (upstream_port, CODEX_PREFIX + "/responses", [])
@@ -724,6 +748,10 @@ async def _measure(args: argparse.Namespace, procs: Processes) -> dict[str, list
     if SUBROUTER in wanted:
         port, pid = procs.start_subrouter(upstream_port, args.subrouter_arg)
         targets[SUBROUTER] = (port, "/v1/responses", [pid])
+    for floor in (FLOOR, FLOOR_LOOP):
+        if floor in wanted:
+            port, pid = procs.start_floor(upstream_port, our_loop=floor == FLOOR_LOOP)
+            targets[floor] = (port, "/v1/responses", [pid])
     results: dict[str, list[PathResult]] = {name: [] for name in targets}
     order = list(targets)
     for round_number in range(args.rounds):
