@@ -62,6 +62,10 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 _FRAMING = (b"Content-Length", b"Transfer-Encoding")
 #: how long a refused connection is kept half-open so the answer is read
 LINGER = 2.0
+#: header names as they come and in their canonical form (for the one-pass
+#: head), up to _NAMES_KEPT of them: clients send the same few again and again
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_KEPT = 1024
 
 _REASONS = {
     400: b"Bad Request",
@@ -177,39 +181,52 @@ class SubrouterChannel(HTTPChannel):
         it would refuse or treat specially: those go through it.
         """
         self.resetTimeout()
-        lines = data[:end].split(b"\r\n")
-        if len(lines) > self.maxHeaders + 1:
+        head = data[:end]
+        lines = head.split(b"\r\n")
+        breaks = len(lines) - 1
+        if (
+            breaks > self.maxHeaders
+            # a CR or LF other than the line ends, a NUL, or a folded line
+            or head.count(b"\r") != breaks
+            or head.count(b"\n") != breaks
+            or b"\x00" in head
+            or b"\r\n " in head
+            or b"\r\n\t" in head
+            or max(map(len, lines)) > self.MAX_LENGTH
+            or end - 2 * breaks > self.totalHeadersSize
+        ):
             return False
         try:
             command, target, version = _parseRequestLine(lines[0])
         except ValueError:
             return False
         headers: list[tuple[bytes, bytes]] = []
-        size = len(lines[0])
         framing = 0
-        limit = self.MAX_LENGTH
+        names = _NAMES
         for line in lines[1:]:
-            size += len(line)
             name, colon, value = line.partition(b":")
-            if not colon or len(line) > limit or line[:1] in (b" ", b"\t"):
-                return False  # no colon, too long, or a folded line
-            try:
-                name = _nameEncoder.encode(name)
-            except InvalidHeaderName:
+            if not colon:
                 return False
+            canonical = names.get(name)
+            if canonical is None:
+                try:
+                    canonical = _nameEncoder.encode(name)
+                except InvalidHeaderName:
+                    return False
+                if len(names) < _NAMES_KEPT:
+                    names[name] = canonical
             value = value.strip(b" \t")
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
-                return False
-            if name in _FRAMING:
+            if canonical in _FRAMING:
                 framing += 1
-                if name == b"Content-Length":
+                if canonical == b"Content-Length":
                     if not value.isdigit():
                         return False
                 elif value.lower() not in (b"chunked", b"identity"):
                     return False
-            headers.append((name, value))
-        if framing > 1 or size > self.totalHeadersSize or len(lines[0]) > limit:
+            headers.append((canonical, value))
+        if framing > 1:
             return False
+        size = end - 2 * breaks
         # what HTTPChannel.lineReceived and headerReceived would have done
         factory = self.requestFactory
         if INonQueuedRequestFactory.providedBy(factory):
