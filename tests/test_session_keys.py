@@ -107,6 +107,8 @@ def test_emails() -> None:
     assert normalise_email("not an email") is None
     assert normalise_email("a@b") is None
     assert user_email(h(x_subrouter_user="bad", x_user_email="U@Example.COM")) == "u@example.com"
+    assert user_email(Headers({b"X-Subrouter-Client": [b"ci"]})) == "ci"
+    assert user_email(h(user_agent="codex_cli_rs/0.50.0")) is None
 
 
 def test_forced_account() -> None:

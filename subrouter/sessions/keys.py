@@ -219,15 +219,24 @@ def agent_type(headers: Headers) -> str:
     user_agent = (_first(headers, b"user-agent") or "").lower()
     if "claude-cli" in user_agent or "claude-code" in user_agent:
         return "claude"
-    if _any_header(headers, _CLAUDE_HEADERS):
+    if _any_header(headers, _CLAUDE_NAMES):
         return "claude"
-    if _any_header(headers, _GEMINI_HEADERS):
+    if _any_header(headers, _GEMINI_NAMES):
         return "gemini"
     return "codex"
 
 
-def _any_header(headers: Headers, names: Iterable[bytes]) -> bool:
-    return any(_values(headers, name) is not None for name in names)
+def _canonical_names(names: Iterable[bytes]) -> frozenset[bytes]:
+    return frozenset(_nameEncoder.encode(name) for name in names)
+
+
+def _any_header(headers: Headers, canonical: frozenset[bytes]) -> bool:
+    # one set operation: nearly every request has none of them
+    return not canonical.isdisjoint(headers._rawHeaders)
+
+
+_CLAUDE_NAMES = _canonical_names(_CLAUDE_HEADERS)
+_GEMINI_NAMES = _canonical_names(_GEMINI_HEADERS)
 
 
 def normalise_email(value: str) -> str | None:
@@ -254,6 +263,8 @@ def user_email(headers: Headers) -> str | None:
     the client token the request came with (``X-Subrouter-Client``, set only
     by the guard, which removes any a client sends).
     """
+    if not _any_header(headers, _EMAIL_OR_CLIENT_NAMES):
+        return None
     for name in EMAIL_HEADERS:
         for raw in _values(headers, name) or ():
             email = normalise_email(raw.decode("utf-8", "replace"))
@@ -263,6 +274,10 @@ def user_email(headers: Headers) -> str | None:
     if client:
         return client[0].decode("utf-8", "replace")
     return None
+
+
+_EMAIL_OR_CLIENT_NAMES = _canonical_names((*EMAIL_HEADERS, b"x-subrouter-client"))
+_ACCOUNT_NAMES = _canonical_names(ACCOUNT_HEADERS)
 
 
 class BadAccountSelector(ValueError):
@@ -279,6 +294,8 @@ def forced_account(headers: Headers) -> str | None:
     :raises BadAccountSelector: when the header is empty, too long, holds
         control characters, or appears twice with different values.
     """
+    if not _any_header(headers, _ACCOUNT_NAMES):
+        return None
     values: list[str] = []
     for name in ACCOUNT_HEADERS:
         for raw in _values(headers, name) or ():
