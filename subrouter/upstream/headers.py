@@ -95,17 +95,25 @@ def forwardable(
     and those the HTTP client recomputes, and ``also_drop``.
     """
     dropped = connection_tokens(client.getRawHeaders(b"connection"))
+    if also_drop:
+        dropped |= also_drop
+    verdicts = _ALWAYS_DROPPED
     for name, values in client.getAllRawHeaders():
-        lower = name.lower()
-        if (
-            lower in HOP_BY_HOP
-            or lower in _REQUEST_ONLY_DROPS
-            or lower in dropped
-            or lower in also_drop
-            or is_subrouter_header(lower)
-        ):
+        drop = verdicts.get(name)
+        if drop is None:
+            lower = name.lower()
+            drop = lower in HOP_BY_HOP or lower in _REQUEST_ONLY_DROPS or is_subrouter_header(lower)
+            if len(verdicts) < _VERDICTS_KEPT:
+                verdicts[name] = drop
+        if drop or (dropped and name.lower() in dropped):
             continue
         yield name, values
+
+
+#: whether a client header name (as Headers keys it) is always dropped on the
+#: way upstream, decided once per name, for up to _VERDICTS_KEPT names
+_ALWAYS_DROPPED: dict[bytes, bool] = {}
+_VERDICTS_KEPT = 1024
 
 
 def upstream_request_headers(
