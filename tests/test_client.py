@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
@@ -125,6 +126,9 @@ class _Socketish(tcp.Server):
         self.sent += taken
         return len(taken)
 
+    def sendmsg(self, buffers: tuple[bytes, ...]) -> int:
+        return self.send(b"".join(buffers))
+
     def write(self, data: bytes) -> None:
         self.queued.append(data)
         self._tempDataLen += len(data)
@@ -171,3 +175,13 @@ def test_send_now_queues_everything_when_the_socket_is_full() -> None:
     transport = _Socketish(room=0)
     send_now(transport, b"hello")
     assert (transport.sent, transport.queued) == (b"", [b"hello"])
+
+
+@pytest.mark.parametrize("room", [0, 2, 4, 7, 9, 100])
+def test_a_request_and_its_body_go_out_in_order_whatever_the_socket_takes(room: int) -> None:
+    from subrouter.upstream.client import send_now_two
+
+    transport = _Socketish(room=room)
+    send_now_two(transport, b"head", b"body!")
+    assert transport.sent + b"".join(transport.queued) == b"headbody!"
+    assert transport.sent == b"headbody!"[:room]

@@ -311,16 +311,7 @@ def send_now(transport: Any, data: bytes) -> None:
     the socket does not take is queued the usual way (so backpressure still
     pauses the producer). Any other transport is simply written to.
     """
-    # only a plain TCP connection: a TLS wrapper passes unknown attributes on
-    # to the TCP connection under it, whose socket would bypass TLS
-    if (
-        not isinstance(transport, tcp.Connection)
-        or transport.dataBuffer
-        or transport._tempDataLen
-        or transport.disconnecting
-        or not transport.connected
-        or transport.TLS
-    ):
+    if not _may_send_now(transport):
         transport.write(data)
         return
     try:
@@ -333,6 +324,47 @@ def send_now(transport: Any, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def send_now_two(transport: Any, head: bytes, body: bytes) -> None:
+    """
+    :func:`send_now` for ``head + body`` (a request and its body), given to
+    the socket as two buffers instead of being joined into one first.
+    """
+    if not _may_send_now(transport):
+        transport.write(head)
+        transport.write(body)
+        return
+    try:
+        sent = transport.socket.sendmsg((head, body))
+    except BlockingIOError:
+        sent = 0
+    except OSError as e:
+        if e.errno != errno.ENOBUFS:
+            return  # the connection is gone; the reactor sees it on the next read
+        sent = 0
+    if sent < len(head):
+        transport.write(head[sent:])
+        transport.write(body)
+    elif sent < len(head) + len(body):
+        transport.write(body[sent - len(head):])
+
+
+def _may_send_now(transport: Any) -> bool:
+    """
+    Whether bytes for ``transport`` may go straight to its socket: a plain
+    TCP connection, open, with nothing queued ahead of them. (A TLS wrapper
+    passes unknown attributes on to the TCP connection under it, whose socket
+    would bypass TLS.)
+    """
+    return bool(
+        isinstance(transport, tcp.Connection)
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+        and not transport.disconnecting
+        and transport.connected
+        and not transport.TLS
+    )
 
 
 @implementer(IAgentEndpointFactory)

@@ -70,6 +70,7 @@ from subrouter.upstream.client import (
     CachingResolver,
     StaleConnection,
     send_now,
+    send_now_two,
     set_no_delay,
 )
 from subrouter.upstream.headers import connection_tokens
@@ -429,7 +430,10 @@ class _Connection(Protocol):
         if exchange.streamed is None:
             self._sent_all = True
             body = exchange.body
-            send_now(transport, exchange.head + body if body else exchange.head)
+            if body:
+                send_now_two(transport, exchange.head, body)
+            else:
+                send_now(transport, exchange.head)
             return
         self._sent_all = False
         transport.write(exchange.head)  # type: ignore[union-attr]
