@@ -323,3 +323,25 @@ def test_an_answer_framed_both_ways_is_read_as_chunked_and_its_connection_droppe
     assert b"".join(got.payload) == b"hello"
     assert got.reason is not None and got.reason.check(ResponseDone)
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    ("read", "payload"),
+    [
+        (b"5\r\nhello\r\n", b"hello"),
+        (b"5\r\nhello\r\n1\r\n!\r\nA\r\n0123456789\r\n", b"hello!0123456789"),
+        (b"005\r\nhello\r\n", b"hello"),
+        (b"5\r\nhello\r\n0\r\n\r\n", None),  # the last chunk: the decoder's
+        (b"5\r\nhello\r\n3\r\nab", None),  # a chunk still coming
+        (b"5\r\nhello", None),
+        (b"5;ext=1\r\nhello\r\n", None),  # an extension
+        (b"5\r\nhelloXY", None),  # no CRLF after the data
+        (b"0\r\n\r\n", None),
+        (b"g\r\nhello\r\n", None),
+        (b"1" * 17 + b"\r\nx\r\n", None),  # a size line longer than 16 digits
+    ],
+)
+def test_a_read_of_whole_chunks_is_recognised_as_one(read: bytes, payload: bytes | None) -> None:
+    from subrouter.upstream.stream import _whole_chunks
+
+    assert _whole_chunks(read) == payload

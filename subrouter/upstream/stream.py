@@ -466,16 +466,12 @@ class _Connection(Protocol):
             raw = self._raw
             if raw is not None and self._chunk_state == _SIZE and not self._buffer:
                 # the usual read of a relayed stream: one whole chunk (an
-                # event), passed on as it came, its payload beside it
-                line_end = data.find(b"\r\n", 0, MAX_CHUNK_LINE)
-                if 0 < line_end <= 16:
-                    digits = data[:line_end]
-                    if _HEX.issuperset(digits):
-                        start = line_end + 2
-                        end = start + int(digits, 16)
-                        if end > start and len(data) == end + 2 and data.endswith(b"\r\n"):
-                            raw(data, data[start:end])
-                            return
+                # event), or a few when the stream got ahead, passed on as
+                # they came, their payload beside them
+                payload = _whole_chunks(data)
+                if payload is not None:
+                    raw(data, payload)
+                    return
             self._body(data)
             return
         exchange = self.exchange
@@ -974,6 +970,36 @@ class _Attempt(ClientFactory):
         connector, self._connector = self._connector, None
         if connector is not None:
             connector.stopConnecting()
+
+
+def _whole_chunks(data: bytes) -> bytes | None:
+    """
+    The payload of ``data`` when it is one or more whole, non-empty chunks
+    (no extensions, no last chunk) and nothing else; None for anything else,
+    which the chunk decoder takes.
+    """
+    size = len(data)
+    position = 0
+    payloads: list[bytes] | None = None
+    while True:
+        line_end = data.find(b"\r\n", position, position + MAX_CHUNK_LINE)
+        if not position < line_end <= position + 16:
+            return None
+        digits = data[position:line_end]
+        if not _HEX.issuperset(digits):
+            return None
+        start = line_end + 2
+        end = start + int(digits, 16)
+        if end == start or end + 2 > size or data[end:end + 2] != b"\r\n":
+            return None
+        position = end + 2
+        if position == size and payloads is None:
+            return data[start:end]  # one chunk: nearly every read
+        if payloads is None:
+            payloads = []
+        payloads.append(data[start:end])
+        if position == size:
+            return b"".join(payloads)
 
 
 def _parse_head(head: bytes) -> tuple[int, bytes, Headers, bool]:
