@@ -11,6 +11,7 @@ HTTP connection pool, and the listening Site.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
 
@@ -751,26 +752,46 @@ def makeService(options: Options) -> IService:
     reactor.callWhenRunning(daemon.install_signal_handlers, reactor)
     settle_collector(reactor)
     twistd = getattr(options, "parent", None)
-    if twistd is not None and _logs_text_to_stdout(twistd):
+    where = _twistd_text_log(twistd) if twistd is not None else None
+    if where is not None:
         from subrouter.logs import text_observer
 
-        return _LogsThrough(daemon, text_observer(sys.stdout))
+        return _LogsThrough(daemon, text_observer(where))
     return daemon
 
 
-def _logs_text_to_stdout(twistd: Any) -> bool:
+def _twistd_text_log(twistd: Any) -> Any:
     """
-    Whether twistd is about to log its own text lines to stdout (``-n``
-    without ``--logfile``, ``--syslog`` or ``--logger``): the case where
-    Subrouter's observer writes the very same lines, scrubbed of anything
-    that looks like a credential, at a fraction of the cost.
+    Where twistd is about to print its own text log lines, opened the way it
+    would open it: stdout (``-n``, or ``--logfile -``), or its log file
+    (``--logfile PATH``; ``twistd.log`` for a daemon), rotated as twistd
+    rotates it (at 1 MB, and on SIGUSR1). Subrouter's observer writes the
+    very same lines there, scrubbed of anything that looks like a credential,
+    at a fraction of the cost. None where twistd logs otherwise (``--syslog``,
+    ``--logger``), or would refuse the options: its choice stands.
     """
     try:
         foreground = twistd["nodaemon"] or twistd["debug"]
-        return bool(foreground and twistd["logfile"] in (None, "", "-")
-                    and not twistd["syslog"] and not twistd["logger"])
+        name = twistd["logfile"]
+        if twistd["syslog"] or twistd["logger"]:
+            return None
     except KeyError:
-        return False  # not twistd's options as we know them: leave its logging alone
+        return None  # not twistd's options as we know them: leave its logging alone
+    if name == "-" or (not name and foreground):
+        return sys.stdout if foreground else None  # a daemon on stdout: twistd says no
+    from twisted.python.logfile import LogFile
+
+    log_file = LogFile.fromFullPath(name or "twistd.log")
+    if not signal.getsignal(signal.SIGUSR1):
+        # as twistd does: SIGUSR1 rotates the file, unless something else has it
+
+        def rotate(number: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return log_file
 
 
 class _LogsThrough(MultiService):

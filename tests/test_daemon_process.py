@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +28,10 @@ from tests.support.upstream import FakeUpstream, StreamReader, sse, write_oauth_
     "command",
     [
         [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "subrouter"],
+        [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile", "sub.log", "subrouter"],
         [os.path.join(BIN, "subrouter"), "serve"],
     ],
-    ids=["twistd", "subrouter-serve"],
+    ids=["twistd", "twistd-logfile", "subrouter-serve"],
 )
 @pytest_twisted.ensureDeferred
 async def test_the_daemon_process_streams_through_to_the_backend(
@@ -88,7 +90,7 @@ async def test_the_daemon_process_streams_through_to_the_backend(
         assert seen.path == b"/backend-api/codex/responses"
         assert (seen.header(b"authorization") or b"").startswith(b"Bearer ey")
         # a path that looks like it carries a key: proxied, logged scrubbed
-        # (twistd -n logs through Subrouter's observer too)
+        # (twistd -n logs through Subrouter's observer too, to stdout or its file)
         leaky = await client.get(base + "/v1/models/sk-proj-abcdefghijklmnop")
         await read_all(leaky)
     finally:
@@ -98,6 +100,9 @@ async def test_the_daemon_process_streams_through_to_the_backend(
     # a stop by SIGTERM is a normal stop: status 0 under twistd too
     assert await proc.ended == (0, None), proc.output.decode()
     output = proc.output.decode()
+    if "--logfile" in command:
+        # the same lines, in the file twistd would have written them to
+        output = (tmp_path / "sub.log").read_text()
     assert "listening on 127.0.0.1:" in output
     assert re.search(
         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[subrouter\.proxy\.resource#info\] "
@@ -110,24 +115,37 @@ async def test_the_daemon_process_streams_through_to_the_backend(
 
 
 @pytest.mark.parametrize(
-    ("args", "ours"),
+    ("args", "where"),
     [
-        (["-n"], True),
-        (["--nodaemon", "--logfile", "-"], True),
-        ([], False),  # daemonized: twistd.log, twistd's own rotation
-        (["-n", "--logfile", "x.log"], False),
-        (["-n", "--syslog"], False),
-        (["-n", "--logger", "subrouter.logs.json_observer"], False),
+        (["-n"], "stdout"),
+        (["--nodaemon", "--logfile", "-"], "stdout"),
+        ([], "twistd.log"),  # daemonized: twistd.log, rotated as twistd rotates it
+        (["-n", "--logfile", "x.log"], "x.log"),
+        (["--logfile", "-"], None),  # a daemon on stdout: twistd refuses it
+        (["-n", "--syslog"], None),
+        (["-n", "--logger", "subrouter.logs.json_observer"], None),
     ],
 )
-def test_twistd_logs_through_subrouters_observer_only_where_it_would_print_text(
-    tmp_path: Path, args: list[str], ours: bool
+def test_twistd_logs_through_subrouters_observer_wherever_it_would_print_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], where: str | None
 ) -> None:
+    from twisted.python.logfile import LogFile
     from twisted.scripts.twistd import ServerOptions
 
-    from subrouter.tap import _logs_text_to_stdout
+    from subrouter.tap import _twistd_text_log
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # not this test process's
     config = ServerOptions()
     config.parseOptions([*args, "subrouter", "--addr", "127.0.0.1:1",
                          "--accounts-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")])
-    assert _logs_text_to_stdout(config.subOptions.parent) is ours
+    found = _twistd_text_log(config.subOptions.parent)
+    if where is None:
+        assert found is None
+    elif where == "stdout":
+        assert found is sys.stdout
+    else:
+        assert isinstance(found, LogFile)
+        assert found.path == str(tmp_path / where)
+        assert found.rotateLength == 1_000_000  # twistd's own rotation
+        found.close()
