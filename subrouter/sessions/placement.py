@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Collection
 
-import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -124,7 +123,7 @@ class Placement:
             return
         del keys[index], ranked[index]
         same_standing = recent == candidate.recent
-        candidate = attrs.evolve(candidate, sessions=live, recent=recent)
+        candidate = candidate.counted(live, recent)
         known = old[:4] if same_standing else standing(candidate)
         new = (*known, live + recent, account_id)
         index = bisect.bisect_left(keys, new)
@@ -322,7 +321,7 @@ class Placement:
             # every instance's live conversations (several workers): the kept
             # order counts this one's only, so order by the shared counts here
             ranked = sorted(
-                (attrs.evolve(c, sessions=shared.get(c.id, 0)) for c in ranked), key=order
+                (c.counted(shared.get(c.id, 0), c.recent) for c in ranked), key=order
             )
         store = self.pool.store
         best: Candidate | None = None

@@ -164,6 +164,13 @@ class Candidate:
     sessions: int = 0
     recent: int = 0
 
+    def counted(self, sessions: int, recent: int) -> Candidate:
+        """
+        This candidate with other counts (``attrs.evolve`` without its
+        introspection: the ranking recounts on every placement).
+        """
+        return Candidate(self.id, self.oauth, self.score, sessions, recent)
+
     @property
     def effective(self) -> Score:
         """
@@ -246,7 +253,7 @@ def bound(candidate: Candidate) -> tuple[int, int, float, float]:
     worse.
     """
     if candidate.recent:
-        candidate = attrs.evolve(candidate, recent=0)
+        candidate = candidate.counted(candidate.sessions, 0)
     return standing(candidate)
 
 
