@@ -48,6 +48,11 @@ From the repository root, in the project's virtualenv::
     python bench/proxy_bench.py                  # the full run, about 70 s on 2 cores
     python bench/proxy_bench.py --quick          # a smoke run, about 10 s
     python bench/proxy_bench.py --json out.json  # also write the numbers as JSON
+    python bench/proxy_bench.py --against floor+loop  # the reference relay instead
+
+``--against floor`` (or ``floor+loop``) puts ``floor_relay.py`` in Subrouter's
+place: the least a relay on Twisted does, on plain Twisted (or on Subrouter's
+loop and writes), so a run shows what Subrouter's own work adds to it.
 
 It prints a Markdown table on stdout (progress goes to stderr) and exits 0
 unless something crashed: the targets are marked PASS/MISS for information

@@ -17,7 +17,10 @@ start in lockstep; 0 starts them all at once), through each path in turn:
 - ``nginx``: Debian's nginx (``worker_processes 1``, ``proxy_buffering off``,
   upstream keep-alive), from a config generated in a temporary folder;
 - ``subrouter``: ``twistd -n subrouter`` with one ChatGPT login, transcripts
-  and usage polling off, each stream its own conversation (``session-id``).
+  and usage polling off, each stream its own conversation (``session-id``);
+- with ``--floor``, the reference relay (``floor_relay.py``: request heads
+  rewritten, bytes passed on, nothing else) on plain Twisted (``floor``) and
+  on Subrouter's loop and writes (``floor+loop``).
 
 For each path it reports the per-event latency (client receipt minus the
 upstream's stamp; CLOCK_MONOTONIC is system-wide on Linux) at p50/p99/max, the
@@ -37,6 +40,7 @@ From the repository root, in the project's virtualenv::
     python bench/stream_scale_bench.py                    # 1,000 streams x 100 events, ~1 min
     python bench/stream_scale_bench.py --streams 200 --events 40   # a quick run
     python bench/stream_scale_bench.py --json out.json --only subrouter
+    python bench/stream_scale_bench.py --floor     # also the reference relay (floor_relay.py)
 
 Needs nginx on PATH for the nginx path (skipped with a note otherwise). The
 aims from issue 13 are printed PASS/MISS for information; the script exits 0
