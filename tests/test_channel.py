@@ -508,20 +508,11 @@ def test_a_connections_addresses_are_looked_up_once_for_all_its_requests() -> No
     assert transport.asked == {"host": 1, "peer": 1}
 
 
-class _Content(Resource):
-    isLeaf = True
-
-    def render(self, request: Request) -> bytes:
-        assert request.content is not None
-        body = request.content.read()
-        return b"%s %d %08x" % (request.uri, len(body), zlib.crc32(body))
-
-
 @pytest.mark.parametrize("pieces", [1, 2, 3])
 def test_a_body_read_whole_with_its_head_is_the_requests_content(pieces: int) -> None:
     # one read (taken at once), or the body in pieces (Twisted's decoder);
     # the same answers either way, and the connection goes on to the next
-    site = QuietSite(_Content(), reactor=Clock())
+    site = QuietSite(_Echo(), reactor=Clock())
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)

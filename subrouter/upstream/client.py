@@ -18,7 +18,7 @@ then closed or reset may well have acted on it.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -314,15 +314,8 @@ def send_now(transport: Any, data: bytes) -> None:
     if not _may_send_now(transport):
         transport.write(data)
         return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as e:
-        if e.errno != errno.ENOBUFS:
-            return  # the connection is gone; the reactor sees it on the next read
-        sent = 0
-    if sent < len(data):
+    sent = _try_send(transport.socket.send, data)
+    if sent is not None and sent < len(data):
         transport.write(data[sent:])
 
 
@@ -335,19 +328,28 @@ def send_now_two(transport: Any, head: bytes, body: bytes) -> None:
         transport.write(head)
         transport.write(body)
         return
-    try:
-        sent = transport.socket.sendmsg((head, body))
-    except BlockingIOError:
-        sent = 0
-    except OSError as e:
-        if e.errno != errno.ENOBUFS:
-            return  # the connection is gone; the reactor sees it on the next read
-        sent = 0
+    sent = _try_send(transport.socket.sendmsg, (head, body))
+    if sent is None:
+        return
     if sent < len(head):
         transport.write(head[sent:])
         transport.write(body)
     elif sent < len(head) + len(body):
         transport.write(body[sent - len(head):])
+
+
+def _try_send(send: Callable[[Any], int], what: Any) -> int | None:
+    """
+    ``send(what)`` on a non-blocking socket: how many bytes it took (0 when
+    it is full), or None when the connection is gone (the reactor sees that
+    on its next read).
+    """
+    try:
+        return send(what)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        return 0 if e.errno == errno.ENOBUFS else None
 
 
 def _may_send_now(transport: Any) -> bool:
