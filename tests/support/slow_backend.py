@@ -12,9 +12,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from tests.support.daemon import reactor
 from tests.support.tlsca import TestCA
@@ -62,9 +60,7 @@ class SlowBackend:
             def getChildWithDefault(self, name: bytes, request: Any) -> Any:
                 return ws
 
-        endpoint = wrapServerTLS(self.ca.server_options(),
-                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        self.port = await endpoint.listen(Site(Root()))
+        self.port = await self.ca.listen(reactor, Root())
 
     @property
     def codex_url(self) -> str:

@@ -28,9 +28,8 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapServerTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from tests.support.daemon import Daemon, reactor
 from tests.support.tlsca import TestCA
@@ -122,9 +121,7 @@ class WSBackend:
                     return Refuse(backend, backend.refuse_with.pop(0))
                 return ws
 
-        endpoint = wrapServerTLS(self.ca.server_options(),
-                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        self.port = await endpoint.listen(Site(Root()))
+        self.port = await self.ca.listen(reactor, Root())
 
     @property
     def codex_url(self) -> str:
