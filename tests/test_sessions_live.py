@@ -57,8 +57,7 @@ async def test_conversations_spread_over_the_healthiest_accounts_and_stay_put(
         listing = await daemon.get_json("/_subrouter/sessions")
         assert {row["session"] for row in listing} == set(sessions)
         assert all(row["requests"] == 3 and not row["fallback"] for row in listing)
-        accounts = {row["id"]: row for row in
-                    (await daemon.get_json("/_subrouter/accounts"))["accounts"]}
+        accounts = await daemon.accounts_by_id()
         assert accounts["busy@example.com"]["usable_for_new_sessions"] is False
         assert accounts["busy@example.com"]["headroom"] == 0.3
         assert accounts["fresh@example.com"]["live_sessions"] == 4
@@ -87,8 +86,7 @@ async def test_a_usage_limit_moves_only_the_affected_sessions_invisibly(
                 assert now == "ws-spare"
             else:
                 assert now == workspace  # untouched
-        accounts = {row["id"]: row for row in
-                    (await daemon.get_json("/_subrouter/accounts"))["accounts"]}
+        accounts = await daemon.accounts_by_id()
         assert accounts["fresh@example.com"]["exhausted_until"] is not None
         # the moved sessions stay on their new account
         for session in placed:
@@ -166,8 +164,7 @@ async def test_live_rate_limit_headers_and_events_update_scores(
         code, body = await turn(daemon, "a")
         assert code == 200
         upstream.script(RESPONSES, backend.answer_turn)
-        accounts = {row["id"]: row for row in
-                    (await daemon.get_json("/_subrouter/accounts"))["accounts"]}
+        accounts = await daemon.accounts_by_id()
         fresh = accounts["fresh@example.com"]
         assert fresh["usage_source"] == "stream"
         assert fresh["headroom"] == pytest.approx(0.05)
@@ -207,8 +204,7 @@ async def test_sessions_and_marks_survive_a_restart_and_a_corrupt_state_file_is_
             k: v["account"] for k, v in before.items()
         }
         assert after["keep"]["user_email"] == "dev@example.com"
-        accounts = {row["id"]: row for row in
-                    (await again.get_json("/_subrouter/accounts"))["accounts"]}
+        accounts = await again.accounts_by_id()
         assert accounts["spare@example.com"]["exhausted_until"] is not None
     finally:
         await again.stop()
@@ -241,8 +237,7 @@ async def test_a_failed_usage_fetch_scores_the_account_unknown_risky(
     try:
         deadline = time.monotonic() + 5
         while True:
-            accounts = {row["id"]: row for row in
-                        (await daemon.get_json("/_subrouter/accounts"))["accounts"]}
+            accounts = await daemon.accounts_by_id()
             if accounts["fresh@example.com"]["usage_error"]:
                 break
             assert time.monotonic() < deadline

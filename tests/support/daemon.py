@@ -58,6 +58,13 @@ class Daemon:
         response = await self.client.get(self.url + path)
         return await response.json()
 
+    async def accounts_by_id(self) -> dict[str, dict[str, Any]]:
+        """
+        ``/_subrouter/accounts``, each account's row by its id.
+        """
+        listing = await self.get_json("/_subrouter/accounts")
+        return {row["id"]: row for row in listing["accounts"]}
+
     async def wait_for_accounts(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """
         Poll ``/_subrouter/accounts`` until it lists exactly ``count``
