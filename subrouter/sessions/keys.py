@@ -59,13 +59,6 @@ _CLAUDE_HEADERS = (
     b"anthropic-conversation-id",
 )
 _GEMINI_HEADERS = (b"x-gemini-session-id", b"x-gemini-conversation-id", b"google-conversation-id")
-_CODEX_HEADERS = (
-    b"x-codex-window-id",
-    b"x-codex-turn-state",
-    b"x-codex-parent-thread-id",
-    b"x-codex-session-id",
-    b"openai-conversation-id",
-)
 #: header names as Twisted's Headers keys them (Title-Case), by the name asked
 _CANONICAL: dict[bytes, bytes] = {}
 _AGENT_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
