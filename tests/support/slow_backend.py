@@ -15,7 +15,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.web.resource import Resource
 
 from tests.support.daemon import reactor
-from tests.support.tlsca import TestCA
+from tests.support.tlsca import TestCA, listen_tls
 
 
 class SlowResponsesWS(WebSocketServerProtocol):
@@ -60,7 +60,7 @@ class SlowBackend:
             def getChildWithDefault(self, name: bytes, request: Any) -> Any:
                 return ws
 
-        self.port = await self.ca.listen(reactor, Root())
+        self.port = await listen_tls(reactor, self.ca.server_options(), Root())
 
     @property
     def codex_url(self) -> str:

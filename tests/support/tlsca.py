@@ -193,18 +193,6 @@ class TestCA:
             self._server_options[key] = options
         return options
 
-    async def listen(self, reactor: Any, resource: Any) -> Any:
-        """
-        Serve ``resource`` (a twisted.web resource) over TLS with a leaf of
-        this CA, on a free loopback port; the listening port.
-        """
-        from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
-        from twisted.web.server import Site
-
-        endpoint = wrapServerTLS(self.server_options(),
-                                 TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-        return await endpoint.listen(Site(resource))
-
     def untrusted_server_options(self) -> ssl.CertificateOptions:
         """
         Options serving a self-signed leaf for ``localhost`` and
@@ -214,3 +202,16 @@ class TestCA:
         if self._untrusted is None:
             self._untrusted = _leaf(("localhost", "127.0.0.1"), _name("unused"), None, None)
         return self._untrusted
+
+
+async def listen_tls(reactor: Any, options: ssl.CertificateOptions, resource: Any) -> Any:
+    """
+    Serve ``resource`` (a twisted.web resource) over TLS with ``options``
+    (e.g. ``ca.server_options()``) on a free loopback port; the listening
+    port.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
+    from twisted.web.server import Site
+
+    endpoint = wrapServerTLS(options, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    return await endpoint.listen(Site(resource))

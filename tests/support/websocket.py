@@ -32,7 +32,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web.resource import Resource
 
 from tests.support.daemon import Daemon, reactor
-from tests.support.tlsca import TestCA
+from tests.support.tlsca import TestCA, listen_tls
 
 
 class FakeUpstreamWS(WebSocketServerProtocol):
@@ -121,7 +121,7 @@ class WSBackend:
                     return Refuse(backend, backend.refuse_with.pop(0))
                 return ws
 
-        self.port = await self.ca.listen(reactor, Root())
+        self.port = await listen_tls(reactor, self.ca.server_options(), Root())
 
     @property
     def codex_url(self) -> str:
