@@ -6,6 +6,7 @@ reason, never a silent close; heads within the limits are served.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import zlib
@@ -527,4 +528,34 @@ def test_a_body_read_whole_with_its_head_is_the_requests_content(pieces: int) ->
     assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
         b"/a %d %08x" % (len(body), zlib.crc32(body)),
         b"/b 3 %08x" % zlib.crc32(b"abc"),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(
+        st.one_of(st.binary(max_size=300), st.integers(60_000, 70_000).map(lambda n: b"b" * n)),
+        min_size=1, max_size=4,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=150_000), max_size=3),
+)
+def test_pipelined_requests_with_bodies_arrive_whole_however_the_reads_fall(
+    bodies: list[bytes], cuts: list[int]
+) -> None:
+    # a body may come whole with its head (taken at once), in pieces, or
+    # together with the next request: each request sees exactly its body
+    site = QuietSite(_Echo(), reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    wire = b"".join(
+        b"POST /%d HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+        % (i, len(body), body) for i, body in enumerate(bodies)
+    )
+    points = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
+    for start, end in itertools.pairwise(points):
+        channel.dataReceived(wire[start:end])
+    answers = transport.value().split(b"HTTP/1.1 200 OK")[1:]
+    assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
+        b"/%d %d %08x" % (i, len(body), zlib.crc32(body)) for i, body in enumerate(bodies)
     ]
