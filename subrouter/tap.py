@@ -769,6 +769,9 @@ def _twistd_text_log(twistd: Any) -> Any:
     very same lines there, scrubbed of anything that looks like a credential,
     at a fraction of the cost. None where twistd logs otherwise (``--syslog``,
     ``--logger``), or would refuse the options: its choice stands.
+
+    :raises SystemExit: with a one-line reason when the log file cannot be
+        opened.
     """
     try:
         foreground = twistd["nodaemon"] or twistd["debug"]
@@ -781,7 +784,12 @@ def _twistd_text_log(twistd: Any) -> Any:
         return sys.stdout if foreground else None  # a daemon on stdout: twistd says no
     from twisted.python.logfile import LogFile
 
-    log_file = LogFile.fromFullPath(name or "twistd.log")
+    path = name or "twistd.log"
+    try:
+        log_file = LogFile.fromFullPath(path)
+    except OSError as e:
+        # what twistd itself would have met a moment later, with a traceback
+        raise SystemExit(f"twistd: cannot open the log file {path}: {e.strerror}") from None
     if not signal.getsignal(signal.SIGUSR1):
         # as twistd does: SIGUSR1 rotates the file, unless something else has it
 

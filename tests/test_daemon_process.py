@@ -149,3 +149,20 @@ def test_twistd_logs_through_subrouters_observer_wherever_it_would_print_text(
         assert found.path == str(tmp_path / where)
         assert found.rotateLength == 1_000_000  # twistd's own rotation
         found.close()
+
+
+def test_twistd_with_a_log_file_it_cannot_open_exits_with_a_reason(tmp_path: Path) -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    from subrouter.tap import _twistd_text_log
+
+    config = ServerOptions()
+    config.parseOptions(["-n", "--logfile", str(tmp_path / "missing" / "x.log"), "subrouter",
+                         "--addr", "127.0.0.1:1", "--accounts-dir", str(tmp_path),
+                         "--state-dir", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exited:
+        _twistd_text_log(config.subOptions.parent)
+    assert str(exited.value) == (
+        f"twistd: cannot open the log file {tmp_path / 'missing' / 'x.log'}: "
+        "No such file or directory"
+    )
