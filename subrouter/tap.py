@@ -505,6 +505,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
 
     if config.workers > 1 and config.worker_index is None:
         return _supervisor(config, reactor)
+    _make_folders(config)
     from subrouter.loop import direct_dispatch
 
     # every relayed event is a read and a write: no log context around each
@@ -738,6 +739,27 @@ def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiSer
         every("transcript-sync", config.transcript_sync_interval, mirror.run_once, reactor
               ).setServiceParent(services)
     return services
+
+
+def _make_folders(config: Config) -> None:
+    """
+    Create the folders the daemon writes in (its state, its transcripts)
+    before anything starts, so one that cannot be made stops start-up with a
+    one-line reason instead of a traceback from a service half started.
+
+    :raises SystemExit: naming the option and why.
+    """
+    for option, path in (("state-dir", config.state_dir), ("transcripts", config.transcripts)):
+        if not path:
+            continue
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise SystemExit(f"subrouter: --{option}: {path} is a file, not a folder")
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(
+                f"subrouter: --{option}: cannot create {path}: {e.strerror or e}"
+            ) from None
 
 
 def makeService(options: Options) -> IService:

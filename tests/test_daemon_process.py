@@ -166,3 +166,31 @@ def test_twistd_with_a_log_file_it_cannot_open_exits_with_a_reason(tmp_path: Pat
         f"twistd: cannot open the log file {tmp_path / 'missing' / 'x.log'}: "
         "No such file or directory"
     )
+
+
+@pytest.mark.parametrize("option", ["state_dir", "transcripts"])
+def test_a_folder_the_daemon_cannot_make_stops_it_with_a_reason(
+    tmp_path: Path, option: str
+) -> None:
+    import attrs
+
+    from subrouter.config import Config
+    from subrouter.tap import _make_folders
+
+    config = Config(endpoint="tcp:0", addr="127.0.0.1:0", expose=False,
+                    accounts_dir=str(tmp_path), codex_upstream="http://127.0.0.1:9",
+                    openai_upstream="http://127.0.0.1:9", token_url="http://127.0.0.1:9",
+                    ca_bundles=(), idle_timeout=1.0, codex_auth=str(tmp_path / "auth.json"))
+    (tmp_path / "a-file").write_text("x")
+    name = "--" + option.replace("_", "-")
+    for path, reason in [
+        (tmp_path / "a-file", "is a file, not a folder"),
+        (tmp_path / "a-file" / "below", "cannot create"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            _make_folders(attrs.evolve(config, **{option: str(path)}))
+        assert str(exited.value).startswith(f"subrouter: {name}: ")
+        assert reason in str(exited.value)
+    made = tmp_path / "new" / "folder"
+    _make_folders(attrs.evolve(config, **{option: str(made)}))
+    assert made.is_dir() and oct(made.stat().st_mode & 0o777) == "0o700"
