@@ -516,3 +516,13 @@ def test_list_names_an_unusable_account_and_why(tmp_path: Path) -> None:
     assert rows["apikey:weird"]["usable"] is False
     assert "HTTP header" in rows["apikey:weird"]["why_not"]
     assert rows["apikey:good"]["usable"] is True
+
+
+def test_an_accounts_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    from twisted.python import usage
+
+    store = tmp_path / "not-a-folder"
+    store.write_text("x")
+    with pytest.raises(usage.UsageError, match="is a file, not a folder"):
+        CxOptions().parseOptions(["--accounts-dir", str(store), "list"])
+    CxOptions().parseOptions(["--accounts-dir", str(tmp_path / "missing"), "list"])  # made later

@@ -16,7 +16,10 @@ token uses one reactor throughout.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
+
+from twisted.python import usage
 
 import subrouter
 from subrouter.accounts.activate import StoreError
@@ -65,6 +68,14 @@ class CxOptions(Group):
                 "Client tokens for a shared (--expose) server: make, list, revoke.",
                 run=_client_token),
     )
+
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        store = expand_path(self["accounts-dir"])
+        if os.path.exists(store) and not os.path.isdir(store):
+            # as the daemon says: "no accounts yet, cx add" would mislead
+            raise usage.UsageError(f"--accounts-dir: {store} is a file, not a folder")
 
 
 def _context(options: CxOptions, streams: Streams, reactor: Any) -> Context:
