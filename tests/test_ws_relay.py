@@ -264,3 +264,50 @@ async def test_the_close_line_counts_both_ways_and_a_client_leaving_is_no_error(
     assert (line["up_messages"], line["down_messages"]) == (2, 5)
     assert line["up_bytes"] == len(json.dumps({"type": "response.create", "input": []})) + 8
     assert isinstance(line["seconds"], float)
+
+
+_UPGRADE = (b"GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n")
+_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+
+def _refusal(raw: bytes) -> tuple[bytes, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower()
+    return head.split(b"\r\n")[0], json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "kind"),
+    [
+        (b"", b"400", "bad_websocket_handshake"),  # no key: autobahn's own refusal
+        (b"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n", b"400",
+         "bad_websocket_handshake"),
+        (_KEY + b"X-Subrouter-Account-ID: " + b"a" * 300 + b"\r\n", b"400",
+         "invalid_account_selector"),
+        (_KEY + b"X-Subrouter-Account-ID: nobody\r\n", b"503", "unknown_account"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_refused_upgrade_says_why_in_its_status_line_and_a_json_error(
+    daemon: Daemon, backend: WSBackend, extra: bytes, status: bytes, kind: str
+) -> None:
+    from tests.support.raw_http import send_raw
+
+    line, error = _refusal(await send_raw(daemon.port, _UPGRADE + extra + b"\r\n"))
+    assert line.startswith(b"HTTP/1.1 " + status + b" ") and len(line) > 13
+    assert error["type"] == kind and error["message"]
+    assert line.endswith(error["message"].encode("latin-1", "replace")[-20:])
+    assert backend.handshakes == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_the_upstream_refuses_is_a_json_upstream_refusal(
+    daemon: Daemon, backend: WSBackend
+) -> None:
+    from tests.support.raw_http import send_raw
+
+    backend.refuse_with = [404]
+    line, error = _refusal(await send_raw(daemon.port, _UPGRADE + _KEY + b"\r\n"))
+    assert line.startswith(b"HTTP/1.1 404 ")
+    assert error["type"] == "upstream_refused" and "account" in error["message"]

@@ -56,7 +56,7 @@ from subrouter.accounting.extract import Origin
 from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.errors import describe_failure_reason
+from subrouter.errors import describe_failure_reason, error_body
 from subrouter.routing.exchange import (
     AUTH_REJECTED,
     Exchange,
@@ -197,6 +197,12 @@ class UpstreamRefused(Exception):
         self.reason = reason
 
 
+#: what may not stand in a status line's phrase
+_PHRASE_UNSAFE = re.compile(r"[^\x20-\x7e]")
+#: the JSON error type of a handshake autobahn refused (a malformed one)
+_BAD_HANDSHAKE = "bad_websocket_handshake"
+
+
 def _refused(name: str, refused: UpstreamRefused) -> ConnectionDeny:
     """
     The client's answer when the upstream refused the upgrade: the same
@@ -295,6 +301,8 @@ class RelayServerProtocol(WebSocketServerProtocol):
     identity: Identity | None = None
     closing_after_response = False
     conversation: Conversation | None = None
+    #: the JSON error type of the refusal this relay decided, if it did
+    denied_kind: str | None = None
     request_id = ""
     #: a client message went up and its response has not ended yet
     responding = False
@@ -314,6 +322,26 @@ class RelayServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._connect(request))
 
+    def sendHttpErrorResponse(self, code: int, reason: str,
+                              responseHeaders: Any = None) -> None:
+        """
+        A refused handshake: autobahn sends the reason as the status line's
+        phrase and no body; this keeps that line (clients that show only the
+        status read the reason there) and adds the reason as a JSON error, as
+        every other refusal has it.
+        """
+        phrase = _PHRASE_UNSAFE.sub(" ", reason)[:200] or "Error"
+        body = error_body(self.denied_kind or _BAD_HANDSHAKE, reason)
+        lines = [
+            f"HTTP/1.1 {code} {phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in responseHeaders or ()),
+        ]
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body)
+
     async def _connect(self, request: ConnectionRequest) -> Any:
         try:
             return await self._open_upstream(request)
@@ -321,18 +349,21 @@ class RelayServerProtocol(WebSocketServerProtocol):
             raise
         except Exception:
             _log.failure("opening the upstream WebSocket failed")
+            self.denied_kind = "internal_error"
             raise ConnectionDeny(500, "Subrouter failed to open the upstream WebSocket") from None
 
     async def _open_upstream(self, request: ConnectionRequest) -> Any:
         relay = self.factory
         if request.origin not in (None, "", "null") or "origin" in request.headers:
             # a browser page must never drive a credential-holding proxy
+            self.denied_kind = "origin_refused"
             raise ConnectionDeny(403, "WebSocket connections from browser origins are refused")
         headers = handshake_headers(request)
         path, query = split_uri(self.http_request_uri.encode("latin-1"))
         try:
             identity = identify_headers(headers, query, path, request.peer, b"GET")
         except BadAccountSelector as e:
+            self.denied_kind = "invalid_account_selector"
             raise ConnectionDeny(400, str(e)) from None
         self.identity = identity
         exchange: Exchange[tuple[Account, UpstreamProtocol] | ConnectionDeny, UpstreamRefused]
@@ -368,16 +399,23 @@ class RelayServerProtocol(WebSocketServerProtocol):
 
         result = await exchange.run(attempt)
         if isinstance(result, NoAccount):
+            self.denied_kind = result.kind
             raise ConnectionDeny(result.status, result.message)
         if isinstance(result, OutOfQuota | Overloaded):
             # the last account's own refusal, passed on
             assert result.held is not None
-            raise _refused(exchange.tried[-1], result.held)
+            raise self._upstream_denial(_refused(exchange.tried[-1], result.held))
         if not isinstance(result, Sent):
+            self.denied_kind = "internal_error"
             raise ConnectionDeny(500, "the WebSocket was given up")
         if isinstance(result.value, ConnectionDeny):
-            raise result.value
+            raise self._upstream_denial(result.value)
         return self._accepted(*result.value, why=exchange.why)
+
+    def _upstream_denial(self, deny: ConnectionDeny) -> ConnectionDeny:
+        # unreachable (502) or refusing: the JSON error says which
+        self.denied_kind = "upstream_error" if deny.code == 502 else "upstream_refused"
+        return deny
 
     def _accepted(self, account: Account, upstream: UpstreamProtocol, why: str = "-") -> Any:
         # what the closing log line reports: messages and bytes each way
