@@ -42,6 +42,20 @@ def write_error(request: Request, status: int, kind: str, message: str) -> None:
     request.finish()
 
 
+def method_not_allowed(request: Request, allowed: bytes) -> bytes:
+    """
+    Make ``request`` a JSON 405 naming the methods ``allowed``; return its
+    body (for a resource's ``render``).
+    """
+    request.setResponseCode(405)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"application/json"])
+    headers.setRawHeaders(b"cache-control", [b"no-store"])
+    headers.setRawHeaders(b"allow", [allowed])
+    method = request.method.decode("ascii", "replace")
+    return error_body("method_not_allowed", f"{method} is not allowed here")
+
+
 def describe_failure_reason(reason: BaseException | Failure) -> str:
     """
     A short, secret-free description of why a connection or request failed.

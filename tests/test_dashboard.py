@@ -220,3 +220,25 @@ async def test_the_dashboard_is_self_contained_and_locked_down(
         assert total < 64 * 1024
     finally:
         await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_admin_endpoint_refuses_other_methods_with_a_json_405(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    write_oauth_account(tmp_path / "accounts-store", EMAIL, exp=FAR)
+    daemon = await started(tmp_path, upstream, ca)
+    paths = ["/_subrouter/transcripts", "/_subrouter/transcripts/codex/s1",
+             "/_subrouter/accounts", "/_subrouter/token-usage", "/_subrouter/account-status"]
+    try:
+        for path in paths:
+            for method in ("PUT", "DELETE", "PATCH", "FOO"):
+                response = await daemon.request(method, path)
+                assert response.code == 405, (method, path)
+                assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+                assert response.headers.getRawHeaders(b"allow")
+                error = json.loads(await read_all(response))["error"]
+                assert error == {"type": "method_not_allowed",
+                                 "message": f"{method} is not allowed here"}
+    finally:
+        await daemon.stop()

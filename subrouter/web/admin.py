@@ -17,7 +17,7 @@ from twisted.web.server import Request
 
 import subrouter
 from subrouter.accounts.pool import AccountPool
-from subrouter.errors import error_body
+from subrouter.errors import error_body, method_not_allowed
 from subrouter.routing.inflight import InFlight
 from subrouter.sessions.placement import Placement
 from subrouter.timefmt import rfc3339
@@ -43,10 +43,7 @@ class JSONEndpoint(Resource):
 
     def render(self, request: Request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
-            json_answer(request, None, 405)
-            request.responseHeaders.setRawHeaders(b"allow", [b"GET, HEAD"])
-            method = request.method.decode("ascii", "replace")
-            return error_body("method_not_allowed", f"{method} is not allowed here")
+            return method_not_allowed(request, b"GET, HEAD")
         return json_answer(request, self._produce())
 
 

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from subrouter.accounting.ledger import Ledger
-from subrouter.errors import error_body
+from subrouter.errors import error_body, method_not_allowed
 from subrouter.transcripts.recorder import Recorder
 
 BATCH_BYTES = 256 * 1024
@@ -51,6 +51,11 @@ class TranscriptsResource(Resource):
         self._recorder = recorder
         self._run_blocking = run_blocking
         self._ledger = ledger
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return method_not_allowed(request, b"GET, HEAD")
+        return super().render(request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         segments = [path, *(request.postpath or [])]
@@ -115,6 +120,11 @@ class _Session(Resource):
         self._recorder = recorder
         self._run_blocking = run_blocking
         self._segments = [s.decode("utf-8", "replace") for s in segments if s]
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return method_not_allowed(request, b"GET, HEAD")
+        return super().render(request)
 
     def render_GET(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")

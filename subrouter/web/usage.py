@@ -34,7 +34,7 @@ from subrouter.accounting.ledger import Ledger, QueryError
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import RefreshFailed
 from subrouter.accounts.store import Account
-from subrouter.errors import error_body
+from subrouter.errors import error_body, method_not_allowed
 from subrouter.sessions.placement import Placement
 from subrouter.transcripts.recorder import Recorder
 
@@ -65,12 +65,6 @@ def _error(request: Request, status: int, kind: str, message: str) -> bytes:
     return error_body(kind, message)
 
 
-def _method_not_allowed(request: Request, allowed: bytes) -> bytes:
-    request.responseHeaders.setRawHeaders(b"allow", [allowed])
-    method = request.method.decode("ascii", "replace")
-    return _error(request, 405, "method_not_allowed", f"{method} is not allowed here")
-
-
 def _finish(request: Request, gone: list[bool], body: bytes) -> None:
     if not gone:
         request.write(body)
@@ -97,7 +91,7 @@ class _Async(Resource):
 
     def render(self, request: Request) -> Any:
         if request.method not in (b"GET", b"HEAD"):
-            return _method_not_allowed(request, b"GET, HEAD")
+            return method_not_allowed(request, b"GET, HEAD")
         args = query_args(request)
         now = self._clock.seconds()
         gone: list[bool] = []
@@ -212,7 +206,7 @@ class AccountStatusResource(Resource):
 
     def render(self, request: Request) -> Any:
         if request.method not in (b"GET", b"HEAD", b"POST"):
-            return _method_not_allowed(request, b"GET, HEAD, POST")
+            return method_not_allowed(request, b"GET, HEAD, POST")
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
         force = request.method == b"POST"
