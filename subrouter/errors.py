@@ -9,6 +9,7 @@ Every error Subrouter itself produces has the OpenAI error shape,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError
@@ -23,6 +24,28 @@ def error_body(kind: str, message: str) -> bytes:
     The bytes of an error answer.
     """
     return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+
+def closing_error(status: int, phrase: bytes, kind: str, message: str,
+                  headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """
+    The bytes of a whole HTTP/1.1 JSON error answer that closes the
+    connection, for a protocol answering outside twisted.web's ``Request``
+    (a refused request head, a refused WebSocket upgrade).
+
+    :param phrase: the status line's reason phrase.
+    :param headers: more header lines.
+    """
+    body = error_body(kind, message)
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, phrase),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Cache-Control: no-store",
+        b"Connection: close",
+        *(name + b": " + value for name, value in headers),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def write_error(request: Request, status: int, kind: str, message: str) -> None:

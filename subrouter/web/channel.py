@@ -45,7 +45,7 @@ from twisted.web.http import (
 from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 
-from subrouter.errors import error_body
+from subrouter.errors import closing_error
 from subrouter.upstream.client import send_now
 
 _log = Logger()
@@ -79,17 +79,7 @@ def refusal(status: int, kind: str, message: str) -> bytes:
     """
     The bytes of a complete HTTP/1.1 error answer that closes the connection.
     """
-    body = error_body(kind, message)
-    return b"".join(
-        (
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
-            b"Content-Type: application/json\r\n",
-            b"Content-Length: %d\r\n" % len(body),
-            b"Cache-Control: no-store\r\n",
-            b"Connection: close\r\n\r\n",
-            body,
-        )
-    )
+    return closing_error(status, _REASONS.get(status, b"Error"), kind, message)
 
 
 class SubrouterChannel(HTTPChannel):
@@ -184,6 +174,7 @@ class SubrouterChannel(HTTPChannel):
         head = data[:end]
         lines = head.split(b"\r\n")
         breaks = len(lines) - 1
+        size = end - 2 * breaks  # the lines without their CRLFs, as Twisted counts
         if (
             breaks > self.maxHeaders
             # a CR or LF other than the line ends, a NUL, or a folded line
@@ -193,7 +184,7 @@ class SubrouterChannel(HTTPChannel):
             or b"\r\n " in head
             or b"\r\n\t" in head
             or max(map(len, lines)) > self.MAX_LENGTH
-            or end - 2 * breaks > self.totalHeadersSize
+            or size > self.totalHeadersSize
         ):
             return False
         try:
@@ -226,7 +217,6 @@ class SubrouterChannel(HTTPChannel):
             headers.append((canonical, value))
         if framing > 1:
             return False
-        size = end - 2 * breaks
         # what HTTPChannel.lineReceived and headerReceived would have done
         factory = self.requestFactory
         if INonQueuedRequestFactory.providedBy(factory):

@@ -56,7 +56,7 @@ from subrouter.accounting.extract import Origin
 from subrouter.accounting.ledger import Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
-from subrouter.errors import describe_failure_reason, error_body
+from subrouter.errors import closing_error, describe_failure_reason
 from subrouter.routing.exchange import (
     AUTH_REJECTED,
     Exchange,
@@ -331,16 +331,10 @@ class RelayServerProtocol(WebSocketServerProtocol):
         every other refusal has it.
         """
         phrase = _PHRASE_UNSAFE.sub(" ", reason)[:200] or "Error"
-        body = error_body(self.denied_kind or _BAD_HANDSHAKE, reason)
-        lines = [
-            f"HTTP/1.1 {code} {phrase}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            "Cache-Control: no-store",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in responseHeaders or ()),
-        ]
-        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body)
+        extra = [(str(name).encode("latin-1", "replace"), str(value).encode("latin-1", "replace"))
+                 for name, value in responseHeaders or ()]
+        self.sendData(closing_error(code, phrase.encode("ascii"),
+                                    self.denied_kind or _BAD_HANDSHAKE, reason, extra))
 
     async def _connect(self, request: ConnectionRequest) -> Any:
         try:
