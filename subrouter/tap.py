@@ -749,13 +749,15 @@ def _make_folders(config: Config) -> None:
 
     :raises SystemExit: naming the option and why.
     """
+    from subrouter.files import ensure_private_directory
+
     for option, path in (("state-dir", config.state_dir), ("transcripts", config.transcripts)):
         if not path:
             continue
         if os.path.exists(path) and not os.path.isdir(path):
             raise SystemExit(f"subrouter: --{option}: {path} is a file, not a folder")
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            ensure_private_directory(path)
         except OSError as e:
             raise SystemExit(
                 f"subrouter: --{option}: cannot create {path}: {e.strerror or e}"
