@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -192,53 +193,52 @@ async def test_account_status_refreshes_expired_tokens_and_post_forces_all(
         await daemon.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_the_dashboard_is_self_contained_and_locked_down(
-    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
-) -> None:
+@pytest_twisted.async_yield_fixture
+async def daemon(tmp_path: Path, upstream: FakeUpstream, ca: TestCA) -> AsyncIterator[Daemon]:
+    """
+    A daemon with one ChatGPT login, started and seen.
+    """
     write_oauth_account(tmp_path / "accounts-store", EMAIL, exp=FAR)
-    daemon = await started(tmp_path, upstream, ca)
-    try:
-        response = await daemon.request("GET", "/_subrouter/dashboard")
-        html = (await read_all(response)).decode()
-        assert response.code == 200
-        headers = response.headers
-        assert headers.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
-        policy = headers.getRawHeaders(b"content-security-policy")[0].decode()
-        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
-        assert "connect-src 'self'" in policy
-        total = len(html)
-        for name in ("dashboard.js", "dashboard.css"):
-            part = await daemon.request("GET", "/_subrouter/" + name)
-            text = (await read_all(part)).decode()
-            assert part.code == 200
-            total += len(text)
-            # nothing from elsewhere: no absolute URL, no font or script host
-            assert not re.search(r"(?:src|href|url)\s*[=(]\s*['\"]?(?:https?:)?//", text)
-            assert "innerHTML" not in text
-        assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html)
-        assert total < 64 * 1024
-    finally:
-        await daemon.stop()
+    running = await started(tmp_path, upstream, ca)
+    yield running
+    await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_dashboard_is_self_contained_and_locked_down(daemon: Daemon) -> None:
+    response = await daemon.request("GET", "/_subrouter/dashboard")
+    html = (await read_all(response)).decode()
+    assert response.code == 200
+    headers = response.headers
+    assert headers.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
+    policy = headers.getRawHeaders(b"content-security-policy")[0].decode()
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "connect-src 'self'" in policy
+    total = len(html)
+    for name in ("dashboard.js", "dashboard.css"):
+        part = await daemon.request("GET", "/_subrouter/" + name)
+        text = (await read_all(part)).decode()
+        assert part.code == 200
+        total += len(text)
+        # nothing from elsewhere: no absolute URL, no font or script host
+        assert not re.search(r"(?:src|href|url)\s*[=(]\s*['\"]?(?:https?:)?//", text)
+        assert "innerHTML" not in text
+    assert not re.search(r"(?:src|href)=\"(?:https?:)?//", html)
+    assert total < 64 * 1024
 
 
 @pytest_twisted.ensureDeferred
 async def test_every_admin_endpoint_refuses_other_methods_with_a_json_405(
-    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+    daemon: Daemon,
 ) -> None:
-    write_oauth_account(tmp_path / "accounts-store", EMAIL, exp=FAR)
-    daemon = await started(tmp_path, upstream, ca)
     paths = ["/_subrouter/transcripts", "/_subrouter/transcripts/codex/s1",
              "/_subrouter/accounts", "/_subrouter/token-usage", "/_subrouter/account-status"]
-    try:
-        for path in paths:
-            for method in ("PUT", "DELETE", "PATCH", "FOO"):
-                response = await daemon.request(method, path)
-                assert response.code == 405, (method, path)
-                assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
-                assert response.headers.getRawHeaders(b"allow")
-                error = json.loads(await read_all(response))["error"]
-                assert error == {"type": "method_not_allowed",
-                                 "message": f"{method} is not allowed here"}
-    finally:
-        await daemon.stop()
+    for path in paths:
+        for method in ("PUT", "DELETE", "PATCH", "FOO"):
+            response = await daemon.request(method, path)
+            assert response.code == 405, (method, path)
+            assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+            assert response.headers.getRawHeaders(b"allow")
+            error = json.loads(await read_all(response))["error"]
+            assert error == {"type": "method_not_allowed",
+                             "message": f"{method} is not allowed here"}
