@@ -18,16 +18,23 @@ logs nothing, and assumes the well-formed requests the benchmark sends. Both
 sockets have ``TCP_NODELAY``, as Subrouter's do. With ``--subrouter-loop``
 it runs on Subrouter's reactor loop (:mod:`subrouter.loop`) and writes the way
 Subrouter does (``send_now``): what is left between that and Subrouter is
-Subrouter's own work per request and per event. Only for benchmarks; it
-listens on 127.0.0.1 and prints its port when ready::
+Subrouter's own work per request and per event.
 
-    python bench/floor_relay.py [--subrouter-loop] UPSTREAM_PORT TOKEN ACCOUNT_ID
+With ``--work-us N`` it also spends N µs of CPU on every request before
+sending it upstream (a busy loop on the thread's CPU clock), standing in for
+a proxy's own per-request work: a run at several values shows how much of it
+a burst of new requests can take before the time to first byte misses its
+aim, a budget for Subrouter's own. Only for benchmarks; it listens on
+127.0.0.1 and prints its port when ready::
+
+    python bench/floor_relay.py [--subrouter-loop] [--work-us N] UPSTREAM_PORT TOKEN ACCOUNT_ID
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +53,17 @@ def _plain_write(transport: Any, data: bytes) -> None:
 
 #: how bytes are written: Twisted's way, or Subrouter's (``--subrouter-loop``)
 _write: Callable[[Any, bytes], None] = _plain_write
+
+
+#: seconds of CPU spent on each request before it is sent (``--work-us``)
+_work_seconds = 0.0
+
+
+def _work() -> None:
+    if _work_seconds:
+        until = time.thread_time() + _work_seconds
+        while time.thread_time() < until:
+            pass
 
 
 def _no_delay(transport: object) -> None:
@@ -132,6 +150,7 @@ class _Client(protocol.Protocol):
                     length = int(line.partition(b":")[2])
                 out.append(line)
             out += self._credentials
+            _work()
             start = end + 4
             body = data[start:start + length]
             self._body_left = length - len(body)
@@ -158,7 +177,7 @@ class _Factory(protocol.ServerFactory):
 def main(argv: list[str]) -> int:
     from twisted.internet import reactor
 
-    global _write
+    global _write, _work_seconds
     if argv[:1] == ["--subrouter-loop"]:
         # Subrouter's reactor loop and socket writes, none of its routing
         from subrouter.loop import direct_dispatch
@@ -167,6 +186,9 @@ def main(argv: list[str]) -> int:
         direct_dispatch(reactor)
         _write = send_now
         argv = argv[1:]
+    if argv[:1] == ["--work-us"]:
+        _work_seconds = float(argv[1]) / 1e6
+        argv = argv[2:]
     upstream_port, token, account = int(argv[0]), argv[1].encode(), argv[2].encode()
     factory = _Factory(reactor, upstream_port, token, account)
     port = reactor.listenTCP(0, factory, backlog=1024, interface=HOST)

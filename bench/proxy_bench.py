@@ -152,9 +152,20 @@ def build_report(results: Results) -> dict[str, Any]:
         }
         for n, samples in sorted(results.streams.items())
     ]
+    places = [
+        {
+            "streams": n,
+            **{place: {mode: percentile(getattr(samples[mode], f"{place}_events"), 99) * 1000
+                       for mode in MODES}
+               for place in ("first", "middle", "last")},
+        }
+        for n, samples in sorted(results.streams.items())
+        if all(samples[mode].last_events for mode in MODES)
+    ]
     return {
         "rows": rows,
         "ttfb_legs_p50": legs,
+        "event_p99_by_place": places,
         "small_requests_per_second": streams.requests_per_second(results),
         "requests": {streams_label(n): {m: s.requests for m, s in v.items()}
                      for n, v in sorted(results.streams.items())},
@@ -173,8 +184,10 @@ def _ms(value: float) -> str:
 def render(report: dict[str, Any], machine: str) -> str:
     out = [machine, AIM]
     if report.get("against", SUBROUTER) != SUBROUTER:
-        out.append(f"proxied = the floor relay (bench/floor_relay.py, {report['against']}), "
-                   "not Subrouter")
+        work = report.get("floor_work_us") or 0
+        extra = f", {work:g} µs of CPU per request" if work else ""
+        out.append(f"proxied = the floor relay (bench/floor_relay.py, {report['against']}"
+                   f"{extra}), not Subrouter")
     out += ["", *comparison_table(report["rows"], MODES, verdict="target")]
     rps = report["small_requests_per_second"]
     if rps:
@@ -193,6 +206,15 @@ def render(report: dict[str, Any], machine: str) -> str:
             req, resp = leg["request_leg"], leg["response_leg"]
             out.append(f"| {leg['streams']} | {_ms(req[DIRECT])} | {_ms(req[PROXIED])} "
                        f"| {_ms(resp[DIRECT])} | {_ms(resp[PROXIED])} |")
+        out.append("")
+    if report.get("event_p99_by_place"):
+        out += ["where the per-event tail is (p99, ms, direct / proxied): an answer's first "
+                "event, its last (which comes with the answer's end), and those between", "",
+                "| streams | first | between | last |", "|---:|---:|---:|---:|"]
+        for place in report["event_p99_by_place"]:
+            cells = " | ".join(f"{_ms(place[k][DIRECT])} / {_ms(place[k][PROXIED])}"
+                               for k in ("first", "middle", "last"))
+            out.append(f"| {place['streams']} | {cells} |")
         out.append("")
     cpu = report["proxy_cpu_ms_per_request"]
     if cpu:
@@ -236,7 +258,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or the floor: floor_relay.py, the least a relay on Twisted does "
                         "(rewrites the request head, passes bytes on), on plain Twisted or "
                         "(floor+loop) on Subrouter's loop, for reference")
-    return parser.parse_args(argv)
+    parser.add_argument("--floor-work-us", metavar="N", type=float, default=0.0,
+                        help="with --against floor or floor+loop: the relay also spends N µs "
+                        "of CPU on every request before sending it on, standing in for a "
+                        "proxy's own work per request (what budget meets the aims)")
+    args = parser.parse_args(argv)
+    if args.floor_work_us and args.against == SUBROUTER:
+        parser.error("--floor-work-us goes with --against floor or floor+loop")
+    if args.floor_work_us < 0:
+        parser.error("--floor-work-us must not be negative")
+    return args
 
 
 def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
@@ -254,6 +285,8 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
             upstream_port = processes.start_upstream(folder, streams.__file__)
             if args.against != SUBROUTER:
                 loop = ["--subrouter-loop"] if args.against == FLOOR_LOOP else []
+                if args.floor_work_us:
+                    loop += ["--work-us", f"{args.floor_work_us:g}"]
                 proxy_port = processes.start_relay(
                     PROXIED, folder, FLOOR_RELAY, *loop, str(upstream_port), access_token,
                     CHATGPT_ACCOUNT_ID,
@@ -284,6 +317,7 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
             processes.stop()
         report = build_report(results)
         report["against"] = args.against
+        report["floor_work_us"] = args.floor_work_us
         if args.against == SUBROUTER:
             report["proxy_log"] = streams.summarize_log(log_path)
         report["proxy_exited_during_run"] = proxy_status

@@ -706,6 +706,11 @@ class StreamSamples:
     request_leg: list[float] = field(default_factory=list)
     response_leg: list[float] = field(default_factory=list)
     events: list[float] = field(default_factory=list)
+    #: the same latencies by the event's place in its stream: the first, the
+    #: last (which comes with the end of the answer), and those between
+    first_events: list[float] = field(default_factory=list)
+    middle_events: list[float] = field(default_factory=list)
+    last_events: list[float] = field(default_factory=list)
     requests: int = 0
     problems: Counter[str] = field(default_factory=Counter)
 
@@ -802,6 +807,10 @@ class Bench:
             if outcome.status == 200:
                 into.ttfb.append(outcome.ttfb)
                 into.events.extend(outcome.latencies)
+                if len(outcome.latencies) > 2:
+                    into.first_events.append(outcome.latencies[0])
+                    into.middle_events.extend(outcome.latencies[1:-1])
+                    into.last_events.append(outcome.latencies[-1])
                 received = upstream_received(outcome)
                 if received is not None:
                     into.request_leg.append(received - outcome.sent_at)
