@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
@@ -123,6 +124,16 @@ async def test_cx_why_without_a_daemon_says_how_to_start_one() -> None:
     assert code != 0
     assert "cannot reach the Subrouter daemon at http://127.0.0.1:9" in err
     assert "subrouter serve" in err
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("url", ["nonsense", "http://", "ftp://127.0.0.1:31415",
+                                 "http://127.0.0.1:99999", "http://[::1"])
+async def test_cx_why_with_a_malformed_address_names_the_option(url: str) -> None:
+    code, _, err = await cx(url)
+    assert code != 0
+    assert err.startswith(f"--url: {url!r} is not the daemon's address")
+    assert "cannot reach" not in err
 
 
 def test_forecast_words() -> None:

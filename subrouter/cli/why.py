@@ -78,7 +78,11 @@ async def why(ctx: Context, options: Any) -> int:
 
     if ctx.reactor is None:
         raise CommandFailed("cx why asks the running daemon: run it with a reactor")
-    base = (options["url"] or "").strip().rstrip("/") or daemon_origin(ctx.environ)
+    given = (options["url"] or "").strip()
+    if given:
+        base = _daemon_address(given, "--url")
+    else:
+        base = _daemon_address(daemon_origin(ctx.environ), "SUBROUTER_URL")
     conversation = options["conversation"]
     session = None
     if conversation:
@@ -100,6 +104,27 @@ async def why(ctx: Context, options: Any) -> int:
     say(upcoming["text"] + "\n\n")
     say(ranking_table(upcoming["ranking"]))
     return 0
+
+
+def _daemon_address(text: str, where: str) -> str:
+    """
+    ``text`` as the daemon's address (``http[s]://host[:port]``, a trailing
+    slash dropped).
+
+    :raises CommandFailed: naming ``where`` it came from, when it is not one.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        usable = False
+    if not usable:
+        raise CommandFailed(f"{where}: {text!r} is not the daemon's address; give one like "
+                            "http://127.0.0.1:31415")
+    return text.rstrip("/")
 
 
 def ranking_table(rows: list[dict[str, Any]]) -> str:
