@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import types
+from collections.abc import Callable
 from select import EPOLLIN
 from time import monotonic
 from typing import Any
@@ -151,6 +152,35 @@ def _streams_first(
     return later
 
 
+#: whether a read is being handed to its protocol now, and what waits for it
+_in_read = False
+_after_read: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+
+def after_read(call: Callable[..., object], *args: object) -> bool:
+    """
+    Have ``call(*args)`` called as soon as the read being handled now has
+    been (its protocol's ``dataReceived`` returned), before anything else:
+    what that read makes a protocol write to another connection can go out
+    in one system call. False, and nothing kept, when no read is being
+    handled (another reactor, a test's transport).
+    """
+    if not _in_read:
+        return False
+    _after_read.append((call, args))
+    return True
+
+
+def _run_after_read() -> None:
+    calls = _after_read[:]
+    del _after_read[:]
+    for call, args in calls:
+        try:
+            call(*args)
+        except Exception:
+            log.err()
+
+
 def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
     if event == EPOLLIN and type(selectable) in _PLAIN_TCP and not selectable._aborting:
         # the common case, a TCP connection with bytes to read, without the
@@ -167,6 +197,8 @@ def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
             if not data:
                 why = CONNECTION_DONE
             else:
+                global _in_read
+                _in_read = True
                 try:
                     selectable.protocol.dataReceived(data)
                     return
@@ -174,6 +206,10 @@ def _dispatch(self: Any, selectable: Any, fd: int, event: int) -> None:
                     # as _doReadOrWrite: logged, and the connection dropped
                     why = e
                     log.err()
+                finally:
+                    _in_read = False
+                    if _after_read:
+                        _run_after_read()
         self._disconnectSelectable(selectable, why, True)
         return
     try:

@@ -517,3 +517,44 @@ async def test_a_broken_chunk_mid_stream_aborts_the_client_never_a_clean_end(
     with pytest.raises(Exception):  # noqa: B017 - treq's wrapper of ResponseFailed
         await read_all(response)
     assert tracebacks(raw_daemon) == []
+
+
+def _exchange_until_closed(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize("raw_daemon", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+    b'{"ok":true}',
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"d\r\ndata: one\r\n\r\n\r\n10\r\ndata: [DONE]\r\n\r\n\r\n0\r\n\r\n",
+], indirect=True)
+@pytest.mark.parametrize("close", [
+    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    b"GET /v1/models HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+])
+@pytest_twisted.ensureDeferred
+async def test_a_whole_answer_and_its_end_reach_a_client_that_closes_after_it(
+    raw_daemon: Daemon, close: bytes
+) -> None:
+    # the head, the body and the end come in one read of the upstream and go
+    # out together; the connection closing after them loses none of it
+    from twisted.internet.threads import deferToThread
+
+    got = await deferToThread(_exchange_until_closed, raw_daemon.port, close)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 200 OK")
+    if b"transfer-encoding: chunked" in head.lower():
+        assert body.endswith(b"\r\n0\r\n\r\n")  # the end is there
+    if b"event-stream" in head:
+        assert b"data: one" in body and b"data: [DONE]" in body
+    else:
+        assert b'{"ok":true}' in body
+    assert tracebacks(raw_daemon) == []

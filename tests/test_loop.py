@@ -278,3 +278,85 @@ def test_a_large_burst_of_clients_is_not_interleaved(monkeypatch: pytest.MonkeyP
     loop._do_poll(reactor, 0)
     assert seen == ["client 1", "client 2", "client 3"]
     assert reactor.polls == [0]
+
+
+def test_writes_held_during_a_read_go_out_together_once_it_is_handled() -> None:
+    import socket as _socket
+
+    from twisted.internet.protocol import ClientFactory, Factory
+
+    from subrouter.upstream.client import hold, release, send_now
+
+    reactor = EPollReactor()
+    direct_dispatch(reactor)
+    servers: list[Protocol] = []
+    clients: list[Protocol] = []
+    got: list[bytes] = []
+    seen_during: list[bytes | None] = []
+
+    def arrived_at_sink() -> bytes | None:
+        sock = clients[1].transport.socket  # type: ignore[union-attr]
+        try:
+            data: bytes = sock.recv(100, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        return data
+
+    class Server(Protocol):
+        def connectionMade(self) -> None:
+            servers.append(self)
+
+        def dataReceived(self, data: bytes) -> None:
+            sink = servers[1].transport
+            hold(sink)
+            send_now(sink, b"head;")
+            send_now(sink, b"body;")
+            if data == b"release":
+                release(sink)  # before closing, say: out at once
+            seen_during.append(arrived_at_sink())
+
+    class Client(Protocol):
+        def connectionMade(self) -> None:
+            clients.append(self)
+
+        def dataReceived(self, data: bytes) -> None:
+            got.append(data)
+
+    def spin(until: Any) -> None:
+        for _ in range(50):
+            if until():
+                return
+            reactor.runUntilCurrent()
+            reactor.doIteration(0.05)
+        raise AssertionError("not reached")
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
+    factory = ClientFactory.forProtocol(Client)
+    try:
+        for n in (1, 2):
+            reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+            spin(lambda n=n: len(clients) == n and len(servers) == n)  # type: ignore[misc]
+        # during a read, nothing reaches the sink; once it is handled, all of it in one piece
+        clients[0].transport.write(b"go")  # type: ignore[union-attr]
+        spin(lambda: got)
+        assert seen_during == [None]
+        assert got == [b"head;body;"]
+        # release sends what was held at once, still inside the read
+        clients[0].transport.write(b"release")  # type: ignore[union-attr]
+        spin(lambda: len(got) > 1)
+        assert seen_during[1] == b"head;body;"
+        # outside a read nothing is held
+        sink = servers[1].transport
+        hold(sink)
+        send_now(sink, b"now")
+        assert arrived_at_sink() is not None
+    finally:
+        port.stopListening()
+        for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+            reactor.removeReader(selectable)
+            reactor.removeWriter(selectable)
+            if hasattr(selectable, "connectionLost") and selectable is not port:
+                with contextlib.suppress(Exception):
+                    selectable.connectionLost(Failure(ConnectionDone()))
+        reactor.runUntilCurrent()
+        reactor._poller.close()

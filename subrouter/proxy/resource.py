@@ -62,7 +62,7 @@ from subrouter.sessions.usage import (
     worth_waiting_out,
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
-from subrouter.upstream.client import StaleConnection, send_now, set_no_delay
+from subrouter.upstream.client import StaleConnection, hold, send_now, set_no_delay
 from subrouter.upstream.headers import client_response_headers, upstream_request_headers
 from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
@@ -357,6 +357,9 @@ class _ProxiedRequest:
         self.headers_sent = True
         self.status = response.code
         request = self.request
+        # the head goes out with whatever else the read that brought it
+        # brings (a short answer's body and end), in one send
+        self._hold()
         request.setResponseCode(response.code, response.phrase or None)
         client_response_headers(response.headers, request.responseHeaders)
         request.write(b"")
@@ -421,6 +424,19 @@ class _ProxiedRequest:
             return
         # backpressure: a full client socket pauses the upstream read
         self.request.registerProducer(producer, True)
+
+    def _hold(self) -> None:
+        channel = self.request.channel
+        if channel is not None:
+            hold(channel.transport)
+
+    def relay_ending(self) -> None:
+        """
+        The read being relayed ends the answer: its last bytes and the
+        client's end go out in one send.
+        """
+        if not self.gone:
+            self._hold()
 
     def relay_chunk(self, data: bytes) -> None:
         """
@@ -661,6 +677,8 @@ class _Relay(Protocol):
         self.wants_raw = raw
         #: a read as it came and its payload: straight to the request
         self.raw_received = proxied.relay_raw
+        #: the next bytes end the answer
+        self.body_ending = proxied.relay_ending
 
     def connectionMade(self) -> None:
         self._proxied.relay_started(self)

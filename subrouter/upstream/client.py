@@ -54,6 +54,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+from subrouter.loop import after_read
+
 #: idle upstream connections kept per host; Codex opens many parallel turns
 MAX_PERSISTENT_PER_HOST = 64
 #: seconds an idle pooled connection is kept
@@ -299,6 +301,35 @@ class _ReactorWithResolver:
         return getattr(self._reactor, name)
 
 
+#: the attribute of a transport holding what is written to it during a read
+_HELD = "_subrouter_held"
+
+
+def hold(transport: Any) -> None:
+    """
+    Keep what is written to ``transport`` with :func:`send_now` while the
+    read being handled now lasts, and send it all in one system call when it
+    ends (:func:`subrouter.loop.after_read`): an answer's head with the body
+    that came in the same read, a stream's last event with its end. Nothing
+    is held when no read is being handled.
+    """
+    if getattr(transport, _HELD, None) is None and after_read(release, transport):
+        setattr(transport, _HELD, [])
+
+
+def release(transport: Any) -> None:
+    """
+    Send what :func:`hold` kept for ``transport`` now (before the connection
+    is closed, say).
+    """
+    held = getattr(transport, _HELD, None)
+    if held is None:
+        return
+    setattr(transport, _HELD, None)
+    if held:
+        send_now(transport, held[0] if len(held) == 1 else b"".join(held))
+
+
 def send_now(transport: Any, data: bytes) -> None:
     """
     Write ``data`` to a TCP transport, sending it at once when nothing is
@@ -309,8 +340,13 @@ def send_now(transport: Any, data: bytes) -> None:
     a dispatch for every relayed event. When the transport holds nothing
     unsent, sending straight away keeps the order and skips all of that; what
     the socket does not take is queued the usual way (so backpressure still
-    pauses the producer). Any other transport is simply written to.
+    pauses the producer). Any other transport is simply written to. While
+    :func:`hold` holds the transport, ``data`` is kept for later instead.
     """
+    held = getattr(transport, _HELD, None)
+    if held is not None:
+        held.append(data)
+        return
     if not _may_send_now(transport):
         transport.write(data)
         return

@@ -582,6 +582,7 @@ class _Connection(Protocol):
                     data = data[:remaining]
                     self._reusable = False  # bytes beyond the answer: never reuse
                 self._remaining = 0
+                self._ending()
                 self._emit(data, data)
                 self._finish_body()
                 return
@@ -663,6 +664,7 @@ class _Connection(Protocol):
                     self._remaining = 0
                     if position < size:
                         self._reusable = False  # bytes beyond the answer
+                    self._ending()
                     self._emit_chunks(data, forward_end, pieces)
                     self._finish_body()
                     return None
@@ -691,6 +693,16 @@ class _Connection(Protocol):
             protocol = self._protocol
             if protocol is not None:
                 protocol.dataReceived(payload)
+
+    def _ending(self) -> None:
+        """
+        Tell the body's protocol that this read ends the body, before its
+        last bytes are delivered (``body_ending``, when it has one): what it
+        writes for them and for the end can go out together.
+        """
+        ending = getattr(self._protocol, "body_ending", None)
+        if ending is not None:
+            ending()
 
     def _finish_body(self) -> None:
         self._body_done = True

@@ -46,7 +46,7 @@ from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from subrouter.errors import closing_error
-from subrouter.upstream.client import send_now
+from subrouter.upstream.client import release, send_now
 
 _log = Logger()
 
@@ -129,6 +129,11 @@ class SubrouterChannel(HTTPChannel):
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         send_now(self.transport, b"".join(iovec))
+
+    def loseConnection(self) -> None:
+        # what a read being handled held back goes first (upstream.client.hold)
+        release(self.transport)
+        super().loseConnection()
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         head = [version, b" ", code, b" ", reason, b"\r\n"]
