@@ -135,6 +135,12 @@ class SubrouterChannel(HTTPChannel):
         release(self.transport)
         super().loseConnection()
 
+    def requestDone(self, request: Request) -> None:
+        # an answer is whole: what was held of it goes now, before the
+        # bookkeeping of its end (the log line, the token count)
+        release(self.transport)
+        super().requestDone(request)
+
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
         head = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
