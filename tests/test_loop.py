@@ -92,6 +92,33 @@ def test_reads_are_delivered_and_an_error_escaping_one_is_logged_not_raised() ->
         reactor._poller.close()
 
 
+def _spin(reactor: Any, until: Any, what: object = "") -> None:
+    """
+    Turn the reactor until ``until()`` holds (or fail, saying ``what``).
+    """
+    for _ in range(50):
+        if until():
+            return
+        reactor.runUntilCurrent()
+        reactor.doIteration(0.05)
+    raise AssertionError(f"not reached; {what}")
+
+
+def _close_all(reactor: Any, port: Any) -> None:
+    """
+    Stop listening, drop every connection and close the reactor's poller.
+    """
+    port.stopListening()
+    for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+        if hasattr(selectable, "connectionLost") and selectable is not port:
+            with contextlib.suppress(Exception):
+                selectable.connectionLost(Failure(ConnectionDone()))
+    reactor.runUntilCurrent()
+    reactor._poller.close()
+
+
 @pytest.mark.logged_failures_expected
 def test_plain_tcp_reads_take_the_short_way_with_the_same_outcomes() -> None:
     from twisted.internet.protocol import ClientFactory, Factory
@@ -119,12 +146,7 @@ def test_plain_tcp_reads_take_the_short_way_with_the_same_outcomes() -> None:
     factory = ClientFactory.forProtocol(Client)
 
     def spin(until: Any) -> None:
-        for _ in range(50):
-            if until():
-                return
-            reactor.runUntilCurrent()
-            reactor.doIteration(0.05)
-        raise AssertionError(f"not reached; events: {events}")
+        _spin(reactor, until, f"events: {events}")
 
     try:
         reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
@@ -141,15 +163,7 @@ def test_plain_tcp_reads_take_the_short_way_with_the_same_outcomes() -> None:
         spin(lambda: len([e for e in events if e[0] == "lost"]) == 2)
         assert events[-1][0] == "lost" and events[-1][1] is RuntimeError
     finally:
-        port.stopListening()
-        for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
-            reactor.removeReader(selectable)
-            reactor.removeWriter(selectable)
-            if hasattr(selectable, "connectionLost") and selectable is not port:
-                with contextlib.suppress(Exception):
-                    selectable.connectionLost(Failure(ConnectionDone()))
-        reactor.runUntilCurrent()
-        reactor._poller.close()
+        _close_all(reactor, port)
 
 
 class _FakeSocket:
@@ -323,12 +337,7 @@ def test_writes_held_during_a_read_go_out_together_once_it_is_handled() -> None:
             got.append(data)
 
     def spin(until: Any) -> None:
-        for _ in range(50):
-            if until():
-                return
-            reactor.runUntilCurrent()
-            reactor.doIteration(0.05)
-        raise AssertionError("not reached")
+        _spin(reactor, until)
 
     port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
     factory = ClientFactory.forProtocol(Client)
@@ -351,12 +360,4 @@ def test_writes_held_during_a_read_go_out_together_once_it_is_handled() -> None:
         send_now(sink, b"now")
         assert arrived_at_sink() is not None
     finally:
-        port.stopListening()
-        for selectable in list(reactor.getReaders()) + list(reactor.getWriters()):
-            reactor.removeReader(selectable)
-            reactor.removeWriter(selectable)
-            if hasattr(selectable, "connectionLost") and selectable is not port:
-                with contextlib.suppress(Exception):
-                    selectable.connectionLost(Failure(ConnectionDone()))
-        reactor.runUntilCurrent()
-        reactor._poller.close()
+        _close_all(reactor, port)
