@@ -98,3 +98,76 @@ def test_a_snapshot_gives_dumps_rows_and_does_not_follow_later_changes() -> None
     # encoded later (on another thread), it is the table as it was when taken
     assert rows(snapshot) == before
     assert len(table.dump()) == 3
+
+
+def test_take_changed_gives_only_the_conversations_changed_since_in_the_tables_order() -> None:
+    table = SessionTable(idle_ttl=60)
+    for i in range(100):
+        table.assign("codex", f"t{i}", "a", now=i)
+    assert [sid for sid, _ in table.take_changed()] == [("codex", f"t{i}") for i in range(100)]
+    assert table.take_changed() == []
+    table.touch("codex", "t7", now=200)
+    table.assign("codex", "new", "b", now=201)
+    table.assign("codex", "t3", "b", now=202)  # moved
+    changed = dict(table.take_changed())
+    assert list(changed) == [("codex", "t7"), ("codex", "new"), ("codex", "t3")]
+    assert changed[("codex", "t7")] == table.snapshot()[7]
+    table.mark_changed([("codex", "t9")])
+    assert [sid for sid, _ in table.take_changed()] == [("codex", "t9")]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["assign", "touch", "adopt", "save", "fail"]),
+                          st.integers(0, 12), st.sampled_from(["a", "b", "c"])),
+                max_size=60))
+def test_a_saved_state_file_is_every_row_as_it_stands_however_few_were_encoded_again(
+    steps: list[tuple[str, int, str]],
+) -> None:
+    import json
+    import tempfile
+
+    from twisted.internet.defer import fail, succeed
+    from twisted.internet.task import Clock
+
+    from subrouter.jobs.state_file import FORMAT, StateSaver
+    from subrouter.sessions.table import rows
+    from subrouter.sessions.usage import UsageBook
+
+    table = SessionTable(idle_ttl=60)
+    clock = Clock()
+    failing = [False]
+
+    def run_blocking(f: object) -> object:
+        if failing[0]:
+            return fail(OSError("disk full"))  # before anything ran
+        return succeed(f())  # type: ignore[operator]
+
+    with tempfile.TemporaryDirectory() as folder:
+        saver = StateSaver(folder, table, UsageBook(), run_blocking,  # type: ignore[arg-type]
+                           clock)
+        now = 0.0
+        for action, n, account in steps:
+            now += 1
+            clock.advance(1)
+            key = f"k{n}"
+            if action == "assign":
+                table.assign("codex", key, account, now=now, user_email=f"{account}@x")
+            elif action == "touch":
+                table.touch("codex", key, now=now)
+            elif action == "adopt":
+                table.adopt("codex", key, account, now, first_seen=now - 5, last_seen=now,
+                            requests=n, fallback=False, user_email=None)
+            else:
+                failing[0] = action == "fail"
+                saver.save_if_changed()
+        failing[0] = False
+        table.assign("codex", "last", "a", now=now + 1)
+        saver.save_if_changed()
+        with open(saver.path, "rb") as f:
+            written = f.read()
+    document = json.loads(written)
+    assert document["format"] == FORMAT
+    assert document["sessions"] == rows(table.snapshot())
+    # the same bytes as encoding the whole document at once
+    whole = {"format": FORMAT, "saved_at": document["saved_at"],
+             "sessions": rows(table.snapshot()), "exhausted": document["exhausted"]}
+    assert written == json.dumps(whole, separators=(",", ":")).encode()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -81,6 +81,9 @@ class SessionTable:
         self._recent: deque[tuple[float, str]] = deque()
         self._recent_counts: dict[str, int] = {}
         self.version = 0  # bumped on every change worth saving
+        #: the conversations whose rows changed since take_changed (a dict for
+        #: its order: new ones come in the order they were added to _all)
+        self._changed: dict[SessionId, None] = {}
         #: called with an account id whenever its live or recent count changed
         self.on_count: Callable[[str], None] | None = None
         #: the live counts of every instance sharing the state, while one
@@ -169,6 +172,7 @@ class SessionTable:
         """
         sid = (agent, key)
         self._expire(now)
+        self._changed[sid] = None
         assignment = self._all.get(sid)
         if assignment is None:
             assignment = Assignment(agent, key, account_id, fallback, first_seen,
@@ -201,6 +205,7 @@ class SessionTable:
         if assignment is None:
             return None
         self._expire(now)
+        self._changed[sid] = None
         if assignment.fallback:
             pass  # catch-all traffic (model polls, ...) is not a conversation
         elif sid in self._live:
@@ -252,6 +257,7 @@ class SessionTable:
             assignment.reason = reason
         assignment.last_seen = now
         assignment.requests += 1
+        self._changed[sid] = None
         if not assignment.fallback:
             self._live[sid] = None
             self._count(account_id, 1)
@@ -285,7 +291,9 @@ class SessionTable:
                 )
             except (KeyError, TypeError, ValueError):
                 continue
-            self._all[(assignment.agent, assignment.key)] = assignment
+            sid = (assignment.agent, assignment.key)
+            self._all[sid] = assignment
+            self._changed[sid] = None
 
     def dump(self) -> list[dict[str, Any]]:
         return rows(self.snapshot())
@@ -298,3 +306,23 @@ class SessionTable:
         """
         get = _FIELD_VALUES
         return [get(a) for a in self._all.values()]
+
+    def take_changed(self) -> list[tuple[SessionId, tuple[Any, ...]]]:
+        """
+        The conversations whose rows changed since the last call (new ones in
+        the order they were added), each with its fields as :meth:`snapshot`
+        takes them; what a saver that keeps every row's encoding needs to
+        encode again, instead of every row.
+        """
+        changed, self._changed = self._changed, {}
+        get = _FIELD_VALUES
+        everything = self._all
+        return [(sid, get(everything[sid])) for sid in changed if sid in everything]
+
+    def mark_changed(self, sids: Iterable[SessionId]) -> None:
+        """
+        Have :meth:`take_changed` give these conversations again (their save
+        failed).
+        """
+        for sid in sids:
+            self._changed[sid] = None
