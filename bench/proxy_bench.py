@@ -97,14 +97,17 @@ FLOOR = "floor"
 FLOOR_LOOP = "floor+loop"
 FLOOR_RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_relay.py")
 
-#: targets from the issue, informational: (scenario, added p50 limit, added p99 limit), in ms
+#: targets, informational: (scenario, added p50 limit, added p99 limit), in ms. Issue
+#: 13's are the added TTFB at 8 and 32 streams; the per-event p99 is this bench's own,
+#: from when it was first written
 TARGETS: dict[str, tuple[float | None, float | None]] = {
-    "TTFB, 8 streams": (1.0, 5.0),
+    "TTFB, 8 streams": (1.5, None),
+    "TTFB, 32 streams": (5.0, None),
     "per-event latency, 8 streams": (None, 0.5),
 }
 AIM = (
-    "aim: added TTFB p50 <= 1 ms and p99 <= 5 ms at 8 streams; "
-    "per-event added p99 <= 0.5 ms at 8 streams"
+    "aim: added TTFB p50 <= 1.5 ms at 8 streams and <= 5 ms at 32 (issue 13); "
+    "per-event added p99 <= 0.5 ms at 8 streams (this bench's own)"
 )
 
 FULL = Plan(rounds={1: 120, 8: 80, 32: 40}, small_slices=5, small_slice_seconds=1.0,
