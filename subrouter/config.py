@@ -46,6 +46,8 @@ DEFAULT_IDLE_TIMEOUT = "5m"
 #: how long a client may take to send a request's line and headers
 DEFAULT_HEADER_TIMEOUT = "30s"
 DEFAULT_SESSION_IDLE_TTL = "30m"
+#: sticky assignments unseen this long are forgotten (their prompt cache is long gone)
+DEFAULT_SESSION_RETENTION = "30d"
 DEFAULT_USAGE_INTERVAL = "10m"
 DEFAULT_USAGE_SCORE_TTL = "30s"
 DEFAULT_CX_SWITCH_INTERVAL = "10m"
@@ -75,6 +77,8 @@ class Config:
     codex_auth: str
     state_dir: str = ""
     session_idle_ttl: float = 1800.0
+    #: seconds after which an unseen sticky assignment is forgotten (0: never)
+    session_retention: float = 30 * 86400.0
     usage_url: str = DEFAULT_USAGE_URL
     usage_interval: float = 600.0
     usage_score_ttl: float = 30.0

@@ -34,6 +34,7 @@ from subrouter.config import (
     DEFAULT_OPENAI_UPSTREAM,
     DEFAULT_OVERLOAD_WAIT,
     DEFAULT_SESSION_IDLE_TTL,
+    DEFAULT_SESSION_RETENTION,
     DEFAULT_STATE_DIR,
     DEFAULT_TOKEN_URL,
     DEFAULT_TRANSCRIPT_MAX_BODY,
@@ -93,6 +94,8 @@ class Options(usage.Options):
          "Where sticky sessions and exhaustion marks are kept across restarts."],
         ["session-idle-ttl", None, DEFAULT_SESSION_IDLE_TTL,
          "A conversation unseen this long no longer counts as live on its account."],
+        ["session-retention", None, DEFAULT_SESSION_RETENTION,
+         "Forget the account of a conversation unseen this long (e.g. 90d; 0 keeps them)."],
         ["usage-url", None, DEFAULT_USAGE_URL, "The ChatGPT usage endpoint."],
         ["usage-interval", None, DEFAULT_USAGE_INTERVAL,
          "How often every login's usage is polled."],
@@ -258,7 +261,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         gsutil = found[0]
     for name in ("transcript-retention", "transcript-sync-interval", "transcript-sync-timeout",
                  "cx-switch-interval", "drain-timeout", "account-rescan-interval",
-                 "usage-retention"):
+                 "usage-retention", "session-retention"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
     shared = _shared_state_options(opts, listen)
     client_tokens = _client_tokens(opts["client-tokens"], expose)
@@ -289,6 +292,7 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
         ),
         state_dir=parse.expand_path(opts["state-dir"]),
         session_idle_ttl=durations["session-idle-ttl"],
+        session_retention=durations["session-retention"],
         usage_url=_checked("usage-url", parse.parse_http_url, opts["usage-url"]),
         usage_interval=durations["usage-interval"],
         usage_score_ttl=durations["usage-score-ttl"],
@@ -664,6 +668,10 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
     if config.state_dir:
         StateSaver(config.state_dir, table, book, run_blocking, reactor).service(
         ).setServiceParent(top)
+    if config.session_retention > 0:
+        every("session-retention", min(3600.0, config.session_retention),
+              lambda: _forget_sessions(table, reactor.seconds(), config.session_retention),
+              reactor).setServiceParent(top)
     if config.fetch_usage and config.cx_switch_interval > 0:
         switcher = AutoSwitch(placement=placement, poller=poller, codex_auth=config.codex_auth,
                               environ=environ_for_agents(), run_blocking=run_blocking,
@@ -715,6 +723,16 @@ def _supervisor(config: Config, reactor: Any) -> Supervisor:
     )
     supervisor.setName("supervisor")
     return supervisor
+
+
+def _forget_sessions(table: Any, now: float, retention: float) -> None:
+    from twisted.logger import Logger
+
+    forgotten = table.forget(now - retention)
+    if forgotten:
+        Logger(namespace="subrouter.sessions").info(
+            "forgot the accounts of {count} conversations unseen for {days:g} days "
+            "(--session-retention)", count=forgotten, days=round(retention / 86400, 1))
 
 
 def _recording_services(config: Config, recorder: Any, reactor: Any) -> MultiService:

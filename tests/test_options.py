@@ -35,6 +35,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert config.idle_timeout == 300.0
     assert config.header_timeout == 30.0
     assert config.codex_auth == str(tmp_path / ".codex" / "auth.json")
+    assert config.session_retention == 30 * 86400.0
 
 
 def test_codex_home_comes_from_the_environment(
@@ -82,6 +83,11 @@ def test_a_bad_client_tokens_file_is_named_with_its_line(tmp_path: Path) -> None
         _parse("--client-tokens", str(tokens))
 
 
+def test_session_retention_takes_days_and_zero_keeps_them() -> None:
+    assert _parse("--session-retention", "90d").config.session_retention == 90 * 86400.0
+    assert _parse("--session-retention", "0").config.session_retention == 0.0
+
+
 def test_usage_retention_must_outlast_the_raw_days() -> None:
     with pytest.raises(usage.UsageError, match="--usage-retention"):
         _parse("--usage-raw-days", "10", "--usage-retention", "5d")
@@ -101,6 +107,7 @@ def test_usage_retention_must_outlast_the_raw_days() -> None:
         (["--openai-upstream", "api.openai.com"], "--openai-upstream"),
         (["--token-url", "https://x/?a=1"], "--token-url"),
         (["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle"),
+        (["--session-retention", "a while"], "--session-retention"),
     ],
 )
 def test_bad_values_name_the_option(argv: list[str], option: str) -> None:

@@ -4,7 +4,7 @@ Sticky assignments and live counts.
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from subrouter.sessions.table import SessionTable
@@ -104,19 +104,45 @@ def test_take_changed_gives_only_the_conversations_changed_since_in_the_tables_o
     table = SessionTable(idle_ttl=60)
     for i in range(100):
         table.assign("codex", f"t{i}", "a", now=i)
-    assert [sid for sid, _ in table.take_changed()] == [("codex", f"t{i}") for i in range(100)]
-    assert table.take_changed() == []
+    changed, forgotten = table.take_changed()
+    assert [sid for sid, _ in changed] == [("codex", f"t{i}") for i in range(100)]
+    assert forgotten == []
+    assert table.take_changed() == ([], [])
     table.touch("codex", "t7", now=200)
     table.assign("codex", "new", "b", now=201)
     table.assign("codex", "t3", "b", now=202)  # moved
-    changed = dict(table.take_changed())
-    assert list(changed) == [("codex", "t7"), ("codex", "new"), ("codex", "t3")]
-    assert changed[("codex", "t7")] == table.snapshot()[7]
-    table.mark_changed([("codex", "t9")])
-    assert [sid for sid, _ in table.take_changed()] == [("codex", "t9")]
+    changed_rows = dict(table.take_changed()[0])
+    assert list(changed_rows) == [("codex", "t7"), ("codex", "new"), ("codex", "t3")]
+    assert changed_rows[("codex", "t7")] == table.snapshot()[7]
+    table.mark_changed([("codex", "t9")], [("codex", "gone")])
+    changed, forgotten = table.take_changed()
+    assert [sid for sid, _ in changed] == [("codex", "t9")] and forgotten == [("codex", "gone")]
 
 
-@given(st.lists(st.tuples(st.sampled_from(["assign", "touch", "adopt", "save", "fail"]),
+def test_forget_drops_the_assignments_unseen_since_and_nothing_live() -> None:
+    table = SessionTable(idle_ttl=60)
+    table.assign("codex", "old", "a", now=0)
+    table.assign("codex", "older", "b", now=-10)
+    table.assign("codex", "recent", "a", now=500)
+    table.touch("codex", "old", now=450)  # seen again: kept
+    table.take_changed()
+    version = table.version
+    assert table.forget(before=400) == 1
+    assert table.get("codex", "older") is None
+    assert table.get("codex", "old") is not None and table.get("codex", "recent") is not None
+    assert table.version > version
+    assert table.take_changed() == ([], [("codex", "older")])
+    assert table.live_counts(500) == {"a": 2}
+    assert table.forget(before=400) == 0
+    # back after being forgotten: placed anew
+    table.assign("codex", "older", "a", now=600)
+    assert table.get("codex", "older").first_seen == 600  # type: ignore[union-attr]
+
+
+@example([("assign", 0, "a"), ("save", 0, "a"), ("forget", 0, "a"), ("fail", 0, "a")])
+@example([("assign", 0, "a"), ("save", 0, "a"), ("touch", 0, "a"), ("fail", 0, "a")])
+@given(st.lists(st.tuples(st.sampled_from(["assign", "touch", "adopt", "forget", "save",
+                                            "fail"]),
                           st.integers(0, 12), st.sampled_from(["a", "b", "c"])),
                 max_size=60))
 def test_a_saved_state_file_is_every_row_as_it_stands_however_few_were_encoded_again(
@@ -156,6 +182,8 @@ def test_a_saved_state_file_is_every_row_as_it_stands_however_few_were_encoded_a
             elif action == "adopt":
                 table.adopt("codex", key, account, now, first_seen=now - 5, last_seen=now,
                             requests=n, fallback=False, user_email=None)
+            elif action == "forget":
+                table.forget(before=now - n)
             else:
                 failing[0] = action == "fail"
                 saver.save_if_changed()

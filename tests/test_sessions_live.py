@@ -218,6 +218,36 @@ async def test_sessions_and_marks_survive_a_restart_and_a_corrupt_state_file_is_
 
 
 @pytest_twisted.ensureDeferred
+async def test_conversations_unseen_past_the_retention_are_forgotten_and_leave_the_state_file(
+    tmp_path: Path, upstream: FakeUpstream, ca: TestCA
+) -> None:
+    now = time.time()
+
+    def row(key: str, days_ago: float) -> dict[str, object]:
+        seen = now - days_ago * 86400
+        return {"agent": "codex", "key": key, "account_id": "fresh@example.com",
+                "fallback": False, "first_seen": seen, "last_seen": seen, "requests": 3}
+
+    state = tmp_path / "state" / "state.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"format": 1, "saved_at": now, "exhausted": {},
+                                 "sessions": [row("old", 40), row("recent", 2)]}))
+    daemon = await start(tmp_path, upstream, ca, fetch_usage=False, session_retention=30 * 86400)
+    try:
+        listed = [r["session"] for r in await daemon.get_json("/_subrouter/sessions")]
+        assert listed == ["recent"]
+        assert any("forgot the accounts of 1 conversations" in str(e.get("log_format", ""))
+                   .replace("{count}", str(e.get("count"))) for e in daemon.log)
+        deadline = time.monotonic() + 5
+        while "old" in state.read_text():
+            assert time.monotonic() < deadline, "the state file kept the forgotten one"
+            await sleep(0.05)
+        assert [r["key"] for r in json.loads(state.read_text())["sessions"]] == ["recent"]
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_failed_usage_fetch_scores_the_account_unknown_risky(
     tmp_path: Path, upstream: FakeUpstream, ca: TestCA
 ) -> None:

@@ -113,7 +113,7 @@ class StateSaver:
 
     def _snapshot(
         self,
-    ) -> tuple[tuple[int, int], Callable[[], bytes], list[tuple[str, str]]]:
+    ) -> tuple[tuple[int, int], Callable[[], bytes], Callable[[], None]]:
         """
         What to save, taken on the reactor thread: the rows that changed
         since the last save, not every row. The encoding it returns runs
@@ -125,11 +125,13 @@ class StateSaver:
         """
         marker = (self._table.version, self._usage.version)
         saved_at = self._clock.seconds()
-        changed = self._table.take_changed()
+        changed, forgotten = self._table.take_changed()
         marks = self._usage.exhaustion_marks()
         encoded = self._rows
 
         def encode() -> bytes:
+            for sid in forgotten:
+                encoded.pop(sid, None)
             for sid, values in changed:
                 encoded[sid] = _json(rows([values])[0])
             return b"".join((
@@ -138,7 +140,11 @@ class StateSaver:
                 b'],"exhausted":', _json(marks), b"}",
             ))
 
-        return marker, encode, [sid for sid, _ in changed]
+        def give_back() -> None:
+            # the save failed: the next one takes these rows again
+            self._table.mark_changed([sid for sid, _ in changed], forgotten)
+
+        return marker, encode, give_back
 
     def save_if_changed(self) -> Deferred[None] | None:
         """
@@ -148,7 +154,7 @@ class StateSaver:
         marker = (self._table.version, self._usage.version)
         if marker == self._saved:
             return None
-        marker, encode, changed = self._snapshot()  # taken on the reactor thread
+        marker, encode, give_back = self._snapshot()  # taken on the reactor thread
 
         def write() -> None:
             data = encode()
@@ -159,8 +165,7 @@ class StateSaver:
             self._saved = marker
 
         def failed(failure: Any) -> None:
-            # the rows it took are taken again by the next try
-            self._table.mark_changed(changed)
+            give_back()
             _log.error("saving {path} failed: {error}", path=self.path,
                        error=str(failure.value))
 
@@ -185,10 +190,10 @@ class StateSaver:
         """
         if (self._table.version, self._usage.version) == self._saved:
             return
-        _, encode, changed = self._snapshot()
+        _, encode, give_back = self._snapshot()
         try:
             ensure_private_directory(self._dir)
             atomic_write(self.path, encode())
         except OSError as e:
-            self._table.mark_changed(changed)
+            give_back()
             _log.error("saving {path} failed: {error}", path=self.path, error=str(e))

@@ -84,6 +84,8 @@ class SessionTable:
         #: the conversations whose rows changed since take_changed (a dict for
         #: its order: new ones come in the order they were added to _all)
         self._changed: dict[SessionId, None] = {}
+        #: the conversations forgotten since take_changed
+        self._forgotten: list[SessionId] = []
         #: called with an account id whenever its live or recent count changed
         self.on_count: Callable[[str], None] | None = None
         #: the live counts of every instance sharing the state, while one
@@ -307,22 +309,45 @@ class SessionTable:
         get = _FIELD_VALUES
         return [get(a) for a in self._all.values()]
 
-    def take_changed(self) -> list[tuple[SessionId, tuple[Any, ...]]]:
+    def forget(self, before: float) -> int:
+        """
+        Drop the assignments last seen before ``before`` (a conversation back
+        after that is placed anew); how many. Their prompt cache is long gone.
+        """
+        old = [sid for sid, a in self._all.items() if a.last_seen < before]
+        for sid in old:
+            assignment = self._all.pop(sid)
+            if sid in self._live:
+                self._live.pop(sid)
+                self._count(assignment.account_id, -1)
+            self._changed.pop(sid, None)
+            self._forgotten.append(sid)
+        if old:
+            self.version += 1
+        return len(old)
+
+    def take_changed(
+        self,
+    ) -> tuple[list[tuple[SessionId, tuple[Any, ...]]], list[SessionId]]:
         """
         The conversations whose rows changed since the last call (new ones in
         the order they were added), each with its fields as :meth:`snapshot`
-        takes them; what a saver that keeps every row's encoding needs to
-        encode again, instead of every row.
+        takes them, and those forgotten since: what a saver that keeps every
+        row's encoding needs to encode again or drop, instead of every row.
         """
         changed, self._changed = self._changed, {}
+        forgotten, self._forgotten = self._forgotten, []
         get = _FIELD_VALUES
         everything = self._all
-        return [(sid, get(everything[sid])) for sid in changed if sid in everything]
+        return ([(sid, get(everything[sid])) for sid in changed if sid in everything],
+                forgotten)
 
-    def mark_changed(self, sids: Iterable[SessionId]) -> None:
+    def mark_changed(self, sids: Iterable[SessionId], forgotten: Iterable[SessionId] = ()
+                     ) -> None:
         """
-        Have :meth:`take_changed` give these conversations again (their save
-        failed).
+        Have :meth:`take_changed` give these conversations again, changed or
+        forgotten (their save failed).
         """
         for sid in sids:
             self._changed[sid] = None
+        self._forgotten[:0] = forgotten
