@@ -199,3 +199,43 @@ def test_a_saved_state_file_is_every_row_as_it_stands_however_few_were_encoded_a
     whole = {"format": FORMAT, "saved_at": document["saved_at"],
              "sessions": rows(table.snapshot()), "exhausted": document["exhausted"]}
     assert written == json.dumps(whole, separators=(",", ":")).encode()
+
+
+def test_failing_saves_are_said_once_a_minute_and_their_end_is_said() -> None:
+    from typing import Any
+
+    from twisted.internet.defer import fail, succeed
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from subrouter.jobs.state_file import FAILURE_LOG_INTERVAL, StateSaver
+    from subrouter.sessions.usage import UsageBook
+
+    table = SessionTable(idle_ttl=60)
+    clock = Clock()
+    broken = [True]
+
+    def run_blocking(f: Any) -> Any:
+        if broken[0]:
+            return fail(OSError(28, "No space left on device"))
+        return succeed(None)
+
+    events: list[dict[str, Any]] = []
+    saver = StateSaver("/nonexistent", table, UsageBook(), run_blocking, clock)
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for second in range(int(FAILURE_LOG_INTERVAL) * 2 + 5):
+            table.assign("codex", f"k{second}", "a", now=second)
+            saver.save_if_changed()
+            clock.advance(1)
+        broken[0] = False
+        saver.save_if_changed()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e for e in events if "saving" in e.get("log_format", "")]
+    kinds = ["works again" if "works again" in e["log_format"] else
+             "still fails" if "still fails" in e["log_format"] else "failed" for e in said]
+    # the first failure, one more a minute while it lasts, and its end
+    assert kinds == ["failed", "still fails", "still fails", "works again"]
+    assert said[0]["error"] == "No space left on device"
+    assert said[-1]["failures"] == int(FAILURE_LOG_INTERVAL) * 2 + 5

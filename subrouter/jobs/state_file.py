@@ -33,6 +33,8 @@ _log = Logger()
 STATE_FILE = "state.json"
 FORMAT = 1
 SAVE_INTERVAL = 1.0
+#: while saves keep failing (a full or read-only disk), how often it is said again
+FAILURE_LOG_INTERVAL = 60.0
 
 
 def load_state(state_dir: str, table: SessionTable, usage: UsageBook, now: float) -> None:
@@ -110,6 +112,10 @@ class StateSaver:
         #: every row's JSON as last encoded, in the table's order; only ever
         #: touched by one save at a time (the timer waits for each)
         self._rows: dict[tuple[str, str], bytes] = {}
+        #: since when saves have been failing, how many did, and when it was said
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._failure_said = 0.0
 
     def _snapshot(
         self,
@@ -163,11 +169,11 @@ class StateSaver:
 
         def saved(_: object) -> None:
             self._saved = marker
+            self._worked()
 
         def failed(failure: Any) -> None:
             give_back()
-            _log.error("saving {path} failed: {error}", path=self.path,
-                       error=str(failure.value))
+            self._failed(failure.value)
 
         d: Deferred[None] = self._run_blocking(write)
         d.addCallbacks(saved, failed)
@@ -196,4 +202,36 @@ class StateSaver:
             atomic_write(self.path, encode())
         except OSError as e:
             give_back()
-            _log.error("saving {path} failed: {error}", path=self.path, error=str(e))
+            self._failed(e, always=True)  # the last word at shutdown: always said
+        else:
+            self._worked()
+
+    def _failed(self, error: BaseException, always: bool = False) -> None:
+        """
+        A save failed: said at once, then at most every
+        :data:`FAILURE_LOG_INTERVAL` while they go on failing (every second's
+        retry would flood the log, on the disk that is likely full).
+        """
+        now = self._clock.seconds()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failure_said < FAILURE_LOG_INTERVAL and not always:
+            return
+        self._failure_said = now
+        text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        if self._failures == 1:
+            _log.error("saving {path} failed: {error}; trying again every second",
+                       path=self.path, error=text)
+        else:
+            _log.error("saving {path} still fails: {error} ({failures} failed saves in "
+                       "{seconds:.0f} s)", path=self.path, error=text,
+                       failures=self._failures, seconds=now - self._failing_since)
+
+    def _worked(self) -> None:
+        if self._failing_since is not None:
+            _log.info("saving {path} works again, after {failures} failed saves in "
+                      "{seconds:.0f} s", path=self.path, failures=self._failures,
+                      seconds=self._clock.seconds() - self._failing_since)
+        self._failing_since = None
+        self._failures = 0
