@@ -240,3 +240,29 @@ def test_an_anthropic_key_that_cannot_go_into_a_header_is_unusable(tmp_path: Pat
     pool = _pool(tmp_path)
     reason = pool.why_unusable(pool.store.accounts()[0]) or ""
     assert "outside Latin-1" in reason and "HTTP header" in reason
+
+
+def test_an_account_directory_that_cannot_be_listed_is_said_once_and_its_return_too(
+    tmp_path: Path,
+) -> None:
+    from twisted.logger import globalLogPublisher
+
+    from subrouter.accounts.store import scan_directory
+
+    folder = tmp_path / "accounts"
+    folder.write_text("a file where the folder should be")  # NotADirectoryError
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for _ in range(5):  # five rescans
+            assert scan_directory(str(folder), {}) == {}
+        folder.unlink()
+        folder.mkdir()
+        scan_directory(str(folder), {})
+        scan_directory(str(folder), {})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e["log_format"] for e in events if "account directory" in e.get("log_format", "")]
+    assert len(said) == 2
+    assert said[0].startswith("cannot list the account directory")
+    assert said[1].endswith("can be listed again")

@@ -165,6 +165,10 @@ def _where(error: Exception) -> str:
     return "the start"
 
 
+#: account directories that could not be listed, with the reason last logged
+_unlistable: dict[str, str] = {}
+
+
 def scan_directory(
     accounts_path: str, previous: dict[str, ScannedFile]
 ) -> dict[str, ScannedFile]:
@@ -180,12 +184,19 @@ def scan_directory(
     except FileNotFoundError:
         return found
     except OSError as e:
-        _log.error(
-            "cannot list the account directory {path}: {error}",
-            path=accounts_path,
-            error=e.strerror or str(e),
-        )
+        why = e.strerror or str(e)
+        if _unlistable.get(accounts_path) != why:
+            # said when it starts (or its reason changes), not every rescan
+            _unlistable[accounts_path] = why
+            _log.error(
+                "cannot list the account directory {path}: {error}; keeping the accounts "
+                "as they were until it can be",
+                path=accounts_path,
+                error=why,
+            )
         return dict(previous)
+    if _unlistable.pop(accounts_path, None) is not None:
+        _log.info("the account directory {path} can be listed again", path=accounts_path)
     for entry in entries:
         name = entry.name
         # dot files are lock files, atomic-write temporaries and macOS forks
