@@ -263,6 +263,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
                  "cx-switch-interval", "drain-timeout", "account-rescan-interval",
                  "usage-retention", "session-retention"):
         durations[name] = _checked(name, parse.parse_duration, opts[name])
+    if 0 < durations["session-retention"] < durations["session-idle-ttl"]:
+        # a conversation in use must never lose its account
+        raise usage.UsageError("--session-retention: must be 0 or at least --session-idle-ttl")
     shared = _shared_state_options(opts, listen)
     client_tokens = _client_tokens(opts["client-tokens"], expose)
     raw_days = _checked("usage-raw-days", int, opts["usage-raw-days"])

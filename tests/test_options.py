@@ -108,6 +108,7 @@ def test_usage_retention_must_outlast_the_raw_days() -> None:
         (["--token-url", "https://x/?a=1"], "--token-url"),
         (["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle"),
         (["--session-retention", "a while"], "--session-retention"),
+        (["--session-retention", "10m"], "--session-retention"),
     ],
 )
 def test_bad_values_name_the_option(argv: list[str], option: str) -> None:
