@@ -83,6 +83,16 @@ def dump_json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def not_a_folder(path: str) -> str | None:
+    """
+    Why ``path`` cannot be used as a folder because a file is in its place
+    (``"<path> is a file, not a folder"``), or None.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    return None
+
+
 def ensure_private_directory(path: str) -> None:
     """
     Create ``path`` (and parents) with mode ``0700`` when missing.

@@ -45,6 +45,7 @@ from subrouter.config import (
     DEFAULT_USAGE_URL,
     Config,
 )
+from subrouter.files import ensure_private_directory, not_a_folder
 
 if TYPE_CHECKING:
     from subrouter.jobs.workers import Supervisor
@@ -230,8 +231,9 @@ def config_from_options(opts: usage.Options, stderr: IO[str]) -> Config:
     if header_timeout <= 0:
         raise usage.UsageError("--header-timeout: must be more than zero")
     accounts_dir = parse.expand_path(opts["accounts-dir"])
-    if os.path.exists(accounts_dir) and not os.path.isdir(accounts_dir):
-        raise usage.UsageError(f"--accounts-dir: {accounts_dir} is a file, not a folder")
+    problem = not_a_folder(accounts_dir)
+    if problem:
+        raise usage.UsageError(f"--accounts-dir: {problem}")
     codex_home = opts["codex-home"]
     fetch = str(opts["fetch-usage"]).strip().lower()
     if fetch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
@@ -770,13 +772,12 @@ def _make_folders(config: Config) -> None:
 
     :raises SystemExit: naming the option and why.
     """
-    from subrouter.files import ensure_private_directory
-
     for option, path in (("state-dir", config.state_dir), ("transcripts", config.transcripts)):
         if not path:
             continue
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise SystemExit(f"subrouter: --{option}: {path} is a file, not a folder")
+        problem = not_a_folder(path)
+        if problem:
+            raise SystemExit(f"subrouter: --{option}: {problem}")
         try:
             ensure_private_directory(path)
         except OSError as e:

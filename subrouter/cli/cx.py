@@ -16,7 +16,6 @@ token uses one reactor throughout.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any
 
 from twisted.python import usage
@@ -31,6 +30,7 @@ from subrouter.cli.entry import CommandFailed, react
 from subrouter.cli.gemini import GeminiOptions
 from subrouter.cli.tokens import ClientTokenOptions
 from subrouter.config import DEFAULT_ACCOUNTS_DIR, DEFAULT_STATE_DIR, expand_path
+from subrouter.files import not_a_folder
 
 __all__ = ["CxOptions", "Streams", "cx_process", "execute", "run_cx"]
 
@@ -72,10 +72,10 @@ class CxOptions(Group):
 
     def postOptions(self) -> None:
         super().postOptions()
-        store = expand_path(self["accounts-dir"])
-        if os.path.exists(store) and not os.path.isdir(store):
-            # as the daemon says: "no accounts yet, cx add" would mislead
-            raise usage.UsageError(f"--accounts-dir: {store} is a file, not a folder")
+        # as the daemon says: "no accounts yet, cx add" would mislead
+        problem = not_a_folder(expand_path(self["accounts-dir"]))
+        if problem:
+            raise usage.UsageError(f"--accounts-dir: {problem}")
 
 
 def _context(options: CxOptions, streams: Streams, reactor: Any) -> Context:
