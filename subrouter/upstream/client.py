@@ -360,6 +360,10 @@ def send_now_two(transport: Any, head: bytes, body: bytes) -> None:
     :func:`send_now` for ``head + body`` (a request and its body), given to
     the socket as two buffers instead of being joined into one first.
     """
+    held = getattr(transport, _HELD, None)
+    if held is not None:
+        held += (head, body)
+        return
     if not _may_send_now(transport):
         transport.write(head)
         transport.write(body)
