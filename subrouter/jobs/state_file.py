@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from subrouter.accounts.store import BlockingRunner
 from subrouter.files import atomic_write, ensure_private_directory
-from subrouter.sessions.table import SessionTable, rows
+from subrouter.sessions.table import SessionTable, row
 from subrouter.sessions.usage import UsageBook
 
 _log = Logger()
@@ -139,7 +139,7 @@ class StateSaver:
             for sid in forgotten:
                 encoded.pop(sid, None)
             for sid, values in changed:
-                encoded[sid] = _json(rows([values])[0])
+                encoded[sid] = _json(row(values))
             return b"".join((
                 b'{"format":', _json(FORMAT), b',"saved_at":', _json(saved_at),
                 b',"sessions":[', b",".join(encoded.values()),

@@ -43,18 +43,22 @@ class Assignment:
     moves: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return _row(_FIELD_VALUES(self))
+        return row(_FIELD_VALUES(self))
 
 
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(Assignment))
 _FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)
 
 
-def _row(values: tuple[Any, ...]) -> dict[str, Any]:
-    row = dict(zip(_FIELD_NAMES, values, strict=True))
-    reason = row["reason"]
-    row["reason"] = reason.dump() if reason is not None else None
-    return row
+def row(values: tuple[Any, ...]) -> dict[str, Any]:
+    """
+    One assignment's :meth:`~SessionTable.dump` row from its fields as
+    :meth:`~SessionTable.snapshot` takes them (any thread).
+    """
+    fields = dict(zip(_FIELD_NAMES, values, strict=True))
+    reason = fields["reason"]
+    fields["reason"] = reason.dump() if reason is not None else None
+    return fields
 
 
 def rows(snapshot: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -62,7 +66,7 @@ def rows(snapshot: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     :meth:`SessionTable.dump`'s rows from a :meth:`SessionTable.snapshot`
     (any thread: what it reads no longer changes).
     """
-    return [_row(values) for values in snapshot]
+    return [row(values) for values in snapshot]
 
 
 class SessionTable:
