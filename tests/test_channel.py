@@ -559,3 +559,63 @@ def test_pipelined_requests_with_bodies_arrive_whole_however_the_reads_fall(
     assert [a.rpartition(b"\r\n\r\n")[2] for a in answers] == [
         b"/%d %d %08x" % (i, len(body), zlib.crc32(body)) for i, body in enumerate(bodies)
     ]
+
+
+class _Tree(Resource):
+    """
+    A two-level tree that records how each request was traversed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[list[bytes], list[bytes], bytes]] = []
+        self.putChild(b"a b", _Leaf(self.seen))
+        self.putChild(b"", _Leaf(self.seen))
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+    def __init__(self, seen: list[tuple[list[bytes], list[bytes], bytes]]) -> None:
+        super().__init__()
+        self._seen = seen
+
+    def render(self, request: Request) -> bytes:
+        self._seen.append((list(request.prepath), list(request.postpath), request.method))
+        return b"leaf"
+
+
+@pytest.mark.parametrize(
+    ("target", "prepath", "postpath"),
+    [
+        (b"/a%20b/x%2Fy/z", [b"a b"], [b"x/y", b"z"]),
+        (b"/a%20b", [b"a b"], []),
+        (b"/", [b""], []),
+        (b"/a%20b/", [b"a b"], [b""]),
+    ],
+)
+def test_traversal_is_twisteds(target: bytes, prepath: list[bytes], postpath: list[bytes]) -> None:
+    """
+    The site's cheaper ``process`` traverses as Twisted's does: segments
+    unquoted, the leaf given what is left, ``Server`` and ``Date`` set.
+    """
+    tree = _Tree()
+    site = QuietSite(tree, reactor=Clock())
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert tree.seen == [(prepath, postpath, b"GET")]
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert re.search(rb"\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n", answer)
+    assert b"\r\nServer: TwistedWeb/" in answer
+    assert answer.endswith(b"leaf") or answer.endswith(b"0\r\n\r\n")
+
+
+def test_date_is_made_once_a_second() -> None:
+    from subrouter.web.root import http_date
+
+    assert http_date(784111777.2) == b"Sun, 06 Nov 1994 08:49:37 GMT"
+    assert http_date(784111777.9) is http_date(784111777.2)
+    assert http_date(784111778.0) == b"Sun, 06 Nov 1994 08:49:38 GMT"

@@ -12,11 +12,14 @@ with a 503.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from twisted.python import failure
 from twisted.web import http
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.resource import Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET, Request, Site, version
 
 from subrouter.errors import error_body, write_error
 from subrouter.routing.inflight import InFlight
@@ -154,6 +157,21 @@ class _BaseURLProbe(Resource):
 _PROBE = _BaseURLProbe()
 
 
+#: the Date header's value and the second it was made for
+_DATE: list[Any] = [-1, b""]
+
+
+def http_date(now: float | None = None) -> bytes:
+    """
+    The current time as an HTTP ``Date`` value, made once a second.
+    """
+    second = int(time.time() if now is None else now)
+    if _DATE[0] != second:
+        _DATE[1] = http.datetimeToString(second)
+        _DATE[0] = second
+    return _DATE[1]  # type: ignore[no-any-return]
+
+
 class ProxyRequest(Request):
     """
     A request whose body is never parsed as a form: the proxy forwards bodies
@@ -166,6 +184,33 @@ class ProxyRequest(Request):
         # Twisted sets this per request from the Site's constructor argument,
         # so a class attribute alone is overwritten
         self._parsePOSTFormSubmission = False
+
+    def process(self) -> None:
+        """
+        What Twisted's ``Request.process`` does, for this Site's resources
+        (none of which encodes its answer), at a lower cost on every
+        request: the ``Date`` header made once a second, the default headers
+        set without their name lookups, and the path's segments unquoted
+        only when one is quoted.
+        """
+        self.site = site = self.channel.site
+        raw = self.responseHeaders._rawHeaders
+        raw[b"Server"] = [version]
+        raw[b"Date"] = [http_date()]
+        path = self.path
+        if path == b"*":
+            self._handleStar()
+            return
+        segments = path[1:].split(b"/")
+        if b"%" in path:
+            segments = [unquote_to_bytes(segment) for segment in segments]
+        self.prepath = []
+        self.postpath = segments
+        try:
+            self.sitepath = []
+            self.render(getChildForRequest(site.resource, self))
+        except BaseException:
+            self.processingFailed(failure.Failure())
 
 
 class QuietSite(Site):
