@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.refresh import RefreshFailed
@@ -36,6 +37,9 @@ class FakeRefresher:
     def __init__(self, broken: frozenset[str] = frozenset()) -> None:
         self.broken = broken
         self.rejected: list[str] = []
+
+    def needs_refresh(self, account: Account) -> bool:
+        return account.id in self.broken
 
     def ensure_fresh(self, account: Account) -> Deferred[Account]:
         if account.id in self.broken:
@@ -196,3 +200,76 @@ def test_no_account_at_all_says_so() -> None:
 
     result = run(ex, attempt)
     assert isinstance(result, NoAccount) and result.status == 503
+
+
+# -- a first attempt sent without the coroutine (place_now) ---------------------------
+
+
+def test_place_now_chooses_the_account_run_would() -> None:
+    placement, refresher = build(["a@x", "b@x"])
+    ex = exchange(placement, refresher)
+    account = ex.place_now()
+    assert account is not None
+    assert ex.tried == [account.id] and ex.why.startswith("new")
+    # a second look places nothing: the exchange is under way
+    assert ex.place_now() is None
+
+
+def test_place_now_leaves_a_token_to_refresh_to_run() -> None:
+    placement, refresher = build(["a@x"], FakeRefresher(broken=frozenset({"a@x"})))
+    ex = exchange(placement, refresher)
+    assert ex.place_now() is None and ex.tried == []
+    # run() then does it all: the account cannot be refreshed, none is left
+    assert isinstance(run(ex, _never), NoAccount)
+
+
+def test_place_now_leaves_no_account_to_run() -> None:
+    placement, refresher = build(["a@x"])
+    ex = exchange(placement, refresher, forced="nobody@x")
+    assert ex.place_now() is None
+    assert isinstance(run(ex, _never), NoAccount)
+
+
+async def _never(account: Account, may_refresh: bool) -> Any:
+    raise AssertionError("no attempt expected")
+
+
+def test_a_first_verdict_goes_on_like_any_other() -> None:
+    """
+    The first attempt's verdict, handed to run(), is judged as run()'s own:
+    an account out of quota is marked and the request moves on.
+    """
+    placement, refresher = build(["a@x", "b@x"])
+    ex = exchange(placement, refresher)
+    first = ex.place_now()
+    assert first is not None
+    seen: list[str] = []
+
+    async def attempt(account: Account, may_refresh: bool) -> Any:
+        seen.append(account.id)
+        return Sent(account.id)
+
+    async def verdict() -> Any:
+        return OutOfQuota("429 body", 60.0, "HTTP 429")
+
+    results: list[Any] = []
+    Deferred.fromCoroutine(ex.run(attempt, verdict())).addBoth(results.append)
+    (other,) = seen
+    assert results == [Sent(other)] and other != first.id
+    now = placement.clock.seconds()
+    assert placement.usage.exhausted_until(first.id, now) == now + 60.0
+    assert ex.tried == [first.id, other]
+
+
+def test_a_first_verdict_without_place_now_is_a_bug() -> None:
+    placement, refresher = build(["a@x"])
+    ex = exchange(placement, refresher)
+
+    async def verdict() -> Any:
+        return Sent("x")
+
+    results: list[Any] = []
+    first = verdict()
+    Deferred.fromCoroutine(ex.run(_never, first)).addBoth(results.append)
+    first.close()
+    assert isinstance(results[0], Failure) and results[0].check(AssertionError)

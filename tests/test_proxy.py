@@ -60,6 +60,9 @@ class FakeRefresher:
     def __init__(self) -> None:
         self.rejected: list[str] = []
 
+    def needs_refresh(self, account: Account) -> bool:
+        return False
+
     def ensure_fresh(self, account: Account) -> Deferred[Account]:
         return succeed(account)
 

@@ -17,6 +17,7 @@ client connection, so the client never mistakes a cut stream for a whole one.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from hashlib import sha256
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -176,17 +178,36 @@ class _ProxiedRequest:
         request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
-        Deferred.fromCoroutine(self._run()).addErrback(self._crashed)
+        """
+        Identify the conversation and, when its account can be chosen at
+        once (nearly every request), send the request upstream now; the
+        exchange's coroutine runs only when something must be waited for or
+        the answer is not a plain success.
+        """
+        try:
+            exchange = self._prepare()
+            if exchange is None:
+                return
+            account = exchange.place_now()
+            if account is None:
+                self._go_on(None)
+                return
+            url, headers = self._upstream_request(account)
+            self._send_first(account, url, headers, 1)
+        except Exception:
+            self._crashed(Failure())
 
-    # -- placing and sending ----------------------------------------------------
-
-    async def _run(self) -> None:
+    def _prepare(self) -> Exchange[None, Prefix] | None:
+        """
+        The request's identity, transcript tap and exchange; None when the
+        request was answered instead (an unusable account selector).
+        """
         proxy = self.proxy
         try:
             identity = identify(self.request, self.path, self.query)
         except BadAccountSelector as e:
             self._fail(400, "invalid_account_selector", str(e))
-            return
+            return None
         self.conversation = _short_hash(identity.session.key)
         self.agent = identity.session.agent
         self.identity = identity
@@ -206,7 +227,17 @@ class _ProxiedRequest:
             shared=proxy.shared,
         )
         self.exchange = exchange
-        result = await exchange.run(self._attempt)
+        return exchange
+
+    # -- placing and sending ----------------------------------------------------
+
+    def _go_on(self, first: Awaitable[Verdict[None, Prefix]] | None) -> None:
+        Deferred.fromCoroutine(self._run(first)).addErrback(self._crashed)
+
+    async def _run(self, first: Awaitable[Verdict[None, Prefix]] | None) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        result = await exchange.run(self._attempt, first)
         if isinstance(result, NoAccount):
             self._fail(result.status, result.kind, result.message)
         elif isinstance(result, Overloaded):
@@ -222,12 +253,46 @@ class _ProxiedRequest:
                     f"account {self.account.id} has reached its usage limit",
                 )
 
-    async def _attempt(self, account: Account, may_refresh: bool) -> Verdict[None, Prefix]:
+    def _send_first(self, account: Account, url: bytes, headers: Headers, attempt: int) -> None:
         """
-        Send the request as ``account`` and answer the client, unless the
-        answer says to refresh the token or to try another account.
+        The exchange's first attempt, sent without its coroutine: a plain
+        success is relayed from here, anything else goes on in the exchange
+        (:meth:`_first_answer`).
         """
-        response = await self._send(account)
+        d = self._request_upstream(url, headers)
+        d.addCallbacks(
+            self._first_answer, self._first_failed,
+            callbackArgs=(account,), errbackArgs=(account, url, headers, attempt),
+        )
+        d.addErrback(self._crashed)
+
+    def _first_answer(self, response: IResponse, account: Account) -> None:
+        self.pending = None
+        if response.code < 400 and not self.proxy.placement.at_risk(account):
+            self._observe_headers(account, response)
+            self._answer_streaming(response)
+            return
+        # a refresh, another account, a wait or an error answer: the
+        # exchange's way, from this answer
+        self._go_on(self._attempt(account, account.is_oauth, response))
+
+    def _first_failed(self, failure: Failure, account: Account, url: bytes, headers: Headers,
+                      attempt: int) -> None:
+        self.pending = None
+        error = failure.value
+        if isinstance(error, Exception) and self._send_failed(error, account, attempt):
+            self._send_first(account, url, headers, attempt + 1)
+        elif not isinstance(error, Exception):
+            failure.raiseException()
+
+    async def _attempt(self, account: Account, may_refresh: bool,
+                       arrived: IResponse | None = None) -> Verdict[None, Prefix]:
+        """
+        Send the request as ``account`` (or take the answer ``arrived`` to
+        the request already sent) and answer the client, unless the answer
+        says to refresh the token or to try another account.
+        """
+        response = arrived if arrived is not None else await self._send(account)
         if response is None:
             return GONE
         if response.code == 401 and may_refresh:
@@ -271,9 +336,25 @@ class _ProxiedRequest:
         :return: the response, or None when the exchange ended instead (the
             client left, or an error answer was written).
         """
+        url, headers = self._upstream_request(account)
+        for attempt in (1, 2):
+            d = self._request_upstream(url, headers)
+            try:
+                return await d
+            except Exception as e:
+                if self._send_failed(e, account, attempt):
+                    continue
+                return None
+            finally:
+                self.pending = None
+        raise AssertionError("unreachable")
+
+    def _upstream_request(self, account: Account) -> tuple[bytes, Headers]:
+        """
+        Where the request goes as ``account``, and with which headers.
+        """
         self.account = account
-        proxy = self.proxy
-        provider = proxy.upstreams.provider(account.kind, account.provider)
+        provider = self.proxy.upstreams.provider(account.kind, account.provider)
         url = provider.url(self.path, self.query)
         headers = upstream_request_headers(
             self.request.requestHeaders,
@@ -281,37 +362,40 @@ class _ProxiedRequest:
         )
         if self.tap is not None:
             self.tap.meta(self.request, account, url.partition(b"?")[0])
-        for attempt in (1, 2):
-            d = proxy.agent.request(self.method, url, headers, request_body(self.request))
-            self.pending = d
-            self._arm_timer()
-            try:
-                return await d
-            except Exception as e:
-                if self.gone:
-                    return None
-                if self.timed_out:
-                    self._fail(
-                        504,
-                        "upstream_timeout",
-                        f"the upstream did not answer within {proxy.idle_timeout:g}s "
-                        f"(account {account.id})",
-                    )
-                    return None
-                if attempt == 1 and isinstance(e, StaleConnection):
-                    # a reused pooled connection the upstream had closed, no
-                    # byte answered: the resend rule (upstream/client.py)
-                    continue
-                self._fail(
-                    502,
-                    "upstream_error",
-                    f"the upstream request via account {account.id} failed: "
-                    f"{describe_failure_reason(e)}",
-                )
-                return None
-            finally:
-                self.pending = None
-        raise AssertionError("unreachable")
+        return url, headers
+
+    def _request_upstream(self, url: bytes, headers: Headers) -> Deferred[IResponse]:
+        d = self.proxy.agent.request(self.method, url, headers, request_body(self.request))
+        self.pending = d
+        self._arm_timer()
+        return d
+
+    def _send_failed(self, e: Exception, account: Account, attempt: int) -> bool:
+        """
+        An attempt to send failed: answer the client (unless it left), or
+        return True when the request is to be sent once more.
+        """
+        if self.gone:
+            return False
+        if self.timed_out:
+            self._fail(
+                504,
+                "upstream_timeout",
+                f"the upstream did not answer within {self.proxy.idle_timeout:g}s "
+                f"(account {account.id})",
+            )
+            return False
+        if attempt == 1 and isinstance(e, StaleConnection):
+            # a reused pooled connection the upstream had closed, no byte
+            # answered: the resend rule (upstream/client.py)
+            return True
+        self._fail(
+            502,
+            "upstream_error",
+            f"the upstream request via account {account.id} failed: "
+            f"{describe_failure_reason(e)}",
+        )
+        return False
 
     async def _read_prefix(self, response: IResponse, limit: int) -> Prefix:
         """

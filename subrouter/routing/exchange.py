@@ -175,6 +175,8 @@ class Exchange(Generic[T, H]):
     waits: int = 0
     #: why the last account tried was chosen (None: the conversation's own)
     reason: Reason | None = None
+    #: the account place_now() chose, until run() takes its first verdict
+    _first: Account | None = attrs.field(default=None, init=False)
 
     @property
     def why(self) -> str:
@@ -186,12 +188,44 @@ class Exchange(Generic[T, H]):
             return self.reason.short()
         return STICKY if self.tried else "-"
 
+    def place_now(self) -> Account | None:
+        """
+        The first account, when it can be chosen at once: no placement shared
+        with other instances, usage scores fresh enough for this
+        conversation, and the account's token fresh. The transport may then
+        send the first attempt itself, without waiting on anything, and hand
+        its verdict to :meth:`run` as ``first``. None when :meth:`run` must
+        place the request from the start.
+        """
+        if self.shared is not None or self.tried:
+            return None
+        poller = self.poller
+        if not (
+            poller is None
+            or self.identity.forced is not None
+            or self.placement.knows(self.identity)
+            or poller.fresh()
+        ):
+            return None
+        try:
+            account, reason = self.placement.decide(self.identity, oauth_only=self.oauth_only)
+        except NoAccount:
+            return None  # run() says so
+        if self.refresher.needs_refresh(account):
+            return None
+        self.tried.append(account.id)
+        self.reason = reason
+        self._first = account
+        return account
+
     async def run(
-        self, attempt: Attempt[T, H]
+        self, attempt: Attempt[T, H], first: Awaitable[Verdict[T, H]] | None = None
     ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | NoAccount | Gone:
         """
         Try accounts until one answers, the client leaves or none is left.
 
+        :param first: the verdict of a first attempt already sent on the
+            account :meth:`place_now` chose; the exchange goes on from it.
         :return: the answer (``Sent``); the last account's ``OutOfQuota`` when
             no other account could take the request; ``Overloaded`` when the
             upstream stayed overloaded for the whole budget; ``NoAccount``
@@ -199,30 +233,40 @@ class Exchange(Generic[T, H]):
             or the transport already answered.
         """
         shared = self.shared
-        view = await shared.look_up(self.identity) if shared is not None else None
-        if not await self._usage_fresh_enough():
-            return GONE
+        view = None
+        if first is None:
+            view = await shared.look_up(self.identity) if shared is not None else None
+            if not await self._usage_fresh_enough():
+                return GONE
         last: OutOfQuota[H] | None = None
         while True:
-            try:
-                if shared is None:
-                    account, reason = self.placement.decide(
-                        self.identity, oauth_only=self.oauth_only, exclude=self.tried
-                    )
-                else:
-                    account, reason = shared.decide(
-                        self.identity, view, oauth_only=self.oauth_only, exclude=self.tried
-                    )
-                    placed = await shared.placed(self.identity, view, account,
-                                                 oauth_only=self.oauth_only, exclude=self.tried)
-                    if placed.id != account.id:
-                        reason = None  # another instance placed it first: followed
-                    account = placed
-            except NoAccount as e:
-                return last if last is not None else e
-            self.tried.append(account.id)
-            self.reason = reason
-            verdict = await self._on(account, attempt)
+            if first is not None:
+                if self._first is None:
+                    raise AssertionError("a first verdict without place_now()")
+                account, self._first = self._first, None
+                verdict = await self._on(account, attempt, first)
+                first = None
+            else:
+                try:
+                    if shared is None:
+                        account, reason = self.placement.decide(
+                            self.identity, oauth_only=self.oauth_only, exclude=self.tried
+                        )
+                    else:
+                        account, reason = shared.decide(
+                            self.identity, view, oauth_only=self.oauth_only, exclude=self.tried
+                        )
+                        placed = await shared.placed(self.identity, view, account,
+                                                     oauth_only=self.oauth_only,
+                                                     exclude=self.tried)
+                        if placed.id != account.id:
+                            reason = None  # another instance placed it first: followed
+                        account = placed
+                except NoAccount as e:
+                    return last if last is not None else e
+                self.tried.append(account.id)
+                self.reason = reason
+                verdict = await self._on(account, attempt)
             if isinstance(verdict, OutOfQuota):
                 self.placement.mark_exhausted(account.id, verdict.retry_after, verdict.why)
                 last = verdict
@@ -234,14 +278,18 @@ class Exchange(Generic[T, H]):
             return verdict
 
     async def _on(
-        self, account: Account, attempt: Attempt[T, H]
+        self, account: Account, attempt: Attempt[T, H],
+        first: Awaitable[Verdict[T, H]] | None = None,
     ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | Gone | None:
         """
         One account: send (waiting out overloads), and on a 401 refresh once
         and resend. None when the account's token cannot be refreshed.
+
+        :param first: the verdict of an attempt already sent on it.
         """
         while True:
-            verdict = await self._once(account, attempt)
+            verdict = await self._once(account, attempt, first)
+            first = None
             if not isinstance(verdict, Overloaded):
                 return verdict
             pause = overload_pause(
@@ -272,15 +320,19 @@ class Exchange(Generic[T, H]):
             account = current if current is not None else account
 
     async def _once(
-        self, account: Account, attempt: Attempt[T, H]
+        self, account: Account, attempt: Attempt[T, H],
+        first: Awaitable[Verdict[T, H]] | None = None,
     ) -> Sent[T] | OutOfQuota[H] | Overloaded[H] | Gone | None:
-        try:
-            account = await self.refresher.ensure_fresh(account)
-        except RefreshFailed:
-            return None
-        if self.gone():
-            return GONE
-        verdict = await attempt(account, account.is_oauth)
+        if first is not None:
+            verdict = await first
+        else:
+            try:
+                account = await self.refresher.ensure_fresh(account)
+            except RefreshFailed:
+                return None
+            if self.gone():
+                return GONE
+            verdict = await attempt(account, account.is_oauth)
         if isinstance(verdict, AuthRejected):
             try:
                 account = await self.refresher.refresh_rejected(account)

@@ -90,6 +90,13 @@ class UsagePoller:
             return True
         return self._clock.seconds() - self._last_poll >= self.score_ttl
 
+    def fresh(self) -> bool:
+        """
+        Whether a new conversation may be placed on the scores as they are:
+        no poll is running and none is due.
+        """
+        return self._running is None and not self.stale()
+
     def refresh_if_stale(self) -> Deferred[None] | None:
         """
         Start a poll when the scores are older than the TTL; the Deferred
