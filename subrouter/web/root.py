@@ -193,7 +193,7 @@ class ProxyRequest(Request):
         set without their name lookups, and the path's segments unquoted
         only when one is quoted.
         """
-        self.site = site = self.channel.site
+        self.site = site = self.channel.site  # type: ignore[attr-defined]
         raw = self.responseHeaders._rawHeaders
         raw[b"Server"] = [version]
         raw[b"Date"] = [http_date()]
@@ -207,7 +207,7 @@ class ProxyRequest(Request):
         self.prepath = []
         self.postpath = segments
         try:
-            self.sitepath = []
+            self.sitepath: list[bytes] = []
             self.render(getChildForRequest(site.resource, self))
         except BaseException:
             self.processingFailed(failure.Failure())
