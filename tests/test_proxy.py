@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import pytest
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -22,7 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from subrouter.accounts.pool import AccountPool
 from subrouter.accounts.store import Account, AccountKind, AccountStore
-from subrouter.proxy.resource import ProxyResource
+from subrouter.proxy.resource import ProxyResource, _ProxiedRequest
 from subrouter.sessions.placement import Placement
 from subrouter.sessions.scheduler import Window
 from subrouter.sessions.table import SessionTable
@@ -237,3 +238,23 @@ def test_the_log_names_a_conversation_by_its_keys_sha256_and_remembers_only_so_m
     assert len(resource._SHORT) <= resource._SHORT_MAX
     assert resource._short_hash("caf\udce9") == hashlib.sha256(
         "caf\udce9".encode("utf-8", "replace")).hexdigest()[:8]
+
+
+@pytest.mark.logged_failures_expected
+def test_a_fault_relaying_a_first_answer_is_a_500_and_logged(
+    monkeypatch: pytest.MonkeyPatch, observe_errors: list[dict[str, Any]]
+) -> None:
+    """
+    The first attempt's plain success is relayed outside the exchange's
+    coroutine; a bug there still ends in one 500 and a logged failure,
+    never a request left hanging.
+    """
+    def broken(self: Any, response: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_ProxiedRequest, "_answer_streaming", broken)
+    r = rig()
+    status, body = r.send()
+    assert status == 500 and json.loads(body)["error"]["type"] == "internal_error"
+    assert [str(e["log_failure"].value) for e in observe_errors] == ["boom"]
+
