@@ -326,24 +326,32 @@ class Exchange(Generic[T, H]):
         if first is not None:
             verdict = await first
         else:
-            try:
-                account = await self.refresher.ensure_fresh(account)
-            except RefreshFailed:
-                return None
-            if self.gone():
-                return GONE
+            fresh = await self._refreshed(self.refresher.ensure_fresh, account)
+            if not isinstance(fresh, Account):
+                return fresh
+            account = fresh
             verdict = await attempt(account, account.is_oauth)
         if isinstance(verdict, AuthRejected):
-            try:
-                account = await self.refresher.refresh_rejected(account)
-            except RefreshFailed:
-                return None
-            if self.gone():
-                return GONE
-            verdict = await attempt(account, False)
+            fresh = await self._refreshed(self.refresher.refresh_rejected, account)
+            if not isinstance(fresh, Account):
+                return fresh
+            verdict = await attempt(fresh, False)
             if isinstance(verdict, AuthRejected):
                 raise AssertionError("an attempt without may_refresh answered AuthRejected")
         return verdict
+
+    async def _refreshed(
+        self, refresh: Callable[[Account], Awaitable[Account]], account: Account
+    ) -> Account | Gone | None:
+        """
+        The account as ``refresh`` gives it back; None when the refresh
+        failed, ``GONE`` when the client left meanwhile.
+        """
+        try:
+            account = await refresh(account)
+        except RefreshFailed:
+            return None
+        return GONE if self.gone() else account
 
     async def _usage_fresh_enough(self) -> bool:
         """
