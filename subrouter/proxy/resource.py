@@ -201,8 +201,9 @@ class _ProxiedRequest:
             if account is None:
                 self._go_on(None)
                 return
-            url, headers = self._upstream_request(account)
-            self._send_first(account, url, headers, 1)
+            sent = self._sent(account)
+            sent.addCallback(self._first_answer, account)
+            sent.addErrback(self._crashed)
         except Exception:
             self._crashed(Failure())
 
@@ -262,37 +263,20 @@ class _ProxiedRequest:
                     f"account {self.account.id} has reached its usage limit",
                 )
 
-    def _send_first(self, account: Account, url: bytes, headers: Headers, attempt: int) -> None:
+    def _first_answer(self, response: IResponse | None, account: Account) -> None:
         """
-        The exchange's first attempt, sent without its coroutine: a plain
-        success is relayed from here, anything else goes on in the exchange
-        (:meth:`_first_answer`).
+        The answer to the first attempt, sent without the exchange's
+        coroutine: a plain success is relayed from here; anything else (a
+        refresh, another account, a wait, an error answer) goes on in the
+        exchange, from this answer.
         """
-        d = self._request_upstream(url, headers)
-        d.addCallbacks(
-            self._first_answer, self._first_failed,
-            callbackArgs=(account,), errbackArgs=(account, url, headers, attempt),
-        )
-        d.addErrback(self._crashed)
-
-    def _first_answer(self, response: IResponse, account: Account) -> None:
-        self.pending = None
+        if response is None:
+            return  # the client left, or an error answer was written
         if response.code < 400 and not self.proxy.placement.at_risk(account):
             self._observe_headers(account, response)
             self._answer_streaming(response)
             return
-        # a refresh, another account, a wait or an error answer: the
-        # exchange's way, from this answer
         self._go_on(self._attempt(account, account.is_oauth, response))
-
-    def _first_failed(self, failure: Failure, account: Account, url: bytes, headers: Headers,
-                      attempt: int) -> None:
-        self.pending = None
-        error = failure.value
-        if isinstance(error, Exception) and self._send_failed(error, account, attempt):
-            self._send_first(account, url, headers, attempt + 1)
-        elif not isinstance(error, Exception):
-            failure.raiseException()
 
     async def _attempt(self, account: Account, may_refresh: bool,
                        arrived: IResponse | None = None) -> Verdict[None, Prefix]:
@@ -301,7 +285,7 @@ class _ProxiedRequest:
         the request already sent) and answer the client, unless the answer
         says to refresh the token or to try another account.
         """
-        response = arrived if arrived is not None else await self._send(account)
+        response = arrived if arrived is not None else await self._sent(account)
         if response is None:
             return GONE
         if response.code == 401 and may_refresh:
@@ -338,25 +322,40 @@ class _ProxiedRequest:
         self._answer_streaming(response)
         return Sent(None)
 
-    async def _send(self, account: Account) -> IResponse | None:
+    def _sent(self, account: Account) -> Deferred[IResponse | None]:
         """
-        Send the request upstream as ``account``.
-
-        :return: the response, or None when the exchange ended instead (the
-            client left, or an error answer was written).
+        Send the request upstream as ``account``; fires with the response,
+        or None when the exchange ended instead (the client left, or an
+        error answer was written). Callbacks alone, no coroutine: the first
+        attempt of nearly every request goes this way.
         """
         url, headers = self._upstream_request(account)
-        for attempt in (1, 2):
-            d = self._request_upstream(url, headers)
-            try:
-                return await d
-            except Exception as e:
-                if self._send_failed(e, account, attempt):
-                    continue
-                return None
-            finally:
-                self.pending = None
-        raise AssertionError("unreachable")
+        result: Deferred[IResponse | None] = Deferred()
+        self._send_attempt(result, account, url, headers, 1)
+        return result
+
+    def _send_attempt(self, result: Deferred[IResponse | None], account: Account, url: bytes,
+                      headers: Headers, attempt: int) -> None:
+        d = self._request_upstream(url, headers)
+        d.addCallbacks(
+            self._send_answered, self._send_attempt_failed,
+            callbackArgs=(result,), errbackArgs=(result, account, url, headers, attempt),
+        )
+        d.addErrback(result.errback)
+
+    def _send_answered(self, response: IResponse, result: Deferred[IResponse | None]) -> None:
+        self.pending = None
+        result.callback(response)
+
+    def _send_attempt_failed(self, failure: Failure, result: Deferred[IResponse | None],
+                             account: Account, url: bytes, headers: Headers,
+                             attempt: int) -> None:
+        self.pending = None
+        failure.trap(Exception)
+        if self._send_failed(cast(Exception, failure.value), account, attempt):
+            self._send_attempt(result, account, url, headers, attempt + 1)
+        else:
+            result.callback(None)
 
     def _upstream_request(self, account: Account) -> tuple[bytes, Headers]:
         """
