@@ -19,17 +19,17 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from time import time
 from typing import IO, Any, Protocol
 
 from twisted.logger import (
-    FilteringLogObserver,
     ILogObserver,
     LogLevel,
-    LogLevelFilterPredicate,
     formatEvent,
     formatTime,
     textFileLogObserver,
 )
+from twisted.logger import Logger as _TwistedLogger
 from zope.interface import implementer
 
 from subrouter.redact import scrub_text
@@ -60,9 +60,58 @@ class ScrubbingStream:
         self._stream.flush()
 
 
+#: every log level there is
+_LEVELS = frozenset(LogLevel.iterconstants())
+
+
+class Logger(_TwistedLogger):
+    """
+    Twisted's ``Logger``, whose ``emit`` checks the level with one set lookup.
+    Twisted's sorts ``LogLevel``'s constants on every event to check it; the
+    proxy emits one line per request. Events are the same, to the key.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if level not in _LEVELS:
+            # an invalid level: Twisted reports it as such
+            super().emit(level, format, **kwargs)
+            return
+        kwargs.update(
+            log_logger=self,
+            log_level=level,
+            log_namespace=self.namespace,
+            log_source=self.source,
+            log_format=format,
+            log_time=time(),
+        )
+        if "log_trace" in kwargs:
+            kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
+        self.observer(kwargs)
+
+
+@implementer(ILogObserver)
+class _AtLeast:
+    """
+    Passes on the events of ``level`` and above; drops the rest, and events
+    without a level. What Twisted's ``FilteringLogObserver`` with a
+    ``LogLevelFilterPredicate`` does when no namespace has a level of its
+    own (Subrouter sets none), with one set lookup per event instead of a
+    walk up the event's namespace.
+    """
+
+    def __init__(self, observer: ILogObserver, level: LogLevel) -> None:
+        self._observer = observer
+        self._levels = frozenset(known for known in _LEVELS if known >= level)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_level") in self._levels:
+            if "log_trace" in event:
+                event["log_trace"].append((self, self._observer))
+            self._observer(event)
+
+
 def _filtered(observer: ILogObserver, level: LogLevel) -> ILogObserver:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return FilteringLogObserver(observer, [predicate])
+    return _AtLeast(observer, level)
 
 
 @implementer(ILogObserver)

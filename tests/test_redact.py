@@ -110,3 +110,57 @@ def test_the_quick_look_for_secret_words_agrees_with_the_case_insensitive_patter
     from subrouter import redact
 
     assert redact._maybe_secret(text) == (redact._MAYBE_SECRET.search(text) is not None)
+
+
+@given(level=st.sampled_from(["debug", "info", "warn", "error", "critical"]),
+       threshold=st.sampled_from(["debug", "info", "warn", "error", "critical"]))
+def test_the_observers_keep_the_levels_twisteds_level_filter_keeps(
+    level: str, threshold: str
+) -> None:
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+
+    event = {"log_format": "x {n}", "n": 1, "log_time": 1.0,
+             "log_level": LogLevel.levelWithName(level), "log_namespace": "subrouter.proxy"}
+    for make in (text_observer, json_observer):
+        ours: list[str] = []
+        theirs: list[dict[str, object]] = []
+        ours_out = io.StringIO()
+        make(ours_out, LogLevel.levelWithName(threshold))(dict(event))
+        ours.extend(ours_out.getvalue().splitlines())
+        predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(threshold))
+        FilteringLogObserver(theirs.append, [predicate])(dict(event))
+        assert len(ours) == len(theirs)
+
+
+def test_events_without_a_level_are_dropped_as_twisted_drops_them() -> None:
+    out = io.StringIO()
+    text_observer(out)({"log_format": "no level", "log_time": 1.0})
+    assert out.getvalue() == ""
+
+
+def test_subrouters_logger_emits_the_events_twisteds_emits() -> None:
+    from twisted.logger import LogLevel
+
+    from subrouter.logs import Logger as FastLogger
+
+    events: dict[str, list[dict[str, object]]] = {"ours": [], "theirs": []}
+    for name, cls in (("ours", FastLogger), ("theirs", Logger)):
+        log = cls(namespace="subrouter.proxy.resource", observer=events[name].append)
+        log.info("{request_line}", request_line="POST /v1 200", status=200)
+        log.warn("w {n}", n=2)
+        log.emit(LogLevel.error, "e")
+    for ours, theirs in zip(events["ours"], events["theirs"], strict=True):
+        assert isinstance(ours["log_logger"], FastLogger)
+        assert {k: v for k, v in ours.items() if k not in ("log_time", "log_logger")} == {
+            k: v for k, v in theirs.items() if k not in ("log_time", "log_logger")
+        }
+        assert abs(float(ours["log_time"]) - float(theirs["log_time"])) < 5  # type: ignore[arg-type]
+
+
+def test_subrouters_logger_reports_an_invalid_level_as_twisted_does() -> None:
+    from subrouter.logs import Logger as FastLogger
+
+    events: list[dict[str, object]] = []
+    FastLogger(observer=events.append).emit("loud", "x")  # type: ignore[arg-type]
+    assert len(events) == 1
+    assert "invalid log level" in str(events[0]["log_format"])

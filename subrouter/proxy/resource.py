@@ -33,7 +33,6 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -47,6 +46,7 @@ from subrouter.accounting.ledger import BodyTap, Ledger
 from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import Account
 from subrouter.errors import describe_failure_reason, error_body, write_error
+from subrouter.logs import Logger
 from subrouter.proxy.bodies import Bounded, Discard, Prefix, content_length, request_body
 from subrouter.proxy.tap import Tap
 from subrouter.routing.exchange import (
