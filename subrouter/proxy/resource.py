@@ -26,7 +26,7 @@ client connection, so the client never mistakes a cut stream for a whole one.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from typing import Any, cast
 
@@ -201,9 +201,7 @@ class _ProxiedRequest:
             if account is None:
                 self._go_on(None)
                 return
-            sent = self._sent(account)
-            sent.addCallback(self._first_answer, account)
-            sent.addErrback(self._crashed)
+            self._send(account, self._first_answer, self._crashed)
         except Exception:
             self._crashed(Failure())
 
@@ -263,14 +261,15 @@ class _ProxiedRequest:
                     f"account {self.account.id} has reached its usage limit",
                 )
 
-    def _first_answer(self, response: IResponse | None, account: Account) -> None:
+    def _first_answer(self, response: IResponse | None) -> None:
         """
         The answer to the first attempt, sent without the exchange's
         coroutine: a plain success is relayed from here; anything else (a
         refresh, another account, a wait, an error answer) goes on in the
         exchange, from this answer.
         """
-        if response is None:
+        account = self.account
+        if response is None or account is None:
             return  # the client left, or an error answer was written
         if response.code < 400 and not self.proxy.placement.at_risk(account):
             self._observe_headers(account, response)
@@ -324,38 +323,53 @@ class _ProxiedRequest:
 
     def _sent(self, account: Account) -> Deferred[IResponse | None]:
         """
-        Send the request upstream as ``account``; fires with the response,
-        or None when the exchange ended instead (the client left, or an
-        error answer was written). Callbacks alone, no coroutine: the first
-        attempt of nearly every request goes this way.
+        Send the request upstream as ``account`` (:meth:`_send`), for the
+        exchange's coroutine: fires with the response, or None when the
+        exchange ended instead.
         """
-        url, headers = self._upstream_request(account)
         result: Deferred[IResponse | None] = Deferred()
-        self._send_attempt(result, account, url, headers, 1)
+        self._send(account, result.callback, result.errback)
         return result
 
-    def _send_attempt(self, result: Deferred[IResponse | None], account: Account, url: bytes,
-                      headers: Headers, attempt: int) -> None:
+    def _send(self, account: Account, answered: Callable[[IResponse | None], object],
+              crashed: Callable[[Failure], object]) -> None:
+        """
+        Send the request upstream as ``account``, then call ``answered``
+        with the response, or with None when the exchange ended instead (the
+        client left, or an error answer was written); ``crashed`` with a
+        fault in either. Callbacks alone, no Deferred of its own: the first
+        attempt of nearly every request goes this way. A stale pooled
+        connection is resent once (the resend rule, upstream/client.py).
+        """
+        url, headers = self._upstream_request(account)
+        self._send_attempt(account, url, headers, 1, answered, crashed)
+
+    def _send_attempt(self, account: Account, url: bytes, headers: Headers, attempt: int,
+                      answered: Callable[[IResponse | None], object],
+                      crashed: Callable[[Failure], object]) -> None:
         d = self._request_upstream(url, headers)
         d.addCallbacks(
             self._send_answered, self._send_attempt_failed,
-            callbackArgs=(result,), errbackArgs=(result, account, url, headers, attempt),
+            callbackArgs=(answered,),
+            errbackArgs=(account, url, headers, attempt, answered, crashed),
         )
-        d.addErrback(result.errback)
+        d.addErrback(crashed)
 
-    def _send_answered(self, response: IResponse, result: Deferred[IResponse | None]) -> None:
+    def _send_answered(self, response: IResponse,
+                       answered: Callable[[IResponse | None], object]) -> None:
         self.pending = None
-        result.callback(response)
+        answered(response)
 
-    def _send_attempt_failed(self, failure: Failure, result: Deferred[IResponse | None],
-                             account: Account, url: bytes, headers: Headers,
-                             attempt: int) -> None:
+    def _send_attempt_failed(self, failure: Failure, account: Account, url: bytes,
+                             headers: Headers, attempt: int,
+                             answered: Callable[[IResponse | None], object],
+                             crashed: Callable[[Failure], object]) -> None:
         self.pending = None
         failure.trap(Exception)
         if self._send_failed(cast(Exception, failure.value), account, attempt):
-            self._send_attempt(result, account, url, headers, attempt + 1)
+            self._send_attempt(account, url, headers, attempt + 1, answered, crashed)
         else:
-            result.callback(None)
+            answered(None)
 
     def _upstream_request(self, account: Account) -> tuple[bytes, Headers]:
         """
