@@ -619,3 +619,60 @@ def test_date_is_made_once_a_second() -> None:
     assert http_date(784111777.2) == b"Sun, 06 Nov 1994 08:49:37 GMT"
     assert http_date(784111777.9) is http_date(784111777.2)
     assert http_date(784111778.0) == b"Sun, 06 Nov 1994 08:49:38 GMT"
+
+
+class _Held(Resource):
+    """
+    Keeps each request open and records what ``when_over`` reports.
+    """
+
+    isLeaf = True
+
+    def __init__(self, seen: list[Any], broken: bool = False) -> None:
+        super().__init__()
+        self.seen = seen
+        self.broken = broken
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> object:
+        from twisted.web.server import NOT_DONE_YET
+
+        if self.broken:
+            request.when_over(lambda result: 1 / 0)
+        request.when_over(self.seen.append)
+        request.notifyFinish().addBoth(lambda result: self.seen.append(("deferred", result)))
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+def test_when_over_is_called_once_when_the_answer_is_finished() -> None:
+    seen: list[Any] = []
+    held = _Held(seen)
+    site = QuietSite(held, reactor=Clock())
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_head(b"/a"))
+    assert seen == []
+    held.requests[0].finish()
+    assert seen == [("deferred", None), None]
+    channel.connectionLost(Failure(ConnectionError("later")))
+    assert seen == [("deferred", None), None]
+
+
+@pytest.mark.logged_failures_expected
+def test_when_over_is_called_with_the_reason_when_the_connection_is_lost(
+    observe_errors: list[dict[str, Any]],
+) -> None:
+    seen: list[Any] = []
+    held = _Held(seen, broken=True)
+    site = QuietSite(held, reactor=Clock())
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_head(b"/a"))
+    channel.connectionLost(Failure(ConnectionError("gone")))
+    # the Deferred's errback, then the calls: a fault in one is logged, the next still called
+    assert [type(x) for x in seen] == [tuple, Failure]
+    assert seen[1].check(ConnectionError)
+    assert [e["log_failure"].type for e in observe_errors] == [ZeroDivisionError]
+    held.requests[0].connectionLost(Failure(ConnectionError("again")))
+    assert len(seen) == 2

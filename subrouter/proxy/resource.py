@@ -184,7 +184,11 @@ class _ProxiedRequest:
         self.headers_sent = False
         # a streamed answer's first chunk is looked at for a usage-limit error
         self.watch_first = False
-        request.notifyFinish().addBoth(self._request_finished)
+        over = getattr(request, "when_over", None)  # the Site's requests: no Deferred
+        if over is not None:
+            over(self._request_finished)
+        else:
+            request.notifyFinish().addBoth(self._request_finished)
 
     def start(self) -> None:
         """

@@ -13,9 +13,11 @@ with a 503.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.logger import Logger
 from twisted.python import failure
 from twisted.web import http
 from twisted.web.resource import Resource, getChildForRequest
@@ -27,6 +29,7 @@ from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
 from subrouter.web.guard import Guard, Refusal
 
 _ADMIN = b"_subrouter"
+_log = Logger()
 
 
 class RootResource(Resource):
@@ -92,7 +95,11 @@ class _HTTPInFlight:
 def _count(inflight: InFlight, request: Request) -> None:
     handle = _HTTPInFlight(request)
     inflight.http_started(handle)
-    request.notifyFinish().addBoth(lambda _: inflight.http_finished(handle))
+    over = getattr(request, "when_over", None)
+    if over is not None:
+        over(lambda _: inflight.http_finished(handle))
+    else:
+        request.notifyFinish().addBoth(lambda _: inflight.http_finished(handle))
 
 
 class _Draining(Resource):
@@ -179,11 +186,42 @@ class ProxyRequest(Request):
     ``email`` package) costs more than routing.
     """
 
+    #: what :meth:`when_over` was given, until the request is over
+    _over: list[Callable[[failure.Failure | None], object]] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Twisted sets this per request from the Site's constructor argument,
         # so a class attribute alone is overwritten
         self._parsePOSTFormSubmission = False
+
+    def when_over(self, call: Callable[[failure.Failure | None], object]) -> None:
+        """
+        Have ``call(None)`` called when the answer is finished, or
+        ``call(reason)`` when the connection is lost first: what
+        ``notifyFinish().addBoth(call)`` does, without a Deferred made and
+        fired for each (every proxied request has two such calls). A fault
+        in ``call`` is logged.
+        """
+        if self._over is None:
+            self._over = []
+        self._over.append(call)
+
+    def _cleanup(self) -> None:
+        super()._cleanup()
+        self._call_over(None)
+
+    def connectionLost(self, reason: failure.Failure) -> None:
+        super().connectionLost(reason)
+        self._call_over(reason)
+
+    def _call_over(self, result: failure.Failure | None) -> None:
+        calls, self._over = self._over, None
+        for call in calls or ():
+            try:
+                call(result)
+            except Exception:
+                _log.failure("a request's end could not be handled")
 
     def process(self) -> None:
         """
