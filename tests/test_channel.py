@@ -676,3 +676,55 @@ def test_when_over_is_called_with_the_reason_when_the_connection_is_lost(
     assert [e["log_failure"].type for e in observe_errors] == [ZeroDivisionError]
     held.requests[0].connectionLost(Failure(ConnectionError("again")))
     assert len(seen) == 2
+
+
+def test_the_idle_timeout_counts_from_the_end_of_the_last_answer_with_one_timer() -> None:
+    """
+    While a request is handled the connection is not idle, however long the
+    answer takes; once it is done, the idle timeout runs again. One timer
+    does it all: none is made and cancelled per request.
+    """
+    clock = Clock()
+    seen: list[Any] = []
+    held = _Held(seen)
+    site = QuietSite(held, reactor=clock, timeout=10)
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    [timer] = clock.getDelayedCalls()
+    for _ in range(3):
+        channel.dataReceived(_head(b"/a"))
+        clock.advance(5)
+        held.requests[-1].finish()
+        assert clock.getDelayedCalls() == [timer]  # moved on, not remade
+        clock.advance(9)
+        assert not transport.disconnecting
+    channel.dataReceived(_head(b"/a"))
+    clock.advance(25)  # an answer longer than the idle timeout: not idle
+    assert not transport.disconnecting
+    held.requests[-1].finish()
+    clock.advance(9)
+    assert not transport.disconnecting
+    clock.advance(1)  # 10 s after the last answer
+    assert transport.disconnecting
+
+
+def test_a_lost_connection_leaves_no_idle_timer_behind() -> None:
+    clock = Clock()
+    site = QuietSite(_Held([]), reactor=clock, timeout=10)
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_head(b"/a"))  # the timer set aside meanwhile
+    channel.connectionLost(Failure(ConnectionError("gone")))
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_connection_handed_to_a_websocket_leaves_no_idle_timer_behind() -> None:
+    clock = Clock()
+    site = QuietSite(_Held([]), reactor=clock, timeout=10)
+    channel = site.buildProtocol(None)
+    assert isinstance(channel, SubrouterChannel)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_head(b"/a"))
+    channel.cancel_idle_timer()
+    assert clock.getDelayedCalls() == []

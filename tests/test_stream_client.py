@@ -309,6 +309,47 @@ def test_idle_connections_expire_and_an_idle_connection_that_speaks_is_dropped()
     assert clock.getDelayedCalls() == []
 
 
+def test_an_idle_connection_expires_its_idle_timeout_after_its_last_use() -> None:
+    """
+    Reusing a pooled connection makes no new timer; the one timer, firing
+    early, waits out the rest of the connection's idle time.
+    """
+    agent, endpoints, clock = _agent()
+    _, transport, _ = _answered(agent, endpoints, EMPTY_OK)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(60)
+    d = agent.request(b"GET", URL)  # the pooled connection, reused
+    assert len(endpoints.connections) == 1
+    protocol, _ = endpoints.connections[0]
+    protocol.dataReceived(EMPTY_OK)
+    _result(d).deliverBody(_Body())
+    assert len(clock.getDelayedCalls()) == 1  # still the first timer
+    clock.advance(31)  # 91 s: 90 after the first use, 31 after the last
+    assert not transport.disconnecting
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(58)
+    assert not transport.disconnecting
+    clock.advance(1)  # 90 s after the last use
+    assert transport.disconnecting
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_connection_in_use_when_its_idle_timer_fires_is_left_alone() -> None:
+    agent, endpoints, clock = _agent()
+    _, transport, _ = _answered(agent, endpoints, EMPTY_OK)
+    d = agent.request(b"GET", URL)  # taken from the pool, not answered yet
+    clock.advance(200)
+    assert not transport.disconnecting
+    assert clock.getDelayedCalls() == []
+    protocol, _ = endpoints.connections[0]
+    protocol.dataReceived(EMPTY_OK)
+    _result(d).deliverBody(_Body())
+    clock.advance(89)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+
+
 def test_connection_close_is_respected() -> None:
     agent, endpoints, _ = _agent()
     _, transport, got = _answered(

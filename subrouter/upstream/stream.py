@@ -87,6 +87,9 @@ _EARLY_BODY_LIMIT = 64 * 1024
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+#: the reason every whole body ends with, made once: a Failure looks up its
+#: exception's classes by name when it is made, tens of µs in a busy daemon
+_BODY_DONE = Failure(ResponseDone("Response body fully received"))
 
 # body framings
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -229,13 +232,25 @@ class StreamAgent:
             oldest = idle.pop(0)
             oldest.pooled = False
             oldest.close()
-        connection.idle_timer = self._reactor.callLater(
-            self._idle_timeout, self._expire, connection)
+        # One timer per connection, not one per request: taking the
+        # connection leaves its timer running, and the timer, when it fires,
+        # looks at how long the connection has been idle (_expire).
+        connection.idle_since = self._reactor.seconds()
+        if connection.idle_timer is None:
+            connection.idle_timer = self._reactor.callLater(
+                self._idle_timeout, self._expire, connection)
         connection.pooled = True
         idle.append(connection)
 
     def _expire(self, connection: _Connection) -> None:
         connection.idle_timer = None
+        if not connection.pooled:
+            return  # in use; released again, it gets a timer again
+        idle_for = self._reactor.seconds() - connection.idle_since
+        if idle_for < self._idle_timeout:
+            connection.idle_timer = self._reactor.callLater(
+                self._idle_timeout - idle_for, self._expire, connection)
+            return
         self._forget(connection)
         connection.close()
 
@@ -390,6 +405,8 @@ class _Connection(Protocol):
     on_made: Callable[[_Connection], None] | None = None
     #: waiting in the pool's idle list
     pooled = False
+    #: when it last went back to the pool
+    idle_since = 0.0
 
     def connectionMade(self) -> None:
         made, self.on_made = self.on_made, None
@@ -401,8 +418,9 @@ class _Connection(Protocol):
     def take(self) -> bool:
         """
         Take this idle connection for a request; False when it has gone.
+        Its idle timer keeps running (the pool's ``_expire`` leaves a
+        connection in use alone).
         """
-        self._stop_idle_timer()
         return not self._gone
 
     def _stop_idle_timer(self) -> None:
@@ -706,7 +724,7 @@ class _Connection(Protocol):
 
     def _finish_body(self) -> None:
         self._body_done = True
-        self._end_body(Failure(ResponseDone("Response body fully received")))
+        self._end_body(_BODY_DONE)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.connection = None

@@ -149,6 +149,36 @@ class SubrouterChannel(HTTPChannel):
         head.append(b"\r\n")
         send_now(self.transport, b"".join(head))
 
+    # -- the idle timeout --------------------------------------------------------
+
+    # Twisted's channel cancels its idle timer once a request is in (an
+    # answer may take long) and makes a new one when the answer is done: a
+    # timer made and cancelled for every request. Here the timer is set aside
+    # instead (``timeOut`` is None meanwhile, and a set-aside timer that
+    # fires does nothing), and moved on when the answer is done. A lost
+    # connection still cancels it.
+
+    _lost = False
+
+    def setTimeout(self, period: float | None) -> float | None:
+        if period is None and not self._lost:
+            previous, self.timeOut = self.timeOut, None
+            return previous
+        return super().setTimeout(period)  # type: ignore[no-any-return]
+
+    def timeoutConnection(self) -> None:
+        if self.timeOut is None:
+            return  # set aside while a request was handled: not idle
+        super().timeoutConnection()
+
+    def cancel_idle_timer(self) -> None:
+        """
+        Cancel the idle timer, set aside or not: the connection is being
+        handed to another protocol (a WebSocket), and this channel will not
+        hear of its end.
+        """
+        super().setTimeout(None)
+
     # -- the head deadline -----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -377,6 +407,7 @@ class SubrouterChannel(HTTPChannel):
         super().rawDataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True  # the idle timer is cancelled now, not set aside
         self._cancel_head_deadline()
         linger, self._linger = self._linger, None
         if linger is not None and linger.active():

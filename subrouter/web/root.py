@@ -64,7 +64,11 @@ class RootResource(Resource):
         if inflight is not None and inflight.draining:
             return _DRAINING
         if self._websocket is not None and _is_upgrade(request):
-            # a WebSocket upgrade on any proxied path goes to the relay
+            # a WebSocket upgrade on any proxied path goes to the relay,
+            # which takes the connection away from this channel
+            channel = request.channel
+            if isinstance(channel, SubrouterChannel):
+                channel.cancel_idle_timer()
             return self._websocket  # type: ignore[no-any-return]
         if path == b"" and not request.postpath and request.method == b"HEAD":
             return _PROBE
