@@ -286,7 +286,7 @@ class Processes:
         return process, int(line)
 
     def start_daemon(self, name: str, folder: str, upstream_port: int, log_path: str,
-                     extra: Sequence[str] = ()) -> int:
+                     extra: Sequence[str] = (), source: str | None = None) -> int:
         """
         Start ``twistd -n subrouter`` serving the account in ``folder`` in
         front of the upstream, and wait until it answers its health check.
@@ -296,6 +296,8 @@ class Processes:
             home all live there.
         :param log_path: where its log goes.
         :param extra: more options.
+        :param source: run Subrouter from this source tree (its ``subrouter``
+            package first on ``PYTHONPATH``) instead of the installed one.
         :return: its port.
         """
         port = free_port()
@@ -318,10 +320,13 @@ class Processes:
             "--cx-switch-interval", "0",
             *extra,
         ]
+        env = private_environment(folder)
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [source, *filter(None, [env.get("PYTHONPATH")])])
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-            env=private_environment(folder), start_new_session=True,
-            preexec_fn=die_with_parent,
+            env=env, start_new_session=True, preexec_fn=die_with_parent,
         )
         self.daemons[name] = process
         self._wait_healthy(process, port, log_path)

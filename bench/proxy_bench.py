@@ -49,10 +49,18 @@ From the repository root, in the project's virtualenv::
     python bench/proxy_bench.py --quick          # a smoke run, about 10 s
     python bench/proxy_bench.py --json out.json  # also write the numbers as JSON
     python bench/proxy_bench.py --against floor+loop  # the reference relay instead
+    python bench/proxy_bench.py --baseline ../before  # and a Subrouter from another checkout
 
 ``--against floor`` (or ``floor+loop``) puts ``floor_relay.py`` in Subrouter's
 place: the least a relay on Twisted does, on plain Twisted (or on Subrouter's
 loop and writes), so a run shows what Subrouter's own work adds to it.
+
+``--baseline DIR`` also starts Subrouter from the source tree ``DIR`` (a
+checkout or ``git worktree`` of an earlier commit) and runs its rounds
+interleaved with the other two: a change's before and after measured in one
+run, under the same noise. A separate table gives both added figures side by
+side; run to run, this machine's noise moves them more than most single
+changes do.
 
 It prints a Markdown table on stdout (progress goes to stderr) and exits 0
 unless something crashed: the targets are marked PASS/MISS for information
@@ -91,6 +99,8 @@ from streams import SMALL_LANES, Bench, Plan, Results, Target, streams_label
 DIRECT = "direct"
 PROXIED = "proxied"
 MODES = (DIRECT, PROXIED)
+#: the second Subrouter, from another source tree (--baseline)
+BASELINE = "baseline"
 #: what the proxied path can go through
 SUBROUTER = "subrouter"
 FLOOR = "floor"
@@ -165,18 +175,48 @@ def build_report(results: Results) -> dict[str, Any]:
         for n, samples in sorted(results.streams.items())
         if all(samples[mode].last_events for mode in MODES)
     ]
-    return {
+    report = {
         "rows": rows,
         "ttfb_legs_p50": legs,
         "event_p99_by_place": places,
         "small_requests_per_second": streams.requests_per_second(results),
         "requests": {streams_label(n): {m: s.requests for m, s in v.items()}
                      for n, v in sorted(results.streams.items())},
-        "problems": streams.problems_by_place(results, {m: m for m in MODES}),
+        "problems": streams.problems_by_place(results, {m: m for m in (*MODES, BASELINE)}),
         "proxy_cpu_ms_per_request": {k: v * 1000
                                      for k, v in results.cpu.get(PROXIED, {}).items()},
         "connections_opened": results.connects,
         "cut_short": results.cut_short,
+    }
+    if results.small.get(BASELINE) is not None or any(
+        BASELINE in samples for samples in results.streams.values()
+    ):
+        report["baseline"] = _against_baseline(results)
+    return report
+
+
+def _against_baseline(results: Results) -> dict[str, Any]:
+    """
+    This tree's added figures and the baseline tree's, from the same run.
+    """
+    rows = []
+
+    def add(name: str, pick: Any) -> None:
+        now = comparison_row(name, MODES, pick(DIRECT), pick(PROXIED))["added"]
+        before = comparison_row(name, MODES, pick(DIRECT), pick(BASELINE))["added"]
+        rows.append({"scenario": name, "added": now, "baseline_added": before})
+
+    for n, samples in sorted(results.streams.items()):
+        add(f"TTFB, {streams_label(n)}", lambda mode, s=samples: s[mode].ttfb)
+    for n, samples in sorted(results.streams.items()):
+        add(f"per-event latency, {streams_label(n)}", lambda mode, s=samples: s[mode].events)
+    if results.small:
+        add(f"small request latency, {SMALL_LANES} lanes",
+            lambda mode: results.small[mode].latencies)
+    return {
+        "rows": rows,
+        "cpu_ms_per_request": {k: v * 1000 for k, v in results.cpu.get(BASELINE, {}).items()},
+        "small_requests_per_second": streams.requests_per_second(results).get(BASELINE),
     }
 
 
@@ -223,6 +263,22 @@ def render(report: dict[str, Any], machine: str) -> str:
     if cpu:
         out.append("proxy CPU per proxied request: "
                    + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
+    baseline = report.get("baseline")
+    if baseline:
+        out += ["", f"against the baseline ({report.get('baseline_source', '?')}), in the same "
+                "run, rounds interleaved: added = each Subrouter minus direct (ms)", "",
+                "| scenario | added p50 | baseline added p50 | added p99 "
+                "| baseline added p99 |", "|---|---:|---:|---:|---:|"]
+        for row in baseline["rows"]:
+            now, before = row["added"], row["baseline_added"]
+            out.append(f"| {row['scenario']} | {now['p50']:+.2f} | {before['p50']:+.2f} "
+                       f"| {now['p99']:+.2f} | {before['p99']:+.2f} |")
+        if baseline["cpu_ms_per_request"]:
+            out.append("baseline CPU per proxied request: " + ", ".join(
+                f"{k} {v:.2f} ms" for k, v in baseline["cpu_ms_per_request"].items()))
+        if baseline["small_requests_per_second"]:
+            out.append(f"baseline small requests/s: {baseline['small_requests_per_second']:.0f}")
+        out.append("")
     out.append("client connections opened: "
                + ", ".join(f"{k} {v}" for k, v in report["connections_opened"].items()))
     log = report.get("proxy_log", {})
@@ -265,7 +321,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --against floor or floor+loop: the relay also spends N µs "
                         "of CPU on every request before sending it on, standing in for a "
                         "proxy's own work per request (what budget meets the aims)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run Subrouter from the source tree DIR (a checkout of "
+                        "another commit), its rounds interleaved with the others: before "
+                        "and after a change in one run")
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        if args.against != SUBROUTER:
+            parser.error("--baseline goes with Subrouter, not with --against")
+        if not os.path.isfile(os.path.join(args.baseline, "subrouter", "__init__.py")):
+            parser.error(f"--baseline: no subrouter package in {args.baseline}")
+        args.baseline = os.path.abspath(args.baseline)
     if args.floor_work_us and args.against == SUBROUTER:
         parser.error("--floor-work-us goes with --against floor or floor+loop")
     if args.floor_work_us < 0:
@@ -308,6 +374,18 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
                                 account=CHATGPT_ACCOUNT_ID,
                                 pid=processes.daemons[PROXIED].pid),
             }
+            if args.baseline:
+                before = os.path.join(folder, BASELINE)
+                os.makedirs(before)
+                token = write_account(before)
+                port = processes.start_daemon(BASELINE, before, upstream_port,
+                                              os.path.join(before, "subrouter.log"),
+                                              source=args.baseline)
+                progress.write(f"the baseline ({args.baseline}) on {HOST}:{port}\n")
+                targets[BASELINE] = Target(port, streams.PROXIED_STREAM_PATH,
+                                           streams.PROXIED_SMALL_PATH, token=token,
+                                           account=CHATGPT_ACCOUNT_ID,
+                                           pid=processes.daemons[BASELINE].pid)
             results = asyncio.run(Bench(plan, targets, progress).run())
             proxy_status = processes.exited()[PROXIED]
         except KeyboardInterrupt:
@@ -320,6 +398,8 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] = sys.stdout,
             processes.stop()
         report = build_report(results)
         report["against"] = args.against
+        if args.baseline:
+            report["baseline_source"] = args.baseline
         report["floor_work_us"] = args.floor_work_us
         if args.against == SUBROUTER:
             report["proxy_log"] = streams.summarize_log(log_path)

@@ -741,11 +741,11 @@ class Results:
 
 class Bench:
     """
-    The client side of one run: the same requests to two targets, in
+    The client side of one run: the same requests to each target, in
     interleaved rounds.
 
     :param plan: how much to measure.
-    :param targets: the two targets, by name, in the order of the first round.
+    :param targets: the targets, by name, in the order of the first round.
     :param progress: where progress lines go.
     """
 
