@@ -84,10 +84,14 @@ def stats(values: Sequence[float], scale: float = 1000.0) -> dict[str, float | i
 
 def interleaved(modes: Sequence[str], number: int) -> Sequence[str]:
     """
-    The order in which round ``number`` runs the compared paths: swapped every
-    round, so machine noise falls on both alike.
+    The order in which round ``number`` runs the compared paths: rotated by
+    one every round, so machine noise falls on all alike and each path runs
+    in every place equally often. (For two paths that is swapping them. For
+    three, reversing them every round would run the two outer ones twice in
+    a row, with warm caches, and the middle one never.)
     """
-    return modes if number % 2 == 0 else modes[::-1]
+    shift = number % len(modes) if modes else 0
+    return [*modes[shift:], *modes[:shift]]
 
 
 def process_cpu_seconds(pid: int) -> float | None:
