@@ -224,6 +224,16 @@ def _ms(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
 
 
+def _section(intro: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """
+    A paragraph, then a Markdown table (the first column left-aligned, the
+    rest right-aligned), then a blank line.
+    """
+    return [intro, "", "| " + " | ".join(columns) + " |",
+            "|" + "|".join(["---", *["---:"] * (len(columns) - 1)]) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
 def render(report: dict[str, Any], machine: str) -> str:
     out = [machine, AIM]
     if report.get("against", SUBROUTER) != SUBROUTER:
@@ -241,38 +251,41 @@ def render(report: dict[str, Any], machine: str) -> str:
     out.append("")
     out.append("times in ms; added = proxied minus direct, percentile by percentile")
     if report["ttfb_legs_p50"]:
-        out += ["", "where the TTFB goes (p50, ms): the request leg ends when the upstream has "
-                "the whole request, by its clock; the response leg is the rest", "",
-                "| streams | request leg direct | request leg proxied | response leg direct "
-                "| response leg proxied |", "|---:|---:|---:|---:|---:|"]
-        for leg in report["ttfb_legs_p50"]:
-            req, resp = leg["request_leg"], leg["response_leg"]
-            out.append(f"| {leg['streams']} | {_ms(req[DIRECT])} | {_ms(req[PROXIED])} "
-                       f"| {_ms(resp[DIRECT])} | {_ms(resp[PROXIED])} |")
         out.append("")
+        out += _section(
+            "where the TTFB goes (p50, ms): the request leg ends when the upstream has "
+            "the whole request, by its clock; the response leg is the rest",
+            ["streams", "request leg direct", "request leg proxied", "response leg direct",
+             "response leg proxied"],
+            [[str(leg["streams"]), *(_ms(leg[part][mode])
+                                     for part in ("request_leg", "response_leg")
+                                     for mode in MODES)]
+             for leg in report["ttfb_legs_p50"]],
+        )
     if report.get("event_p99_by_place"):
-        out += ["where the per-event tail is (p99, ms, direct / proxied): an answer's first "
-                "event, its last (which comes with the answer's end), and those between", "",
-                "| streams | first | between | last |", "|---:|---:|---:|---:|"]
-        for place in report["event_p99_by_place"]:
-            cells = " | ".join(f"{_ms(place[k][DIRECT])} / {_ms(place[k][PROXIED])}"
-                               for k in ("first", "middle", "last"))
-            out.append(f"| {place['streams']} | {cells} |")
-        out.append("")
+        out += _section(
+            "where the per-event tail is (p99, ms, direct / proxied): an answer's first "
+            "event, its last (which comes with the answer's end), and those between",
+            ["streams", "first", "between", "last"],
+            [[str(place["streams"]), *(f"{_ms(place[k][DIRECT])} / {_ms(place[k][PROXIED])}"
+                                       for k in ("first", "middle", "last"))]
+             for place in report["event_p99_by_place"]],
+        )
     cpu = report["proxy_cpu_ms_per_request"]
     if cpu:
         out.append("proxy CPU per proxied request: "
                    + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items()))
     baseline = report.get("baseline")
     if baseline:
-        out += ["", f"against the baseline ({report.get('baseline_source', '?')}), in the same "
-                "run, rounds interleaved: added = each Subrouter minus direct (ms)", "",
-                "| scenario | added p50 | baseline added p50 | added p99 "
-                "| baseline added p99 |", "|---|---:|---:|---:|---:|"]
-        for row in baseline["rows"]:
-            now, before = row["added"], row["baseline_added"]
-            out.append(f"| {row['scenario']} | {now['p50']:+.2f} | {before['p50']:+.2f} "
-                       f"| {now['p99']:+.2f} | {before['p99']:+.2f} |")
+        out.append("")
+        out += _section(
+            f"against the baseline ({report.get('baseline_source', '?')}), in the same run, "
+            "rounds interleaved: added = each Subrouter minus direct (ms)",
+            ["scenario", "added p50", "baseline added p50", "added p99", "baseline added p99"],
+            [[row["scenario"], *(f"{row[which][q]:+.2f}" for q in ("p50", "p99")
+                                 for which in ("added", "baseline_added"))]
+             for row in baseline["rows"]],
+        )[:-1]
         if baseline["cpu_ms_per_request"]:
             out.append("baseline CPU per proxied request: " + ", ".join(
                 f"{k} {v:.2f} ms" for k, v in baseline["cpu_ms_per_request"].items()))
