@@ -199,3 +199,27 @@ def test_no_client_credential_or_control_header_ever_goes_upstream(
         assert list(values) == client.getRawHeaders(lower)
     assert out.getRawHeaders(b"authorization") == [b"Bearer access-A"]
     assert out.getRawHeaders(b"chatgpt-account-id") == [b"ws-1"]
+
+
+_TOKEN = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~",
+    min_size=1, max_size=20,
+).map(str.encode)
+
+
+@given(present=st.dictionaries(_TOKEN, st.lists(st.binary(max_size=8), max_size=3), max_size=6),
+       asked=_TOKEN)
+def test_raw_values_and_drop_header_are_twisteds_lookups(
+    present: dict[bytes, list[bytes]], asked: bytes
+) -> None:
+    from subrouter.upstream.headers import drop_header, raw_values
+
+    ours, theirs = Headers(), Headers()
+    for name, values in present.items():
+        ours.setRawHeaders(name, values)
+        theirs.setRawHeaders(name, values)
+    for name in (asked, asked.upper(), asked.lower(), *present):
+        assert raw_values(ours, name) == theirs.getRawHeaders(name)
+    drop_header(ours, asked.upper())
+    theirs.removeHeader(asked)
+    assert list(ours.getAllRawHeaders()) == list(theirs.getAllRawHeaders())

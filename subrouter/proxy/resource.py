@@ -74,7 +74,11 @@ from subrouter.sessions.usage import (
 )
 from subrouter.transcripts.recorder import Conversation, Recorder
 from subrouter.upstream.client import StaleConnection, hold, send_now, set_no_delay
-from subrouter.upstream.headers import client_response_headers, upstream_request_headers
+from subrouter.upstream.headers import (
+    client_response_headers,
+    raw_values,
+    upstream_request_headers,
+)
 from subrouter.upstream.routing import ANTHROPIC, Upstreams, is_backend_path, split_uri
 
 _log = Logger()
@@ -481,7 +485,7 @@ class _ProxiedRequest:
         ):
             # every successful answer is looked at for token usage as it passes
             session = identity.session
-            kind = response.headers.getRawHeaders(b"content-type")
+            kind = raw_values(response.headers, b"content-type")
             self.usage = ledger.body(
                 Origin(session.agent, session.key, identity.email, account.id,
                        account.provider, "http"),

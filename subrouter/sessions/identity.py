@@ -11,6 +11,7 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from subrouter.sessions import keys
+from subrouter.upstream.headers import raw_values
 from subrouter.upstream.routing import ANTHROPIC, OPENAI
 
 
@@ -63,10 +64,10 @@ def identify_headers(
     if found is None:
         found = keys.key_from_headers(headers) or keys.key_from_query(query)
     if found is None and body is not None:
-        ctype = headers.getRawHeaders(b"content-type")
+        ctype = raw_values(headers, b"content-type")
         found = keys.key_from_body(body, ctype[0] if ctype else None)
     if found is None:
-        user_agent = (headers.getRawHeaders(b"user-agent") or [b""])[0]
+        user_agent = (raw_values(headers, b"user-agent") or [b""])[0]
         found = (
             keys.fallback_key(
                 remote,

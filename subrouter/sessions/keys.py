@@ -23,6 +23,8 @@ from urllib.parse import parse_qs
 import attrs
 from twisted.web.http_headers import Headers, _nameEncoder
 
+from subrouter.upstream.headers import raw_values
+
 #: session headers, lower-case, in the order they are trusted
 SESSION_HEADERS: tuple[bytes, ...] = (
     b"x-subrouter-session",
@@ -59,8 +61,6 @@ _CLAUDE_HEADERS = (
     b"anthropic-conversation-id",
 )
 _GEMINI_HEADERS = (b"x-gemini-session-id", b"x-gemini-conversation-id", b"google-conversation-id")
-#: header names as Twisted's Headers keys them (Title-Case), by the name asked
-_CANONICAL: dict[bytes, bytes] = {}
 _AGENT_NAME = re.compile(r"^[a-z0-9._-]{1,64}$")
 _WINDOW_SUFFIX = re.compile(r"^(.+):\d+$")
 _BODY_KEY = re.compile(
@@ -97,10 +97,7 @@ def _values(headers: Headers, name: bytes) -> list[bytes] | None:
     ``headers.getRawHeaders(name)`` without its layers: the identity of every
     request looks up a dozen names, nearly all absent.
     """
-    canonical = _CANONICAL.get(name)
-    if canonical is None:
-        canonical = _CANONICAL[name] = _nameEncoder.encode(name)
-    return headers._rawHeaders.get(canonical)
+    return raw_values(headers, name)
 
 
 def _first(headers: Headers, name: bytes) -> str | None:

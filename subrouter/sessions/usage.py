@@ -29,6 +29,7 @@ from subrouter.sessions.scheduler import (
     Window,
     score_windows,
 )
+from subrouter.upstream.headers import raw_values
 
 #: how long an exhaustion lasts when nothing says when the window resets
 DEFAULT_EXHAUSTED_FOR = 600.0
@@ -128,7 +129,7 @@ def windows_from_headers(headers: Headers, now: float) -> list[Window]:
         prefix = f"x-codex-{name}-".encode()
 
         def value(suffix: bytes, prefix: bytes = prefix) -> float | None:
-            raw = headers.getRawHeaders(prefix + suffix)
+            raw = raw_values(headers, prefix + suffix)
             return _number(raw[0].strip()) if raw else None
 
         used = value(b"used-percent")
@@ -197,7 +198,7 @@ def usage_limit_in_body(body: bytes) -> bool:
 
 
 def retry_after(headers: Headers) -> float | None:
-    raw = headers.getRawHeaders(b"retry-after")
+    raw = raw_values(headers, b"retry-after")
     if not raw:
         return None
     return _number(raw[0].strip())

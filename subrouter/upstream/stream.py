@@ -73,7 +73,7 @@ from subrouter.upstream.client import (
     send_now_two,
     set_no_delay,
 )
-from subrouter.upstream.headers import connection_tokens
+from subrouter.upstream.headers import connection_tokens, raw_values
 
 #: idle connections kept per upstream origin: a burst of parallel turns (many
 #: agents at once) finds warm connections, TLS done, when it comes again
@@ -542,7 +542,7 @@ class _Connection(Protocol):
         if method == b"HEAD" or code in (204, 304):
             self._framing = _NONE
             return 0
-        coding = headers.getRawHeaders(b"transfer-encoding")
+        coding = raw_values(headers, b"transfer-encoding")
         if coding:
             last = coding[-1].rsplit(b",", 1)[-1].strip().lower()
             if last != b"chunked":
@@ -551,11 +551,11 @@ class _Connection(Protocol):
                 return UNKNOWN_LENGTH
             self._framing = _CHUNKED
             self._chunk_state = _SIZE
-            if headers.hasHeader(b"content-length"):
+            if raw_values(headers, b"content-length"):
                 # both framings: chunked wins, and the connection is not trusted again
                 self._reusable = False
             return UNKNOWN_LENGTH
-        lengths = headers.getRawHeaders(b"content-length")
+        lengths = raw_values(headers, b"content-length")
         if lengths:
             values = {v.strip() for value in lengths for v in value.split(b",")}
             if len(values) != 1:

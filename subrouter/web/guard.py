@@ -32,6 +32,7 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from subrouter.accounts.client_tokens import ClientTokenFile
+from subrouter.upstream.headers import drop_header, raw_values
 
 ADMIN = b"_subrouter"
 #: the dashboard's static shell: served to anyone who passes the origin checks
@@ -152,10 +153,10 @@ def presented_token(headers: Headers) -> tuple[str | None, bool]:
     The client token a request carries, and whether it came in
     ``Authorization`` (which then is the client's, not an agent's).
     """
-    values = headers.getRawHeaders(TOKEN_HEADER)
+    values = raw_values(headers, TOKEN_HEADER)
     if values:
         return values[0].decode("latin-1").strip(), False
-    for value in headers.getRawHeaders(b"authorization") or ():
+    for value in raw_values(headers, b"authorization") or ():
         scheme, _, rest = value.decode("latin-1").strip().partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
             return rest.strip(), True
@@ -195,7 +196,7 @@ class Guard:
         :param second_segment: the next one, for the dashboard's shell.
         :param local: the address the connection arrived on.
         """
-        host = headers.getRawHeaders(b"host")
+        host = raw_values(headers, b"host")
         host_header = host[0] if host else None
         seen = (host_header, local)
         try:
@@ -208,20 +209,20 @@ class Guard:
         if refused is not None:
             return refused
         admin = first_segment == ADMIN
-        origin = headers.getRawHeaders(b"origin")
-        site = headers.getRawHeaders(b"sec-fetch-site")
+        origin = raw_values(headers, b"origin")
+        site = raw_values(headers, b"sec-fetch-site")
         refused = origin_refusal(origin[0] if origin else None, site[0] if site else None,
                                  host_header, admin)
         if refused is not None:
             return refused
-        headers.removeHeader(CLIENT_HEADER)  # only the guard names the client
+        drop_header(headers, CLIENT_HEADER)  # only the guard names the client
         if self.tokens is None:
-            headers.removeHeader(TOKEN_HEADER)
+            drop_header(headers, TOKEN_HEADER)
             return None
         token, in_authorization = presented_token(headers)
-        headers.removeHeader(TOKEN_HEADER)
+        drop_header(headers, TOKEN_HEADER)
         if in_authorization:
-            headers.removeHeader(b"authorization")
+            drop_header(headers, b"authorization")
         if admin and second_segment in PUBLIC:
             return None
         name = self.tokens.match(token) if token else None

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site, version
 
 from subrouter.errors import error_body, write_error
 from subrouter.routing.inflight import InFlight
+from subrouter.upstream.headers import raw_values
 from subrouter.web.channel import DEFAULT_HEADER_TIMEOUT, SubrouterChannel
 from subrouter.web.guard import Guard, Refusal
 
@@ -126,7 +127,7 @@ _DRAINING = _Draining()
 
 
 def _is_upgrade(request: Request) -> bool:
-    upgrade = request.requestHeaders.getRawHeaders(b"upgrade")
+    upgrade = raw_values(request.requestHeaders, b"upgrade")
     return bool(upgrade) and any(b"websocket" in v.lower() for v in upgrade or ())
 
 
