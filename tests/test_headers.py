@@ -4,6 +4,7 @@ The header policy: what crosses the proxy in each direction.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
@@ -223,3 +224,22 @@ def test_raw_values_and_drop_header_are_twisteds_lookups(
     drop_header(ours, asked.upper())
     theirs.removeHeader(asked)
     assert list(ours.getAllRawHeaders()) == list(theirs.getAllRawHeaders())
+
+
+def test_canonical_names_are_twisteds_remembered_up_to_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.web.http_headers import InvalidHeaderName, _nameEncoder
+
+    from subrouter.upstream import headers
+
+    monkeypatch.setattr(headers, "CANONICAL_NAMES", {})
+    monkeypatch.setattr(headers, "_NAMES_KEPT", 3)
+    for name in (b"content-type", b"X-CODEX-PRIMARY-USED-PERCENT", b"www-authenticate",
+                 b"te", b"content-md5"):
+        assert headers.canonical_name(name) == _nameEncoder.encode(name)
+        assert headers.canonical_name(name) == _nameEncoder.encode(name)
+    assert len(headers.CANONICAL_NAMES) == 3
+    with pytest.raises(InvalidHeaderName):
+        headers.canonical_name(b"bad name")
+    assert b"bad name" not in headers.CANONICAL_NAMES

@@ -16,17 +16,24 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from twisted.web.http_headers import Headers, _nameEncoder
 
-#: header names as Subrouter's code spells them, and as ``Headers`` keys them
-#: (a fixed few: only names written in the code are looked up this way)
-_CANONICAL: dict[bytes, bytes] = {}
+#: header names as they were written (in the code, or in a request or
+#: answer head), and as ``Headers`` keys them; up to _NAMES_KEPT of them
+#: (the same few come again and again). The hot paths look here first.
+CANONICAL_NAMES: dict[bytes, bytes] = {}
+_NAMES_KEPT = 1024
 
 
-def _canonical(name: bytes) -> bytes:
-    canonical = _CANONICAL.get(name)
+def canonical_name(name: bytes) -> bytes:
+    """
+    ``name`` as ``Headers`` keys it (Twisted's canonical form), remembered.
+
+    :raises InvalidHeaderName: for a name that is not an HTTP token.
+    """
+    canonical = CANONICAL_NAMES.get(name)
     if canonical is None:
         canonical = _nameEncoder.encode(name)
-        if len(_CANONICAL) < 1024:  # never grows without bound, whatever is asked
-            _CANONICAL[name] = canonical
+        if len(CANONICAL_NAMES) < _NAMES_KEPT:
+            CANONICAL_NAMES[name] = canonical
     return canonical
 
 
@@ -36,7 +43,7 @@ def raw_values(headers: Headers, name: bytes) -> list[bytes] | None:
     anew on every call, tens of µs per request in a busy daemon): the
     header's values, or None. ``name`` is one written in the code.
     """
-    return headers._rawHeaders.get(_canonical(name)) or None
+    return headers._rawHeaders.get(canonical_name(name)) or None
 
 
 def drop_header(headers: Headers, name: bytes) -> None:
@@ -44,7 +51,7 @@ def drop_header(headers: Headers, name: bytes) -> None:
     ``headers.removeHeader(name)`` without its layers; ``name`` is one
     written in the code.
     """
-    headers._rawHeaders.pop(_canonical(name), None)
+    headers._rawHeaders.pop(canonical_name(name), None)
 
 
 #: RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones

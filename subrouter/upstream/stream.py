@@ -61,7 +61,7 @@ from twisted.web._newclient import (
 from twisted.web.client import ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
+from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
@@ -73,7 +73,12 @@ from subrouter.upstream.client import (
     send_now_two,
     set_no_delay,
 )
-from subrouter.upstream.headers import connection_tokens, raw_values
+from subrouter.upstream.headers import (
+    CANONICAL_NAMES,
+    canonical_name,
+    connection_tokens,
+    raw_values,
+)
 
 #: idle connections kept per upstream origin: a burst of parallel turns (many
 #: agents at once) finds warm connections, TLS done, when it comes again
@@ -1047,15 +1052,17 @@ def _parse_head(head: bytes) -> tuple[int, bytes, Headers, bool]:
     phrase = status[2] if len(status) > 2 else b""
     headers = Headers()
     raw = headers._rawHeaders
-    encode = _nameEncoder.encode
+    names = CANONICAL_NAMES
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
             raise BadResponse("a malformed header line")
-        try:
-            canonical = encode(name)
-        except InvalidHeaderName:
-            raise BadResponse("a malformed header name") from None
+        canonical = names.get(name)
+        if canonical is None:
+            try:
+                canonical = canonical_name(name)
+            except InvalidHeaderName:
+                raise BadResponse("a malformed header name") from None
         existing = raw.get(canonical)
         if existing is None:
             raw[canonical] = [value.strip()]

@@ -42,11 +42,12 @@ from twisted.web.http import (
     _IdentityTransferDecoder,
     _parseRequestLine,
 )
-from twisted.web.http_headers import Headers, InvalidHeaderName, _nameEncoder
+from twisted.web.http_headers import Headers, InvalidHeaderName
 from twisted.web.iweb import INonQueuedRequestFactory
 
 from subrouter.errors import closing_error
 from subrouter.upstream.client import release, send_now
+from subrouter.upstream.headers import CANONICAL_NAMES, canonical_name
 
 _log = Logger()
 
@@ -62,10 +63,6 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 _FRAMING = (b"Content-Length", b"Transfer-Encoding")
 #: how long a refused connection is kept half-open so the answer is read
 LINGER = 2.0
-#: header names as they come and in their canonical form (for the one-pass
-#: head), up to _NAMES_KEPT of them: clients send the same few again and again
-_NAMES: dict[bytes, bytes] = {}
-_NAMES_KEPT = 1024
 
 _REASONS = {
     400: b"Bad Request",
@@ -234,7 +231,7 @@ class SubrouterChannel(HTTPChannel):
             return False
         headers: list[tuple[bytes, bytes]] = []
         framing = 0
-        names = _NAMES
+        names = CANONICAL_NAMES
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon:
@@ -242,11 +239,9 @@ class SubrouterChannel(HTTPChannel):
             canonical = names.get(name)
             if canonical is None:
                 try:
-                    canonical = _nameEncoder.encode(name)
+                    canonical = canonical_name(name)
                 except InvalidHeaderName:
                     return False
-                if len(names) < _NAMES_KEPT:
-                    names[name] = canonical
             value = value.strip(b" \t")
             if canonical in _FRAMING:
                 framing += 1
