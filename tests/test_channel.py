@@ -728,3 +728,19 @@ def test_a_connection_handed_to_a_websocket_leaves_no_idle_timer_behind() -> Non
     channel.dataReceived(_head(b"/a"))
     channel.cancel_idle_timer()
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("cookie", [None, b"a=1; b=2", b"junk"])
+def test_cookies_are_parsed_as_twisted_parses_them(cookie: bytes | None) -> None:
+    seen: list[Any] = []
+    held = _Held(seen)
+    site = QuietSite(held, reactor=Clock())
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(_head(b"/a", [b"Cookie: " + cookie] if cookie else None))
+    [ours] = held.requests
+    theirs = Request(channel)
+    if cookie:
+        theirs.requestHeaders.setRawHeaders(b"cookie", [cookie])
+    Request.parseCookies(theirs)
+    assert ours.received_cookies == theirs.received_cookies

@@ -154,14 +154,22 @@ def test_real_content_encoding_is_kept() -> None:
     assert into.getRawHeaders(b"content-encoding") == [b"br"]
 
 
-def test_a_line_break_in_an_upstream_header_value_never_reaches_the_client() -> None:
+@pytest.mark.parametrize(("values", "relayed"), [
+    ([b"a\nSet-Cookie: stolen=1", b"b\rc"], [b"a Set-Cookie: stolen=1", b"b c"]),
+    ([b"a\nSet-Cookie: stolen=1"], [b"a Set-Cookie: stolen=1"]),
+    ([b"ok", b"b\rc"], [b"ok", b"b c"]),
+    ([b"x\r"], [b"x"]),
+])
+def test_a_line_break_in_an_upstream_header_value_never_reaches_the_client(
+    values: list[bytes], relayed: list[bytes],
+) -> None:
     # the upstream's head is split on CRLF only: a bare CR or LF inside a
     # value would start a header (or the body) of the client's answer
     upstream = Headers()
-    upstream._rawHeaders[b"X-Evil"] = [b"a\nSet-Cookie: stolen=1", b"b\rc"]
+    upstream._rawHeaders[b"X-Evil"] = values
     into = Headers()
     client_response_headers(upstream, into)
-    assert into.getRawHeaders(b"x-evil") == [b"a Set-Cookie: stolen=1", b"b c"]
+    assert into.getRawHeaders(b"x-evil") == relayed
     assert not into.hasHeader(b"set-cookie")
 
 

@@ -223,7 +223,11 @@ def client_response_headers(upstream: Headers, into: Headers) -> None:
             kept = [v for v in kept if v.strip()]
             if not kept:
                 continue
-        if any(b"\r" in v or b"\n" in v for v in kept):
+        if len(kept) == 1:  # nearly always: no generator for it
+            broken = b"\r" in kept[0] or b"\n" in kept[0]
+        else:
+            broken = any(b"\r" in v or b"\n" in v for v in kept)
+        if broken:
             into.setRawHeaders(name, kept)  # folds the line breaks into spaces
         else:
             raw[name] = kept

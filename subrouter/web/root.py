@@ -228,6 +228,12 @@ class ProxyRequest(Request):
             except Exception:
                 _log.failure("a request's end could not be handled")
 
+    def parseCookies(self) -> None:
+        # Twisted's, without its header lookup's layers when there is no
+        # Cookie header (nearly always: agents send none)
+        if raw_values(self.requestHeaders, b"cookie") is not None:
+            super().parseCookies()
+
     def process(self) -> None:
         """
         What Twisted's ``Request.process`` does, for this Site's resources
