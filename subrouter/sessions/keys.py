@@ -92,12 +92,9 @@ class SessionKey:
         return self.source == "fallback"
 
 
-def _values(headers: Headers, name: bytes) -> list[bytes] | None:
-    """
-    ``headers.getRawHeaders(name)`` without its layers: the identity of every
-    request looks up a dozen names, nearly all absent.
-    """
-    return raw_values(headers, name)
+#: ``headers.getRawHeaders(name)`` without its layers: the identity of every
+#: request looks up a dozen names, nearly all absent
+_values = raw_values
 
 
 def _first(headers: Headers, name: bytes) -> str | None:

@@ -43,7 +43,8 @@ def raw_values(headers: Headers, name: bytes) -> list[bytes] | None:
     anew on every call, tens of µs per request in a busy daemon): the
     header's values, or None. ``name`` is one written in the code.
     """
-    return headers._rawHeaders.get(canonical_name(name)) or None
+    canonical = CANONICAL_NAMES.get(name) or canonical_name(name)
+    return headers._rawHeaders.get(canonical) or None
 
 
 def drop_header(headers: Headers, name: bytes) -> None:
