@@ -229,7 +229,8 @@ class SubrouterChannel(HTTPChannel):
             command, target, version = _parseRequestLine(lines[0])
         except ValueError:
             return False
-        headers: list[tuple[bytes, bytes]] = []
+        raw: dict[bytes, list[bytes]] = {}
+        framed: tuple[bytes, bytes] | None = None
         framing = 0
         names = CANONICAL_NAMES
         for line in lines[1:]:
@@ -250,7 +251,12 @@ class SubrouterChannel(HTTPChannel):
                         return False
                 elif value.lower() not in (b"chunked", b"identity"):
                     return False
-            headers.append((canonical, value))
+                framed = (canonical, value)
+            values = raw.get(canonical)
+            if values is None:
+                raw[canonical] = [value]
+            else:
+                values.append(value)
         if framing > 1:
             return False
         # what HTTPChannel.lineReceived and headerReceived would have done
@@ -263,12 +269,11 @@ class SubrouterChannel(HTTPChannel):
         self._HTTPChannel__first_line = 0
         self._command, self._path, self._version = command, target, version
         self._receivedHeaderSize = size
-        raw = request.requestHeaders._rawHeaders
-        for name, value in headers:
-            if name in _FRAMING and not self._maybeChooseTransferDecoder(name, value):
-                return True  # answered (400) already
-            raw.setdefault(name, []).append(value)
-        self._receivedHeaderCount = len(headers)
+        # the headers as addRawHeader would have kept them, in one dict
+        request.requestHeaders._rawHeaders = raw
+        if framed is not None and not self._maybeChooseTransferDecoder(*framed):
+            return True  # answered (400) already
+        self._receivedHeaderCount = len(lines) - 1
         self.allHeadersReceived()
         if self.length == 0:
             self.allContentReceived()
