@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -143,3 +144,68 @@ def test_forecast_words() -> None:
     assert why.forecast_words(None) == "-"
     assert why.forecast_words({"reason": None, "percent_per_hour": 2.0, "hours_left": 30,
                                "resets_first": True}).startswith("resets first")
+
+
+def _listing(query: dict[bytes, list[bytes]], count: int = 5) -> tuple[int, Any, Any]:
+    """
+    ``GET /_subrouter/sessions`` with ``query``, over a table of ``count``
+    conversations seen one second apart (conv-0 the most recent).
+    """
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from subrouter.sessions.table import SessionTable
+    from subrouter.web.why import SessionsResource
+
+    table = SessionTable(3600)
+    for i in range(count):
+        table.adopt("codex", f"conv-{i}", "acct", 1000.0, first_seen=900.0 - i,
+                    last_seen=1000.0 - i, requests=1, fallback=False, user_email=None)
+
+    class _Placement:
+        pass
+
+    placement = _Placement()
+    placement.table = table  # type: ignore[attr-defined]
+    request = DummyRequest([])
+    request.method = b"GET"
+    request.args = query
+    body = SessionsResource(placement).render(request)  # type: ignore[arg-type]
+    return request.responseCode or 200, json.loads(body), request.responseHeaders
+
+
+def test_the_session_list_pages_most_recent_first_and_counts_them_all() -> None:
+    status, rows, headers = _listing({b"limit": [b"2"]})
+    assert status == 200
+    assert [r["session"] for r in rows] == ["conv-0", "conv-1"]
+    assert headers.getRawHeaders(b"x-total-count") == [b"5"]
+    _, rows, _ = _listing({b"limit": [b"2"], b"offset": [b"2"]})
+    assert [r["session"] for r in rows] == ["conv-2", "conv-3"]
+    _, rows, _ = _listing({b"offset": [b"4"]})
+    assert [r["session"] for r in rows] == ["conv-4"]
+    _, rows, _ = _listing({b"limit": [b"all"]})
+    assert len(rows) == 5
+    _, rows, _ = _listing({b"offset": [b"9"]})
+    assert rows == []
+
+
+def test_the_session_list_lists_a_page_unless_asked_for_all() -> None:
+    from subrouter.web.admin import SESSIONS_PAGE
+
+    _, rows, headers = _listing({}, count=SESSIONS_PAGE + 3)
+    assert len(rows) == SESSIONS_PAGE
+    assert rows[0]["session"] == "conv-0"
+    assert headers.getRawHeaders(b"x-total-count") == [b"%d" % (SESSIONS_PAGE + 3)]
+    _, rows, _ = _listing({b"limit": [b"all"]}, count=SESSIONS_PAGE + 3)
+    assert len(rows) == SESSIONS_PAGE + 3
+
+
+@pytest.mark.parametrize("query", [
+    {b"limit": [b"0"]}, {b"limit": [b"-1"]}, {b"limit": [b"ten"]}, {b"limit": [b"100001"]},
+    {b"offset": [b"-3"]}, {b"offset": [b"all"]}, {b"limit": [b"1e3"]},
+])
+def test_a_bad_paging_number_is_a_400_with_a_reason(query: dict[bytes, list[bytes]]) -> None:
+    status, body, _ = _listing(query)
+    assert status == 400
+    assert body["error"]["type"] == "invalid_query"
+    name = next(iter(query)).decode()
+    assert body["error"]["message"].startswith(f"{name} must be a whole number")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from twisted.web.resource import Resource
@@ -104,12 +105,26 @@ def accounts_json(placement: Placement) -> dict[str, Any]:
             row["plan"] = usage.plan
     return listing
 
-def sessions_json(placement: Placement) -> list[dict[str, Any]]:
+#: conversations ``/_subrouter/sessions`` lists when not asked for a number
+SESSIONS_PAGE = 1000
+#: the most it lists at once (``limit=all`` lists every one)
+SESSIONS_MAX_PAGE = 100_000
+_LAST_SEEN = attrgetter("last_seen")
+
+
+def sessions_json(placement: Placement, limit: int | None = None,
+                  offset: int = 0) -> list[dict[str, Any]]:
     """
-    ``/_subrouter/sessions``: every sticky assignment, most recent first.
+    ``/_subrouter/sessions``: the sticky assignments, most recent first:
+    ``limit`` of them (None: every one) after the first ``offset``. Only
+    those listed are built: a team's table holds tens of thousands, and this
+    runs on the reactor (sorting 50,000 takes a few ms, building and
+    encoding them all most of a second).
     """
+    ordered = sorted(placement.table, key=_LAST_SEEN, reverse=True)
+    chosen = ordered[offset:] if limit is None else ordered[offset:offset + limit]
     rows = []
-    for a in sorted(placement.table, key=lambda a: a.last_seen, reverse=True):
+    for a in chosen:
         rows.append(
             {
                 "agent": a.agent,

@@ -10,7 +10,11 @@ Why a conversation is where it is, and where a new one would go:
 - ``GET /_subrouter/placement/next``: the account a new conversation would get
   right now, why, and every account's standing.
 
-``GET /_subrouter/sessions`` itself still lists every assignment.
+``GET /_subrouter/sessions`` itself lists the assignments, most recent
+first: the newest :data:`~subrouter.web.admin.SESSIONS_PAGE` unless
+``limit=N`` (up to :data:`~subrouter.web.admin.SESSIONS_MAX_PAGE`) or
+``limit=all`` asks for more, after ``offset=N``; ``X-Total-Count`` says how
+many there are.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.scheduler import candidate_json
 from subrouter.sessions.table import Assignment
 from subrouter.timefmt import rfc3339
-from subrouter.web.admin import JSONEndpoint, NotFound, json_answer, sessions_json
+from subrouter.web.admin import (
+    SESSIONS_MAX_PAGE,
+    SESSIONS_PAGE,
+    JSONEndpoint,
+    NotFound,
+    json_answer,
+    sessions_json,
+)
 
 
 def _age(seconds: float) -> str:
@@ -135,12 +146,14 @@ class SessionsResource(Resource):
     def __init__(self, placement: Placement) -> None:
         super().__init__()
         self._placement = placement
-        self._list = JSONEndpoint(lambda: sessions_json(placement))
+        self._list = JSONEndpoint(dict)  # its answer to other methods
 
     def render(self, request: Request) -> bytes:
         segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or () if s]
         if not segments:
-            return self._list.render(request)
+            if request.method not in (b"GET", b"HEAD"):
+                return self._list.render(request)
+            return self._listing(request)
         if request.method not in (b"GET", b"HEAD"):
             return self._list.render(request)  # the same 405
         found = find(self._placement, segments)
@@ -148,6 +161,41 @@ class SessionsResource(Resource):
             json_answer(request, None, 404)
             return error_body("unknown_session", found)
         return json_answer(request, session_json(self._placement, found))
+
+
+    def _listing(self, request: Request) -> bytes:
+        try:
+            limit = _page_arg(request, b"limit", SESSIONS_PAGE, SESSIONS_MAX_PAGE, 1)
+            offset = _page_arg(request, b"offset", 0, None, 0)
+        except ValueError as e:
+            json_answer(request, None, 400)
+            return error_body("invalid_query", str(e))
+        table = self._placement.table
+        request.responseHeaders.setRawHeaders(b"x-total-count", [b"%d" % len(table)])
+        return json_answer(request, sessions_json(self._placement, limit, offset or 0))
+
+
+def _page_arg(request: Request, name: bytes, default: int, most: int | None,
+              least: int) -> int | None:
+    """
+    A paging number from the query: ``default`` when absent; None for
+    ``limit=all``.
+
+    :raises ValueError: with a reason for anything else.
+    """
+    values = (request.args or {}).get(name)
+    if not values:
+        return default
+    text = values[-1].decode("ascii", "replace").strip()
+    label = name.decode()
+    if name == b"limit" and text == "all":
+        return None
+    if not text.isdigit() or int(text) < least or (most is not None and int(text) > most):
+        upper = f" to {most}" if most is not None else " or more"
+        also = " (or all)" if name == b"limit" else ""
+        raise ValueError(f"{label} must be a whole number from {least}{upper}{also}, "
+                         f"not {text[:40]!r}")
+    return int(text)
 
 
 def placement_resource(placement: Placement) -> Resource:
