@@ -26,7 +26,7 @@ client connection, so the client never mistakes a cut stream for a whole one.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from hashlib import sha256
 from typing import Any, cast
 
@@ -252,7 +252,11 @@ class _ProxiedRequest:
 
     async def _run(self, first: Awaitable[Verdict[None, Prefix]] | None) -> None:
         exchange = self.exchange
-        assert exchange is not None
+        if exchange is None:
+            # the request is over already (its end let go of the exchange)
+            if isinstance(first, Coroutine):
+                first.close()
+            return
         result = await exchange.run(self._attempt, first)
         if isinstance(result, NoAccount):
             self._fail(result.status, result.kind, result.message)
@@ -754,6 +758,11 @@ class _ProxiedRequest:
             bytes_out=self.bytes_out,
             log_category="request",
         )
+        # The exchange holds a check of this request (gone) and this request
+        # the exchange: let go of it, so the request's objects are freed at
+        # once rather than by the cyclic garbage collector (about 35 objects
+        # per request, every one of them walked by its collections).
+        self.exchange = None
 
 
 #: conversation keys and their short forms, for the log (a conversation's
