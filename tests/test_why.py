@@ -209,3 +209,21 @@ def test_a_bad_paging_number_is_a_400_with_a_reason(query: dict[bytes, list[byte
     assert body["error"]["type"] == "invalid_query"
     name = next(iter(query)).decode()
     assert body["error"]["message"].startswith(f"{name} must be a whole number")
+
+
+@pytest.mark.parametrize("postpath", [[], [b"codex", b"conv-1"]])
+def test_the_sessions_endpoints_answer_other_methods_with_a_405(postpath: list[bytes]) -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from subrouter.sessions.table import SessionTable
+    from subrouter.web.why import SessionsResource
+
+    class _Placement:
+        table = SessionTable(3600)
+
+    request = DummyRequest(postpath)
+    request.method = b"POST"
+    body = SessionsResource(_Placement()).render(request)  # type: ignore[arg-type]
+    assert request.responseCode == 405
+    assert request.responseHeaders.getRawHeaders(b"allow") == [b"GET, HEAD"]
+    assert json.loads(body)["error"]["type"] == "method_not_allowed"

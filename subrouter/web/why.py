@@ -25,7 +25,7 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from subrouter.errors import error_body
+from subrouter.errors import error_body, method_not_allowed
 from subrouter.sessions.placement import NoAccount, Placement
 from subrouter.sessions.scheduler import candidate_json
 from subrouter.sessions.table import Assignment
@@ -146,22 +146,18 @@ class SessionsResource(Resource):
     def __init__(self, placement: Placement) -> None:
         super().__init__()
         self._placement = placement
-        self._list = JSONEndpoint(dict)  # its answer to other methods
 
     def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return method_not_allowed(request, b"GET, HEAD")
         segments = [unquote(s.decode("utf-8", "replace")) for s in request.postpath or () if s]
         if not segments:
-            if request.method not in (b"GET", b"HEAD"):
-                return self._list.render(request)
             return self._listing(request)
-        if request.method not in (b"GET", b"HEAD"):
-            return self._list.render(request)  # the same 405
         found = find(self._placement, segments)
         if isinstance(found, str):
             json_answer(request, None, 404)
             return error_body("unknown_session", found)
         return json_answer(request, session_json(self._placement, found))
-
 
     def _listing(self, request: Request) -> bytes:
         try:
