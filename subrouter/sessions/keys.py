@@ -92,13 +92,8 @@ class SessionKey:
         return self.source == "fallback"
 
 
-#: ``headers.getRawHeaders(name)`` without its layers: the identity of every
-#: request looks up a dozen names, nearly all absent
-_values = raw_values
-
-
 def _first(headers: Headers, name: bytes) -> str | None:
-    values = _values(headers, name)
+    values = raw_values(headers, name)
     if not values:
         return None
     for value in values:
@@ -253,11 +248,11 @@ def user_email(headers: Headers) -> str | None:
     if not _any_header(headers, _EMAIL_OR_CLIENT_NAMES):
         return None
     for name in EMAIL_HEADERS:
-        for raw in _values(headers, name) or ():
+        for raw in raw_values(headers, name) or ():
             email = normalise_email(raw.decode("utf-8", "replace"))
             if email is not None:
                 return email
-    client = _values(headers, b"x-subrouter-client")
+    client = raw_values(headers, b"x-subrouter-client")
     if client:
         return client[0].decode("utf-8", "replace")
     return None
@@ -285,7 +280,7 @@ def forced_account(headers: Headers) -> str | None:
         return None
     values: list[str] = []
     for name in ACCOUNT_HEADERS:
-        for raw in _values(headers, name) or ():
+        for raw in raw_values(headers, name) or ():
             values.append(raw.decode("utf-8", "replace").strip())
     if not values:
         return None
