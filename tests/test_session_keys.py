@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
 from subrouter.sessions.keys import (
+    SESSION_HEADERS,
     BadAccountSelector,
     agent_type,
     canonical_thread,
@@ -130,3 +131,42 @@ def test_forced_account() -> None:
        st.integers(0, 999))
 def test_every_window_of_a_thread_shares_its_key(thread: str, window: int) -> None:
     assert canonical_thread(f"{thread}:{window}") == thread
+
+
+def _probe_each_name(headers: Headers) -> tuple[str, str] | None:
+    # the plain reading of the rule: each session header in the order trusted
+    for name in SESSION_HEADERS:
+        for raw in headers.getRawHeaders(name) or ():
+            text = raw.decode("utf-8", "replace").strip()
+            if text:
+                if name == b"x-codex-window-id":
+                    text = canonical_thread(text)
+                text = text.strip()
+                if text and len(text) <= 256 and not any(
+                    ord(c) < 0x20 or ord(c) == 0x7F for c in text
+                ):
+                    return text, "header:" + name.decode()
+                break
+    return None
+
+
+_VALUES = st.sampled_from(["", "  ", "s-1", " s-2 ", "thr:4", "x" * 300, "a\x01b", "t-9"])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*SESSION_HEADERS, b"user-agent", b"content-type", b"x-other"]),
+            st.lists(_VALUES, min_size=1, max_size=3),
+        ),
+        max_size=6,
+    )
+)
+def test_one_pass_over_the_headers_matches_probing_each_name(
+    entries: list[tuple[bytes, list[str]]],
+) -> None:
+    headers = Headers()
+    for name, values in entries:
+        for value in values:
+            headers.addRawHeader(name, value.encode())
+    assert key_from_headers(headers) == _probe_each_name(headers)

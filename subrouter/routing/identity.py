@@ -30,5 +30,5 @@ def identify(request: Request, path: bytes, query: bytes) -> Identity:
     client = request.getClientAddress()
     return identify_headers(
         headers, query, path, str(getattr(client, "host", "")), request.method, body,
-        found=found,
+        found=found, looked=True,
     )

@@ -51,6 +51,7 @@ def identify_headers(
     body: bytes | None = None,
     *,
     found: tuple[str, str] | None = None,
+    looked: bool = False,
 ) -> Identity:
     """
     The identity of a request from its parts (an HTTP request, or the
@@ -58,10 +59,12 @@ def identify_headers(
 
     :param found: the key the headers or query already gave, when the
         caller looked (so they are not searched twice).
+    :param looked: the caller searched the headers and query already, and
+        ``found`` is what that gave (None: neither names the conversation).
     :raises keys.BadAccountSelector: for an unusable ``X-Subrouter-Account-ID``.
     """
     agent = keys.agent_type(headers)
-    if found is None:
+    if found is None and not looked:
         found = keys.key_from_headers(headers) or keys.key_from_query(query)
     if found is None and body is not None:
         ctype = raw_values(headers, b"content-type")

@@ -122,8 +122,25 @@ def _clean(value: str) -> str | None:
 def key_from_headers(headers: Headers) -> tuple[str, str] | None:
     """
     The session key carried by a header, with its source, or None.
+
+    One pass over the request's own header names (a dozen or so) picks out
+    the session headers present, usually none or one, which are then tried
+    in the order they are trusted: the same answer as asking for each of the
+    seventeen names in turn, at a fraction of the lookups.
     """
-    for name in SESSION_HEADERS:
+    present: list[tuple[int, bytes]] | None = None
+    for canonical in headers._rawHeaders:
+        known = _SESSION_RANKS.get(canonical)
+        if known is not None:
+            if present is None:
+                present = [known]
+            else:
+                present.append(known)
+    if present is None:
+        return None
+    if len(present) > 1:
+        present.sort()
+    for _, name in present:
         value = _first(headers, name)
         if value is None:
             continue
@@ -218,6 +235,10 @@ def _any_header(headers: Headers, canonical: frozenset[bytes]) -> bool:
 
 
 _CLAUDE_NAMES = _canonical_names(_CLAUDE_HEADERS)
+#: a session header's canonical name: its rank among them and its own name
+_SESSION_RANKS: dict[bytes, tuple[int, bytes]] = {
+    _nameEncoder.encode(name): (rank, name) for rank, name in enumerate(SESSION_HEADERS)
+}
 _GEMINI_NAMES = _canonical_names(_GEMINI_HEADERS)
 
 
