@@ -547,6 +547,7 @@ def build_service(config: Config, reactor: Any) -> Daemon | Supervisor:
             config.state_url, config.state_key, reactor, book, config.session_idle_ttl,
             {"addr": config.addr, "worker": config.worker_index,
              "parent": config.worker_parent, "workers": config.workers},
+            retention=config.session_retention,
         )
         refresher.shared = shared.tokens
     if config.state_dir:

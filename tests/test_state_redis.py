@@ -113,6 +113,44 @@ async def test_a_conversation_placed_by_one_instance_is_found_by_another(
     assert later.counts == {}
 
 
+def _no_expiry(redis: RedisServer, key: str) -> bool:
+    # PERSIST answers 0 for a key that exists and has no expiry
+    # (and 1 after taking one off, which would fail the check anyway)
+    return redis.command("EXISTS", key) == "1" and redis.command("PERSIST", key) == "0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_assignments_are_kept_as_long_as_the_session_retention(
+    links: list[RedisLink], redis: RedisServer,
+) -> None:
+    now = time.time()
+    week = SharedSessions(links[0], 1800.0, keep=7 * 86400)
+    await week.assign("codex", "c-week", "x@e", now, fallback=False, email=None,
+                      only_if_new=True)
+    assert 7 * 86400 - 5 <= int(redis.command("TTL", "subrouter:a:codex:c-week")) <= 7 * 86400
+    # every request the conversation makes starts its retention again
+    redis.command("EXPIRE", "subrouter:a:codex:c-week", "100")
+    await week.lookup("codex", "c-week", now + 1, None, ["x@e"])
+    assert int(redis.command("TTL", "subrouter:a:codex:c-week")) > 100
+    # --session-retention 0 keeps every one: no expiry at all
+    forever = SharedSessions(links[1], 1800.0, keep=0)
+    await forever.assign("codex", "c-all", "x@e", now, fallback=False, email=None,
+                         only_if_new=True)
+    assert _no_expiry(redis, "subrouter:a:codex:c-all")
+    await forever.lookup("codex", "c-week", now + 2, None, ["x@e"])
+    assert _no_expiry(redis, "subrouter:a:codex:c-week")
+    restored = await forever.restore(
+        [{"agent": "codex", "key": "c-back", "account_id": "x@e", "first_seen": now,
+          "last_seen": now}], now)
+    assert restored == 1
+    assert _no_expiry(redis, "subrouter:a:codex:c-back")
+    restored = await week.restore(
+        [{"agent": "codex", "key": "c-back2", "account_id": "x@e", "first_seen": now,
+          "last_seen": now}], now)
+    assert restored == 1
+    assert int(redis.command("TTL", "subrouter:a:codex:c-back2")) > 86400
+
+
 @pytest_twisted.ensureDeferred
 async def test_exhaustion_marks_and_windows_reach_the_other_books(
     links: list[RedisLink],

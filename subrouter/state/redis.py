@@ -22,6 +22,7 @@ assignments and newest stamp for everything else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -42,7 +43,8 @@ from subrouter.state.link import RedisLink, Unavailable
 _log = Logger()
 
 PREFIX = "subrouter:"
-#: how long an assignment is kept after its conversation was last seen
+#: how long an assignment is kept after its conversation was last seen, unless
+#: the daemon says otherwise (``--session-retention``; 0 keeps every one)
 ASSIGNMENT_KEEP = 30 * 86400
 #: how long a refresh may hold an account's lock (the token call times out at 30 s)
 LOCK_TTL = 45.0
@@ -76,7 +78,12 @@ if raw then
   a.requests = (a.requests or 0) + 1
   if ARGV[4] ~= '' then a.user_email = ARGV[4] end
   raw = cjson.encode(a)
-  redis.call('SET', KEYS[1], raw, 'EX', tonumber(ARGV[5]))
+  local keep = tonumber(ARGV[5])
+  if keep > 0 then
+    redis.call('SET', KEYS[1], raw, 'EX', keep)
+  else
+    redis.call('SET', KEYS[1], raw)
+  end
   if not a.fallback then
     local live = ARGV[6] .. 'live:' .. a.account_id
     redis.call('ZADD', live, now, ARGV[3])
@@ -113,7 +120,12 @@ end
 a.last_seen = now
 if ARGV[6] ~= '' then a.user_email = ARGV[6] end
 raw = cjson.encode(a)
-redis.call('SET', KEYS[1], raw, 'EX', tonumber(ARGV[2]))
+local keep = tonumber(ARGV[2])
+if keep > 0 then
+  redis.call('SET', KEYS[1], raw, 'EX', keep)
+else
+  redis.call('SET', KEYS[1], raw)
+end
 if not a.fallback then
   redis.call('ZADD', ARGV[7] .. 'live:' .. a.account_id, now, ARGV[3])
 end
@@ -125,7 +137,14 @@ _RESTORE = """
 local n = 0
 for i = 1, #ARGV, 4 do
   local key = ARGV[i]
-  if redis.call('SET', key, ARGV[i + 1], 'NX', 'EX', tonumber(ARGV[i + 2])) then
+  local keep = tonumber(ARGV[i + 2])
+  local set
+  if keep > 0 then
+    set = redis.call('SET', key, ARGV[i + 1], 'NX', 'EX', keep)
+  else
+    set = redis.call('SET', key, ARGV[i + 1], 'NX')
+  end
+  if set then
     n = n + 1
     local a = cjson.decode(ARGV[i + 1])
     if ARGV[i + 3] ~= '' and not a.fallback then
@@ -181,11 +200,16 @@ class SharedSessions:
     Sticky assignments and live counts in Redis.
 
     :param idle_ttl: a conversation unseen this long is no longer live.
+    :param keep: seconds an assignment is kept after its conversation was
+        last seen (``--session-retention``, as the local table forgets it);
+        0 keeps every one.
     """
 
-    def __init__(self, link: RedisLink, idle_ttl: float) -> None:
+    def __init__(self, link: RedisLink, idle_ttl: float, keep: float = ASSIGNMENT_KEEP) -> None:
         self._link = link
         self.idle_ttl = idle_ttl
+        # Redis counts expiry in whole seconds: a fraction rounds up
+        self.keep = max(0, math.ceil(keep))
 
     @property
     def up(self) -> bool:
@@ -204,7 +228,7 @@ class SharedSessions:
         d = self._link.eval(
             _LOOKUP, [_assignment_key(agent, key)],
             [repr(now), repr(self.idle_ttl), _member(agent, key), email or "",
-             str(ASSIGNMENT_KEEP), PREFIX, *ids],
+             str(self.keep), PREFIX, *ids],
         )
 
         def parse(reply: Any) -> Lookup:
@@ -233,7 +257,7 @@ class SharedSessions:
         """
         d = self._link.eval(
             _ASSIGN, [_assignment_key(agent, key)],
-            [repr(now), str(ASSIGNMENT_KEEP), _member(agent, key), account_id,
+            [repr(now), str(self.keep), _member(agent, key), account_id,
              "1" if fallback else "0", email or "", PREFIX, "1" if only_if_new else "0"],
         )
         return d.addCallback(_parse_assignment)
@@ -255,7 +279,7 @@ class SharedSessions:
                 doc["user_email"] = row["user_email"]
             live = not doc["fallback"] and float(row["last_seen"]) > horizon
             args += [_assignment_key(row["agent"], row["key"]), json.dumps(doc),
-                     str(ASSIGNMENT_KEEP), _member(row["agent"], row["key"]) if live else ""]
+                     str(self.keep), _member(row["agent"], row["key"]) if live else ""]
         if not args:
             return succeed(0)
         d: Deferred[int] = self._link.eval(_RESTORE, [PREFIX], args, timeout=5.0)

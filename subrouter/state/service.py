@@ -19,6 +19,7 @@ from subrouter.accounts.refresh import TokenRefresher
 from subrouter.accounts.store import AccountStore
 from subrouter.state.link import RedisLink
 from subrouter.state.redis import (
+    ASSIGNMENT_KEEP,
     TOKEN_SYNC_INTERVAL,
     USAGE_SYNC_INTERVAL,
     Registry,
@@ -45,12 +46,16 @@ class SharedState:
     @classmethod
     def create(
         cls, url: RedisURL, key: bytes, clock: IReactorTime, book: UsageBook,
-        idle_ttl: float, info: dict[str, Any],
+        idle_ttl: float, info: dict[str, Any], retention: float = ASSIGNMENT_KEEP,
     ) -> SharedState:
+        """
+        :param retention: how long an assignment outlives its conversation's
+            last request (``--session-retention``; 0: for ever).
+        """
         link = RedisLink(url, clock)
         return cls(
             link=link,
-            sessions=SharedSessions(link, idle_ttl),
+            sessions=SharedSessions(link, idle_ttl, retention),
             tokens=SharedTokenSets(link, key, clock),
             usage=UsageSync(link, book),
             registry=Registry(link, clock, info),
