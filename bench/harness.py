@@ -98,12 +98,23 @@ def process_cpu_seconds(pid: int) -> float | None:
     """
     The user+system CPU time a process has used so far, from /proc (Linux).
     """
+    split = process_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
+
+
+def process_cpu_split(pid: int) -> tuple[float, float] | None:
+    """
+    The CPU time a process has used so far in user space and in the kernel
+    (its system calls, and the loopback's TCP work done on their behalf),
+    in seconds, from /proc (Linux).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def describe_error(error: BaseException) -> str:

@@ -77,6 +77,7 @@ from harness import (
     percentile,
     private_environment,
     process_cpu_seconds,
+    process_cpu_split,
     twistd_command,
     write_account,
 )
@@ -248,6 +249,8 @@ class PathResult:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     ttfb: array[float] = field(default_factory=lambda: array("d"))
     cpu_seconds: float | None = None
+    #: of cpu_seconds, the time in the kernel (system calls, loopback TCP)
+    kernel_seconds: float | None = None
     upstream_cpu_seconds: float | None = None
     peak_rss_mb: float | None = None
     wall: float = 0.0
@@ -414,7 +417,7 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
     # middle of a path's round (it delayed whichever path was running)
     gc.collect()
     gc.disable()
-    cpu_before = [process_cpu_seconds(pid) for pid in pids]
+    cpu_before = [process_cpu_split(pid) for pid in pids]
     upstream_before = process_cpu_seconds(upstream_pid)
     started = time.monotonic()
     step = args.ramp / max(1, len(connections))
@@ -432,12 +435,13 @@ async def run_path(name: str, port: int, url_path: str, args: argparse.Namespace
         result.errors.append(f"{stuck} streams did not end within {limit:.0f} s")
     result.wall = time.monotonic() - started
     gc.enable()
-    cpu_after = [process_cpu_seconds(pid) for pid in pids]
+    cpu_after = [process_cpu_split(pid) for pid in pids]
     upstream_after = process_cpu_seconds(upstream_pid)
     if pids and None not in cpu_before and None not in cpu_after:
-        result.cpu_seconds = sum(
-            (a or 0.0) - (b or 0.0) for a, b in zip(cpu_after, cpu_before, strict=True)
-        )
+        spent = [(a[0] - b[0], a[1] - b[1])
+                 for a, b in zip(cpu_after, cpu_before, strict=True) if a and b]
+        result.cpu_seconds = sum(user + kernel for user, kernel in spent)
+        result.kernel_seconds = sum(kernel for _, kernel in spent)
     if upstream_before is not None and upstream_after is not None:
         result.upstream_cpu_seconds = upstream_after - upstream_before
     rss = [peak_rss_mb(pid) for pid in pids]
@@ -646,6 +650,9 @@ def _pooled(results: list[PathResult]) -> dict[str, Any]:
                      for q, p in (("p50", 50), ("p99", 99), ("max", 100))},
         "ttfb_ms": {q: percentile(ttfb, p) * 1000 for q, p in (("p50", 50), ("p99", 99))},
         "cpu_us_per_event": (sum(cpu) / cpu_events * 1e6) if cpu and cpu_events else None,
+        "kernel_us_per_event": (
+            sum(r.kernel_seconds or 0.0 for r in results) / cpu_events * 1e6
+            if cpu and cpu_events else None),
         "upstream_cpu_us_per_event": (
             sum(r.upstream_cpu_seconds or 0 for r in results) / events * 1e6 if events else None),
         "peak_rss_mb": max(rss) if rss else None,
@@ -664,8 +671,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['rounds']} round(s)",
         "",
         "| path | events | event p50 ms | event p99 ms | event max ms | TTFB p50 ms | "
-        "TTFB p99 ms | proxy CPU us/event | proxy peak RSS MB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "TTFB p99 ms | proxy CPU us/event | of which kernel | proxy peak RSS MB | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in report["paths"].items():
         lines.append(
@@ -673,6 +680,7 @@ def render(report: dict[str, Any]) -> str:
             f"{number(row['event_ms']['p50'], 2)} | {number(row['event_ms']['p99'], 2)} | "
             f"{number(row['event_ms']['max'], 1)} | {number(row['ttfb_ms']['p50'], 2)} | "
             f"{number(row['ttfb_ms']['p99'], 2)} | {number(row['cpu_us_per_event'])} | "
+            f"{number(row.get('kernel_us_per_event'))} | "
             f"{number(row['peak_rss_mb'])} | {row['errors']} |")
     lines.append("")
     for name, row in report["paths"].items():
@@ -702,6 +710,11 @@ def aims(paths: dict[str, dict[str, Any]]) -> list[str]:
                    f"RSS {sub['peak_rss_mb']:.0f} MB (aim < {AIM_RSS_MB:.0f} MB)")
     out.append(f"{'PASS' if sub['errors'] == 0 else 'MISS'}: {sub['errors']} errors through "
                "Subrouter (aim 0)")
+    for name, row in paths.items():
+        kernel, total = row.get("kernel_us_per_event"), row["cpu_us_per_event"]
+        if kernel is not None and total:
+            out.append(f"for reference: {name}'s CPU per event: {total - kernel:.1f} us in user "
+                       f"space, {kernel:.1f} us in the kernel")
     for name in (FLOOR, FLOOR_LOOP):
         floor = paths.get(name)
         if floor and ngx and floor["cpu_us_per_event"] and ngx["cpu_us_per_event"]:
