@@ -27,8 +27,9 @@ upstream's stamp; CLOCK_MONOTONIC is system-wide on Linux) at p50/p99/max, the
 time to response headers, errors (connections refused or cut, statuses other
 than 200, streams with events missing or out of order), the proxy's CPU
 seconds (user+system, from /proc, every process of it) per relayed event, with
-the system part on its own (the kernel's share), and its peak RSS (VmHWM). With ``--rounds 2`` or more the three paths run again in
-alternating order and the figures are pooled, so machine noise falls on all.
+the system part on its own (the kernel's share), and its peak RSS (VmHWM).
+With ``--rounds 2`` or more the three paths run again in alternating order
+and the figures are pooled, so machine noise falls on all.
 The client and the fake upstream run without cyclic garbage collection while
 a path is measured: its pauses (tens of ms with a thousand connections' worth
 of objects) landed on whichever path was running and set its p99.
