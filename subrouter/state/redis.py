@@ -78,12 +78,8 @@ if raw then
   a.requests = (a.requests or 0) + 1
   if ARGV[4] ~= '' then a.user_email = ARGV[4] end
   raw = cjson.encode(a)
-  local keep = tonumber(ARGV[5])
-  if keep > 0 then
-    redis.call('SET', KEYS[1], raw, 'EX', keep)
-  else
-    redis.call('SET', KEYS[1], raw)
-  end
+  redis.call('SET', KEYS[1], raw)
+  if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
   if not a.fallback then
     local live = ARGV[6] .. 'live:' .. a.account_id
     redis.call('ZADD', live, now, ARGV[3])
@@ -120,12 +116,8 @@ end
 a.last_seen = now
 if ARGV[6] ~= '' then a.user_email = ARGV[6] end
 raw = cjson.encode(a)
-local keep = tonumber(ARGV[2])
-if keep > 0 then
-  redis.call('SET', KEYS[1], raw, 'EX', keep)
-else
-  redis.call('SET', KEYS[1], raw)
-end
+redis.call('SET', KEYS[1], raw)
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if not a.fallback then
   redis.call('ZADD', ARGV[7] .. 'live:' .. a.account_id, now, ARGV[3])
 end
@@ -137,14 +129,8 @@ _RESTORE = """
 local n = 0
 for i = 1, #ARGV, 4 do
   local key = ARGV[i]
-  local keep = tonumber(ARGV[i + 2])
-  local set
-  if keep > 0 then
-    set = redis.call('SET', key, ARGV[i + 1], 'NX', 'EX', keep)
-  else
-    set = redis.call('SET', key, ARGV[i + 1], 'NX')
-  end
-  if set then
+  if redis.call('SET', key, ARGV[i + 1], 'NX') then
+    if tonumber(ARGV[i + 2]) > 0 then redis.call('EXPIRE', key, ARGV[i + 2]) end
     n = n + 1
     local a = cjson.decode(ARGV[i + 1])
     if ARGV[i + 3] ~= '' and not a.fallback then
