@@ -21,9 +21,9 @@ from email.utils import parseaddr
 from urllib.parse import parse_qs
 
 import attrs
-from twisted.web.http_headers import Headers, _nameEncoder
+from twisted.web.http_headers import Headers
 
-from subrouter.upstream.headers import raw_values
+from subrouter.upstream.headers import canonical_name, raw_values
 
 #: session headers, lower-case, in the order they are trusted
 SESSION_HEADERS: tuple[bytes, ...] = (
@@ -226,7 +226,7 @@ def agent_type(headers: Headers) -> str:
 
 
 def _canonical_names(names: Iterable[bytes]) -> frozenset[bytes]:
-    return frozenset(_nameEncoder.encode(name) for name in names)
+    return frozenset(canonical_name(name) for name in names)
 
 
 def _any_header(headers: Headers, canonical: frozenset[bytes]) -> bool:
@@ -237,7 +237,7 @@ def _any_header(headers: Headers, canonical: frozenset[bytes]) -> bool:
 _CLAUDE_NAMES = _canonical_names(_CLAUDE_HEADERS)
 #: a session header's canonical name: its rank among them and its own name
 _SESSION_RANKS: dict[bytes, tuple[int, bytes]] = {
-    _nameEncoder.encode(name): (rank, name) for rank, name in enumerate(SESSION_HEADERS)
+    canonical_name(name): (rank, name) for rank, name in enumerate(SESSION_HEADERS)
 }
 _GEMINI_NAMES = _canonical_names(_GEMINI_HEADERS)
 
